@@ -1,0 +1,3 @@
+from eaml_ssm.cli import main
+
+raise SystemExit(main())
