@@ -21,7 +21,15 @@ _EXPORTS = {
     "ExperienceBuffer": "eaml_ssm.buffer",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [
+    "SSM",
+    "AdaptationConfig",
+    "Adapter",
+    "ExperienceBuffer",
+    "MetaMAML",
+    "SSMConfig",
+    "__version__",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from eaml_ssm.adaptation import AdaptationConfig, Adapter

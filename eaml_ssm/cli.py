@@ -1,22 +1,97 @@
-"""Command line: `python -m eaml_ssm [subcommand] ...`."""
+"""Command line: `python -m eaml_ssm [subcommand] [flags]`.
+
+With no subcommand it runs the whole pipeline on the default task family (CartPole-v1):
+collect meta-training tasks into the store, meta-train the SSM, adapt online to held-out and
+out-of-range tasks with the hybrid loss, evaluate against baselines, and write a run folder.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
 from collections.abc import Sequence
 
 from eaml_ssm import __version__
+from eaml_ssm.config import RunConfig, add_config_arguments, config_from_args
+
+log = logging.getLogger("eaml_ssm")
+
+STAGES = {
+    "run": "the whole pipeline: collect, train, adapt, evaluate (the default)",
+    "collect": "collect meta-training tasks into the experience store",
+    "train": "meta-train the SSM with MAML on windows from the store",
+    "adapt": "adapt a trained model online to held-out and out-of-range tasks",
+}
+
+
+def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out/--name from its checkpoint (same config required)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m eaml_ssm",
-        description="Meta-learn an SSM of environment dynamics and adapt it at test time.",
+        description=__doc__.split("\n\n")[1].replace("\n", " ") if __doc__ else None,
     )
     parser.add_argument("--version", action="version", version=f"eaml_ssm {__version__}")
+    _add_run_flags(parser)
+    sub = parser.add_subparsers(
+        dest="command", metavar="{run,collect,train,adapt,evaluate,sinusoid}"
+    )
+    for name, help_text in STAGES.items():
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        _add_run_flags(sp)
+    from eaml_ssm import evaluate, sinusoid
+
+    ev = sub.add_parser(
+        "evaluate",
+        help="the evaluation protocol: streams of test tasks, forgetting, baselines, seeds",
+        description=evaluate.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    evaluate.add_arguments(ev)
+    sn = sub.add_parser(
+        "sinusoid",
+        help="reproduce the MAML sinusoid regression benchmark (Finn et al. 2017)",
+        description=sinusoid.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sinusoid.add_arguments(sn)
     return parser
 
 
+def setup_logging(quiet: bool) -> None:
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    build_parser().parse_args(argv)
-    return 0
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command = args.command or "run"
+    setup_logging(bool(getattr(args, "quiet", False)))
+    try:
+        if command == "sinusoid":
+            from eaml_ssm import sinusoid
+
+            return sinusoid.run(args)
+        if command == "evaluate":
+            from eaml_ssm import evaluate
+
+            return evaluate.run(args)
+        cfg: RunConfig = config_from_args(args)
+        from eaml_ssm import pipeline
+
+        return pipeline.run_stage(command, cfg, resume=bool(args.resume))
+    except (ValueError, FileNotFoundError) as exc:
+        parser.exit(2, f"error: {exc}\n")

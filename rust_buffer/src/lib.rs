@@ -1,4 +1,57 @@
-//! Lock-free columnar experience store.
+//! A lock-free, columnar experience store for meta-learning and replay.
+//!
+//! [`RingBuffer`] holds `capacity` rows of float32 `obs` and `target` plus integer
+//! `task_id`, `episode_id` and `step`, in preallocated columns. Many threads may [`add`] and
+//! sample at once: inserts reserve slots with one atomic `fetch_add` and publish each row
+//! through a per-slot sequence stamp, so a sampler never returns a torn or half-written row.
+//!
+//! ```
+//! use rust_buffer::{BufferError, Meta, RingBuffer};
+//!
+//! let store = RingBuffer::new(1000, 2, 1)?; // capacity, obs_dim, target_dim
+//! // Two rows of one episode of task 7: obs is rows x obs_dim, row-major.
+//! store.add(&[0.0, 1.0, 2.0, 3.0], &[0.5, 0.6], Meta::episode(7, 0, &[0, 1]))?;
+//! assert_eq!(store.len(), 2);
+//!
+//! let batch = store.sample(2, true)?; // uniform, with replacement, plus metadata
+//! assert_eq!(batch.obs.len(), 2 * 2);
+//! assert_eq!(batch.meta.unwrap().task_id, [7, 7]);
+//!
+//! let windows = store.sample_sequences(3, 2)?; // 3 windows of 2 consecutive steps
+//! assert_eq!(windows.obs, [0.0, 1.0, 2.0, 3.0].repeat(3));
+//!
+//! // Errors are named and say what was expected.
+//! let err = store.add(&[1.0; 3], &[0.0], Meta::default()).unwrap_err();
+//! assert!(matches!(err, BufferError::Columns { .. }));
+//! # Ok::<(), BufferError>(())
+//! ```
+//!
+//! Modules, one idea each: `slots` (the reservation/stamp protocol), `column` (atomic float
+//! columns), `store` (add, clear, single-row reads), `sample` (uniform gathers), `tasks`
+//! (task index and MAML support/query sets), `sequences` (episode windows), [`rng`]
+//! (seeded xoshiro256++), [`error`] (named errors), `sync` (std or loom atomics).
+//!
+//! [`add`]: RingBuffer::add
+
+#![warn(missing_docs)]
+
+mod column;
+pub mod error;
+pub mod rng;
+mod sample;
+mod sequences;
+mod slots;
+mod store;
+mod sync;
+mod tasks;
+
+pub use error::{BufferError, Column};
+pub use sample::{Batch, MetaBatch};
+pub use sequences::SequenceBatch;
+pub use store::{Meta, MetaValues, Options, Retention, RingBuffer, RowInfo};
+pub use tasks::{TaskBatch, TaskBuffers};
+
+/// The crate version.
 pub fn version() -> &'static str {
     env!("CARGO_PKG_VERSION")
 }

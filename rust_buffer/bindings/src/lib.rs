@@ -1,7 +1,504 @@
+//! Thin PyO3 bindings of the `rust_buffer` core crate, built by maturin as
+//! `rust_buffer._rust_buffer`. This layer only converts and checks arguments, releases the GIL
+//! around copies, and hands gathered `Vec`s to NumPy without a second copy.
+
+mod convert;
+mod pool;
+
+use convert::{float_rows, meta_arg, out_rows, size, DETACH_BYTES};
+use numpy::ndarray::{Array1, ArrayView1, ArrayView2};
+use numpy::npyffi::{_PyArray_GET_ITEM_DATA, NPY_ARRAY_WRITEABLE};
+use numpy::{Element, IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+use rust_buffer::{BufferError, Meta, MetaBatch, Options, Retention, RingBuffer, TaskBuffers};
+
+fn to_py_err(e: BufferError) -> PyErr {
+    match e {
+        BufferError::Contended => PyRuntimeError::new_err(e.to_string()),
+        _ => PyValueError::new_err(e.to_string()),
+    }
+}
+
+/// A metadata argument, or its default when omitted (or None).
+fn meta_or<'py>(
+    v: Option<&Bound<'py, PyAny>>,
+    name: &str,
+    rows: usize,
+    default: i64,
+) -> PyResult<convert::MetaArg<'py>> {
+    match v {
+        Some(v) if !v.is_none() => meta_arg(v, name, rows),
+        _ => Ok(convert::MetaArg::Scalar(default)),
+    }
+}
+
+/// Run `f` with the GIL released when it copies at least `DETACH_BYTES`.
+fn maybe_detach<T: Send, F: Send + FnOnce() -> T>(py: Python<'_>, bytes: usize, f: F) -> T {
+    if bytes >= DETACH_BYTES {
+        py.detach(f)
+    } else {
+        f()
+    }
+}
+
+fn vector<'py>(py: Python<'py>, v: Vec<i64>) -> Bound<'py, PyAny> {
+    Array1::from_vec(v).into_pyarray(py).into_any()
+}
+
+/// A lock-free ring of float32 `obs`/`target` rows with int64 `task_id`, `episode_id`, `step`.
+#[pyclass(frozen, module = "rust_buffer", name = "RingBuffer")]
+pub struct PyRingBuffer {
+    inner: RingBuffer,
+}
+
+impl PyRingBuffer {
+    fn row_bytes(&self) -> usize {
+        4 * (self.inner.obs_dim() + self.inner.target_dim())
+    }
+
+    /// Run a uniform gather of `batch` rows into pooled buffers (GIL released for large
+    /// batches, or always with `always_detach`) and return `(obs, target)` or `(obs, target, task_id, episode_id, step)`.
+    fn gather_tuple<'py, F>(
+        &self,
+        py: Python<'py>,
+        batch: usize,
+        with_meta: bool,
+        always_detach: bool,
+        gather: F,
+    ) -> PyResult<Bound<'py, PyTuple>>
+    where
+        F: Send + FnOnce(&mut [f32], &mut [f32], Option<&mut MetaBatch>) -> Result<(), BufferError>,
+    {
+        let (d_o, d_t) = (self.inner.obs_dim(), self.inner.target_dim());
+        let mut obs = pool::take(batch * d_o);
+        let mut target = pool::take(batch * d_t);
+        let mut meta = with_meta.then(|| MetaBatch {
+            task_id: vec![0; batch],
+            episode_id: vec![0; batch],
+            step: vec![0; batch],
+        });
+        let bytes = if always_detach {
+            usize::MAX
+        } else {
+            batch * self.row_bytes()
+        };
+        maybe_detach(py, bytes, || gather(&mut obs, &mut target, meta.as_mut()))
+            .map_err(to_py_err)?;
+        let mut items = vec![
+            pool::array(py, obs, &[batch, d_o])?,
+            pool::array(py, target, &[batch, d_t])?,
+        ];
+        if let Some(m) = meta {
+            items.extend([
+                vector(py, m.task_id),
+                vector(py, m.episode_id),
+                vector(py, m.step),
+            ]);
+        }
+        PyTuple::new(py, items)
+    }
+}
+
+/// A read-only NumPy view of `rows x cols` values at `ptr`, kept alive by `owner`.
+fn view<'py, T: Element>(
+    owner: &Bound<'py, PyRingBuffer>,
+    ptr: *const T,
+    rows: usize,
+    cols: Option<usize>,
+) -> Bound<'py, PyAny> {
+    let container = owner.clone().into_any();
+    // SAFETY: `ptr` is a column of the store, `capacity` rows long, allocated once and never
+    // moved or freed while the store lives; the array's base (`container`) keeps the store
+    // alive. `rows <= capacity`. Values may change under the view (concurrent adds): the
+    // view is documented as a window on live memory, and it is made read-only below.
+    let array = unsafe {
+        match cols {
+            Some(c) => {
+                let v = ArrayView2::from_shape_ptr((rows, c), ptr);
+                PyArray2::borrow_from_array(&v, container).into_any()
+            }
+            None => {
+                let v = ArrayView1::from_shape_ptr(rows, ptr);
+                PyArray1::borrow_from_array(&v, container).into_any()
+            }
+        }
+    };
+    let untyped = array
+        .cast::<numpy::PyUntypedArray>()
+        .expect("just created an ndarray");
+    // SAFETY: clearing WRITEABLE on an array we just created, as PyArray_CLEARFLAGS does.
+    unsafe { (*_PyArray_GET_ITEM_DATA(untyped.as_array_ptr())).flags &= !NPY_ARRAY_WRITEABLE };
+    array
+}
+
+#[pymethods]
+impl PyRingBuffer {
+    #[new]
+    #[pyo3(signature = (capacity, obs_dim, target_dim, *, seed=None, retention="fifo"))]
+    fn new(
+        capacity: i64,
+        obs_dim: i64,
+        target_dim: i64,
+        seed: Option<&Bound<'_, PyAny>>,
+        retention: &str,
+    ) -> PyResult<Self> {
+        let capacity = size("capacity", capacity, 1)?;
+        let obs_dim = size("obs_dim", obs_dim, 1)?;
+        let target_dim = size("target_dim", target_dim, 1)?;
+        let retention = match retention {
+            "fifo" => Retention::Fifo,
+            "reservoir" => Retention::Reservoir,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "retention must be 'fifo' or 'reservoir', got {other:?}"
+                )))
+            }
+        };
+        let seed = match seed {
+            None => None,
+            Some(s) if s.is_none() => None,
+            Some(s) => Some(s.extract::<u64>().map_err(|_| {
+                let msg = format!("seed must be None or an int in [0, 2**64), got {s}");
+                if s.extract::<i128>().is_ok() || s.is_instance_of::<pyo3::types::PyInt>() {
+                    PyValueError::new_err(msg)
+                } else {
+                    PyTypeError::new_err(msg)
+                }
+            })?),
+        };
+        let inner =
+            RingBuffer::with_options(capacity, obs_dim, target_dim, Options { seed, retention })
+                .map_err(to_py_err)?;
+        Ok(PyRingBuffer { inner })
+    }
+
+    /// Add one row (1-D `obs`, `target`) or a batch (2-D); metadata is a scalar or one int per
+    /// row. Anything convertible to float32 is accepted; NaN/inf rejects the whole call.
+    #[pyo3(
+        signature = (obs, target, *, task_id=None, episode_id=None, step=None),
+        text_signature = "(self, obs, target, *, task_id=0, episode_id=-1, step=-1)"
+    )]
+    fn add(
+        &self,
+        py: Python<'_>,
+        obs: &Bound<'_, PyAny>,
+        target: &Bound<'_, PyAny>,
+        task_id: Option<&Bound<'_, PyAny>>,
+        episode_id: Option<&Bound<'_, PyAny>>,
+        step: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let o = float_rows(obs, "obs", self.inner.obs_dim())?;
+        let t = float_rows(target, "target", self.inner.target_dim())?;
+        if o.batched != t.batched {
+            return Err(PyValueError::new_err(format!(
+                "obs is {}-D but target is {}-D; pass one row as two 1-D arrays or a batch as two 2-D arrays",
+                1 + usize::from(o.batched),
+                1 + usize::from(t.batched)
+            )));
+        }
+        if o.rows != t.rows {
+            return Err(PyValueError::new_err(format!(
+                "obs has {} rows but target has {}; they must match",
+                o.rows, t.rows
+            )));
+        }
+        let rows = o.rows;
+        let task_id = meta_or(task_id, "task_id", rows, 0)?;
+        let episode_id = meta_or(episode_id, "episode_id", rows, -1)?;
+        let step = meta_or(step, "step", rows, -1)?;
+        let meta = Meta {
+            task_id: task_id.values(),
+            episode_id: episode_id.values(),
+            step: step.values(),
+        };
+        let (ov, tv) = (o.values(), t.values());
+        let inner = &self.inner;
+        maybe_detach(py, rows * self.row_bytes(), || inner.add(ov, tv, meta)).map_err(to_py_err)?;
+        Ok(())
+    }
+
+    /// `batch_size` uniform random rows (with replacement) as `(obs, target)`, or
+    /// `(obs, target, task_id, episode_id, step)` with `with_meta=True`.
+    #[pyo3(signature = (batch_size, *, with_meta=false))]
+    fn sample<'py>(
+        &self,
+        py: Python<'py>,
+        batch_size: i64,
+        with_meta: bool,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let b = size("batch_size", batch_size, 0)?;
+        let inner = &self.inner;
+        self.gather_tuple(py, b, with_meta, false, |o, t, m| {
+            inner.sample_into(o, t, m)
+        })
+    }
+
+    /// Gather `obs_out.shape[0]` uniform random rows straight into the caller's C-contiguous,
+    /// writable float32 arrays `obs_out` (b, obs_dim) and `target_out` (b, target_dim).
+    fn sample_into(
+        &self,
+        py: Python<'_>,
+        obs_out: &Bound<'_, PyAny>,
+        target_out: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let (o, b) = out_rows(obs_out, "obs_out", self.inner.obs_dim())?;
+        let (t, bt) = out_rows(target_out, "target_out", self.inner.target_dim())?;
+        if b != bt {
+            return Err(PyValueError::new_err(format!(
+                "obs_out has {b} rows but target_out has {bt}; they must match"
+            )));
+        }
+        let (op, tp) = (o.data(), t.data());
+        let (ol, tl) = (o.len(), t.len());
+        let (o_end, t_end) = (op.wrapping_add(ol) as usize, tp.wrapping_add(tl) as usize);
+        if ol > 0 && tl > 0 && (op as usize) < t_end && (tp as usize) < o_end {
+            return Err(PyValueError::new_err(
+                "obs_out and target_out overlap; pass separate arrays",
+            ));
+        }
+        // SAFETY: both arrays are C-contiguous, aligned, writable, non-overlapping and kept
+        // alive by `o`/`t` for the call. Like NumPy's own GIL-free loops, other Python threads
+        // touching them during the call see unspecified values.
+        let (os, ts) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(op, ol),
+                std::slice::from_raw_parts_mut(tp, tl),
+            )
+        };
+        let inner = &self.inner;
+        maybe_detach(py, b * self.row_bytes(), || inner.sample_into(os, ts, None))
+            .map_err(to_py_err)
+    }
+
+    /// `(support_obs, support_target, query_obs, query_target, task_ids)`: `n_tasks` distinct
+    /// tasks, each with disjoint support (n_support rows) and query (n_query rows) sets;
+    /// `contiguous=True` takes one stretch of consecutive steps of one episode per task.
+    #[pyo3(signature = (n_tasks, n_support, n_query, *, contiguous=false))]
+    fn sample_tasks<'py>(
+        &self,
+        py: Python<'py>,
+        n_tasks: i64,
+        n_support: i64,
+        n_query: i64,
+        contiguous: bool,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let t = size("n_tasks", n_tasks, 1)?;
+        let s = size("n_support", n_support, 0)?;
+        let q = size("n_query", n_query, 0)?;
+        let inner = &self.inner;
+        let (d_o, d_t) = (inner.obs_dim(), inner.target_dim());
+        let mut so = pool::take(t * s * d_o);
+        let mut st = pool::take(t * s * d_t);
+        let mut qo = pool::take(t * q * d_o);
+        let mut qt = pool::take(t * q * d_t);
+        let mut ids = vec![0i64; t];
+        maybe_detach(py, t * (s + q) * self.row_bytes(), || {
+            let out = TaskBuffers {
+                support_obs: &mut so,
+                support_target: &mut st,
+                query_obs: &mut qo,
+                query_target: &mut qt,
+                task_ids: &mut ids,
+            };
+            inner.sample_tasks_into(s, q, contiguous, out)
+        })
+        .map_err(to_py_err)?;
+        PyTuple::new(
+            py,
+            [
+                pool::array(py, so, &[t, s, d_o])?,
+                pool::array(py, st, &[t, s, d_t])?,
+                pool::array(py, qo, &[t, q, d_o])?,
+                pool::array(py, qt, &[t, q, d_t])?,
+                vector(py, ids),
+            ],
+        )
+    }
+
+    /// `(obs, target, task_ids)`: `batch_size` windows of `seq_len` consecutive steps of one
+    /// episode each, shaped (b, l, obs_dim), (b, l, target_dim), (b,).
+    fn sample_sequences<'py>(
+        &self,
+        py: Python<'py>,
+        batch_size: i64,
+        seq_len: i64,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let b = size("batch_size", batch_size, 0)?;
+        let l = size("seq_len", seq_len, 1)?;
+        let inner = &self.inner;
+        let (d_o, d_t) = (inner.obs_dim(), inner.target_dim());
+        let mut obs = pool::take(b * l * d_o);
+        let mut target = pool::take(b * l * d_t);
+        let mut ids = vec![0i64; b];
+        maybe_detach(py, b * l * self.row_bytes(), || {
+            inner.sample_sequences_into(l, &mut obs, &mut target, &mut ids)
+        })
+        .map_err(to_py_err)?;
+        PyTuple::new(
+            py,
+            [
+                pool::array(py, obs, &[b, l, d_o])?,
+                pool::array(py, target, &[b, l, d_t])?,
+                vector(py, ids),
+            ],
+        )
+    }
+
+    /// Uniform rows from the newest `window` rows added.
+    #[pyo3(signature = (batch_size, window, *, with_meta=false))]
+    fn sample_recent<'py>(
+        &self,
+        py: Python<'py>,
+        batch_size: i64,
+        window: i64,
+        with_meta: bool,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let b = size("batch_size", batch_size, 0)?;
+        let w = size("window", window, 1)?;
+        let inner = &self.inner;
+        self.gather_tuple(py, b, with_meta, false, |o, t, m| {
+            inner.sample_recent_into(w, o, t, m)
+        })
+    }
+
+    /// Uniform rows of one task (ValueError if the task holds none).
+    #[pyo3(signature = (task_id, batch_size, *, with_meta=false))]
+    fn sample_task_rows<'py>(
+        &self,
+        py: Python<'py>,
+        task_id: i64,
+        batch_size: i64,
+        with_meta: bool,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let b = size("batch_size", batch_size, 0)?;
+        let inner = &self.inner;
+        // Always without the GIL: finding the task's rows scans the task_id column.
+        self.gather_tuple(py, b, with_meta, true, |o, t, m| {
+            inner.sample_task_rows_into(task_id, o, t, m)
+        })
+    }
+
+    /// Rows currently held per task id.
+    fn task_counts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let inner = &self.inner;
+        let counts = py.detach(|| inner.task_counts());
+        let d = PyDict::new(py);
+        for (t, n) in counts {
+            d.set_item(t, n)?;
+        }
+        Ok(d)
+    }
+
+    /// Zero-copy read-only view of the obs column: (len, obs_dim) float32, slot order.
+    fn obs_view<'py>(slf: &Bound<'py, Self>) -> Bound<'py, PyAny> {
+        let s = slf.get();
+        view(
+            slf,
+            s.inner.obs_ptr(),
+            s.inner.len(),
+            Some(s.inner.obs_dim()),
+        )
+    }
+
+    /// Zero-copy read-only view of the target column: (len, target_dim) float32.
+    fn target_view<'py>(slf: &Bound<'py, Self>) -> Bound<'py, PyAny> {
+        let s = slf.get();
+        view(
+            slf,
+            s.inner.target_ptr(),
+            s.inner.len(),
+            Some(s.inner.target_dim()),
+        )
+    }
+
+    /// Zero-copy read-only view of the task_id column: (len,) int64.
+    fn task_id_view<'py>(slf: &Bound<'py, Self>) -> Bound<'py, PyAny> {
+        let s = slf.get();
+        view(slf, s.inner.task_id_ptr(), s.inner.len(), None)
+    }
+
+    /// Zero-copy read-only view of the episode_id column: (len,) int64.
+    fn episode_id_view<'py>(slf: &Bound<'py, Self>) -> Bound<'py, PyAny> {
+        let s = slf.get();
+        view(slf, s.inner.episode_id_ptr(), s.inner.len(), None)
+    }
+
+    /// Zero-copy read-only view of the step column: (len,) int64.
+    fn step_view<'py>(slf: &Bound<'py, Self>) -> Bound<'py, PyAny> {
+        let s = slf.get();
+        view(slf, s.inner.step_ptr(), s.inner.len(), None)
+    }
+
+    /// Forget every row (total_added keeps counting).
+    fn clear(&self) {
+        self.inner.clear();
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// Maximum number of rows.
+    #[getter]
+    fn capacity(&self) -> usize {
+        self.inner.capacity()
+    }
+
+    /// Floats per obs row.
+    #[getter]
+    fn obs_dim(&self) -> usize {
+        self.inner.obs_dim()
+    }
+
+    /// Floats per target row.
+    #[getter]
+    fn target_dim(&self) -> usize {
+        self.inner.target_dim()
+    }
+
+    /// Rows ever added since creation (not reset by clear).
+    #[getter]
+    fn total_added(&self) -> u64 {
+        self.inner.total_added()
+    }
+
+    /// "fifo" or "reservoir".
+    #[getter]
+    fn retention(&self) -> &'static str {
+        match self.inner.retention() {
+            Retention::Fifo => "fifo",
+            Retention::Reservoir => "reservoir",
+        }
+    }
+
+    /// The seed of the samplers (drawn from the OS when constructed with seed=None).
+    #[getter]
+    fn seed(&self) -> u64 {
+        self.inner.seed()
+    }
+
+    fn __repr__(&self) -> String {
+        let s = &self.inner;
+        format!(
+            "RingBuffer(len={}, capacity={}, obs_dim={}, target_dim={}, retention='{}', total_added={})",
+            s.len(),
+            s.capacity(),
+            s.obs_dim(),
+            s.target_dim(),
+            self.retention(),
+            s.total_added()
+        )
+    }
+}
 
 #[pymodule]
 mod _rust_buffer {
     #[pymodule_export]
+    use super::PyRingBuffer;
+
+    #[pymodule_export]
+    #[allow(non_upper_case_globals)]
     const __version__: &str = env!("CARGO_PKG_VERSION");
 }

@@ -1,0 +1,151 @@
+"""Meta-training throughput (tasks/s) on 1 and 2 ranks with torch.distributed (gloo on CPU).
+
+Each configuration is a real ``torchrun`` launch of this script in worker mode: every rank
+collects its share of CartPole tasks, merges normalization statistics, then runs the same
+distributed meta-steps as ``train --distributed`` (second-order MAML with learned inner step
+sizes, the default model of ``RunConfig``). Rank 0 times ``--steps`` meta-steps after
+``--warmup`` untimed ones, between two barriers, and reports tasks per second
+(meta-batch size x steps / seconds). Scaling efficiency = tasks/s on W ranks / (W x tasks/s on
+1 rank). The meta-batch of a step is the same for every W (drawn from the seed and the step);
+its tasks go to the rank that holds them, so a step waits for the busiest rank: the "balance"
+column is (busiest rank's tasks) / (T / W) averaged over the timed steps, and 1 / balance bounds
+the efficiency this split can reach.
+
+    .venv/bin/python benchmarks/bench_distributed.py                 # 1 and 2 ranks
+    .venv/bin/python benchmarks/bench_distributed.py --ranks 1 2 4 --steps 40
+
+CPU note: on a 2-core machine shared with other work, 2 ranks compete with everything else for
+the same two cores; the numbers say what this machine gives, not what separate GPUs or nodes do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+RESULT_TAG = "BENCH_DISTRIBUTED_RESULT "
+
+
+def _worker(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    from eaml_ssm import distributed as D
+    from eaml_ssm.config import RunConfig
+    from eaml_ssm.pipeline import build_maml, build_model
+
+    cfg = RunConfig(
+        num_tasks=args.num_tasks,
+        steps_per_task=args.steps_per_task,
+        meta_batch_size=args.meta_batch_size,
+        device="cpu",
+        quiet=True,
+        seed=args.seed,
+    )
+    ctx = D.init_from_env("cpu")
+    try:
+        data = D.collect_shard(cfg, ctx, None)
+        maml = build_maml(cfg, build_model(cfg, data.family, ctx.device))
+        D.broadcast_parameters([*maml.model.parameters(), *maml.inner_lrs.values()], ctx)
+        sampler = D.ShardedTaskSampler(
+            data.store, cfg.num_tasks, cfg.support_len, cfg.query_len, cfg.seed,
+            ctx.rank, ctx.world_size,
+        )  # fmt: skip
+
+        def step(k: int) -> float:
+            local = sampler.local_tasks(k, cfg.meta_batch_size)
+            batch = sampler.batch(k, local, data.normalizer, ctx.device) if local else None
+            return D.distributed_meta_step(maml, batch, len(local), cfg.meta_batch_size, ctx)
+
+        for k in range(args.warmup):
+            step(k)
+        timed = range(args.warmup, args.warmup + args.steps)
+        if ctx.active:
+            dist.barrier()
+        t0 = time.perf_counter()
+        loss = 0.0
+        for k in timed:
+            loss = step(k)
+        if ctx.active:
+            dist.barrier()
+        seconds = time.perf_counter() - t0
+        D.assert_same_across_ranks(maml.meta_parameters(), ctx)
+        if ctx.is_main:
+            result = {
+                "ranks": ctx.world_size,
+                "steps": args.steps,
+                "meta_batch_size": cfg.meta_batch_size,
+                "seconds": seconds,
+                "tasks_per_s": args.steps * cfg.meta_batch_size / seconds,
+                "balance": sampler.load(cfg.meta_batch_size, timed),
+                "final_loss": loss,
+            }
+            print(RESULT_TAG + json.dumps(result), flush=True)
+    finally:
+        D.shutdown(ctx)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _launch(ranks: int, args: argparse.Namespace) -> dict[str, Any]:
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run",
+        f"--nproc_per_node={ranks}", "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
+        __file__, "--worker",
+        "--steps", str(args.steps), "--warmup", str(args.warmup),
+        "--num_tasks", str(args.num_tasks), "--steps_per_task", str(args.steps_per_task),
+        "--meta_batch_size", str(args.meta_batch_size), "--seed", str(args.seed),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_TAG):
+            return dict(json.loads(line[len(RESULT_TAG) :]))
+    raise RuntimeError(f"torchrun with {ranks} ranks failed:\n{proc.stdout}\n{proc.stderr}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--steps", type=int, default=20, help="timed meta-steps")
+    p.add_argument("--warmup", type=int, default=3, help="untimed meta-steps first")
+    p.add_argument("--num_tasks", type=int, default=8)
+    p.add_argument("--steps_per_task", type=int, default=300)
+    p.add_argument("--meta_batch_size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        _worker(args)
+        return
+    results = [_launch(w, args) for w in args.ranks]
+    base = next((r["tasks_per_s"] for r in results if r["ranks"] == 1), None)
+    print(
+        f"meta-training throughput, CPU gloo, T={args.meta_batch_size} tasks/meta-batch, "
+        f"{args.steps} timed steps, cpu_count={os.cpu_count()}, load avg "
+        f"{os.getloadavg()[0]:.1f}"
+    )
+    print("| ranks | tasks/s | s/meta-step | efficiency | balance | bound 1/balance |")
+    print("|---|---|---|---|---|---|")
+    for r in results:
+        eff = r["tasks_per_s"] / (r["ranks"] * base) if base else float("nan")
+        print(
+            f"| {r['ranks']} | {r['tasks_per_s']:.2f} | {r['seconds'] / r['steps']:.3f} | "
+            f"{eff:.2f} | {r['balance']:.2f} | {1 / r['balance']:.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""Run folders: config, metrics, summary, checkpoints and RNG state.
+
+A run folder holds
+    config.json      the full resolved RunConfig
+    metrics.jsonl    one JSON object per logged event (meta-training steps, adaptation windows)
+    summary.json     the final results table
+    checkpoint.pt    model, meta-optimizer, normalizer, RNG states, step (loads with
+                     torch.load(weights_only=True))
+    store.rbuf       the experience store (when the store supports save), or a reference to it
+    plots/*.png      meta-training loss, adaptation curves, error before/after per task
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+
+
+def seed_everything(seed: int) -> None:
+    """The one seeding block: Python, NumPy's legacy global RNG and torch."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    import torch
+
+    state: dict[str, Any] = {
+        "python": _jsonable(random.getstate()),
+        "numpy": _jsonable(np.random.get_state(legacy=False)),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import torch
+
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    np_state = dict(state["numpy"])
+    np.random.set_state(np_state)
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _jsonable(value: Any) -> Any:
+    """Tuples -> lists and numpy arrays -> lists, so the state loads with weights_only=True."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+class RunDir:
+    """A run folder with append-only metrics and atomic JSON/checkpoint writes."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / "plots").mkdir(exist_ok=True)
+
+    @classmethod
+    def create(cls, out: str, name: str) -> RunDir:
+        return cls(Path(out) / name)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / "checkpoint.pt"
+
+    def write_json(self, name: str, data: Any) -> Path:
+        target = self.path / name
+        tmp = target.with_suffix(target.suffix + ".tmp")
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n")
+        os.replace(tmp, target)
+        return target
+
+    def read_json(self, name: str) -> Any:
+        return json.loads((self.path / name).read_text())
+
+    def log_metrics(self, kind: str, **values: Any) -> None:
+        row = {"kind": kind, "time": round(time.time(), 3), **values}
+        with open(self.path / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(row, default=_json_default) + "\n")
+
+    def read_metrics(self, kind: str | None = None) -> list[dict[str, Any]]:
+        path = self.path / "metrics.jsonl"
+        if not path.exists():
+            return []
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [r for r in rows if kind is None or r["kind"] == kind]
+
+    def truncate_metrics(self, kind: str, keep_step_below: int) -> None:
+        """Drop `kind` rows logged at or after a step (used when resuming from a checkpoint)."""
+        path = self.path / "metrics.jsonl"
+        if not path.exists():
+            return
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        kept = [r for r in rows if r["kind"] != kind or r.get("step", -1) < keep_step_below]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(tmp, path)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Write atomically (temp file + rename): a crash leaves the old or the new checkpoint."""
+    import torch
+
+    payload = {"format": CHECKPOINT_FORMAT, **payload}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, expected_config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Load with weights_only=True; refuse a checkpoint written for a different config."""
+    import torch
+
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    payload: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    if payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"{path}: checkpoint format {payload.get('format')!r}, expected {CHECKPOINT_FORMAT}"
+        )
+    if expected_config is not None:
+        diff = config_diff(payload.get("config", {}), expected_config)
+        if diff:
+            raise ValueError(
+                f"{path} was written for a different config; differing fields: "
+                + ", ".join(f"{k} (checkpoint {a!r}, now {b!r})" for k, a, b in diff)
+            )
+    return payload
+
+
+# Fields that may differ between the run that wrote a checkpoint and the run that loads it:
+# presentation, the length of meta-training (resume may extend it) and test-time settings.
+RESUME_FREE_FIELDS = {
+    "quiet",
+    "out",
+    "name",
+    "device",
+    "num_epochs",
+    "workers",
+    "adapt_lr",
+    "num_adapt_steps",
+    "experience_batch_size",
+    "experience_weight",
+    "adapt_every",
+    "stream_steps",
+    "num_test_tasks",
+}
+
+
+def config_diff(saved: dict[str, Any], now: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    keys = sorted((set(saved) | set(now)) - RESUME_FREE_FIELDS)
+    return [(k, saved.get(k), now.get(k)) for k in keys if saved.get(k) != now.get(k)]

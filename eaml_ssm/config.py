@@ -1,0 +1,143 @@
+"""Run configuration: one dataclass is the single source of truth for the pipeline.
+
+Every field has a default and a help string; `add_config_arguments` turns the fields into CLI
+flags, and the resolved config is saved as `config.json` in the run folder and in every
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _f(default: Any, help: str, **meta: Any) -> Any:
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass
+class RunConfig:
+    # --- what and where -------------------------------------------------------------------
+    env_name: str = _f("CartPole-v1", "task family (a gymnasium id, see eaml_ssm.tasks)")
+    seed: int = _f(0, "seed for tasks, data, initialisation and sampling")
+    device: str = _f("auto", "auto|cpu|cuda (auto picks cuda when available)")
+    out: str = _f("runs", "parent folder of run folders")
+    name: str = _f("", "run folder name (default: <env>-s<seed>-<time>)")
+    quiet: bool = _f(False, "less logging, no progress bars")
+    # --- collection ----------------------------------------------------------------------
+    num_tasks: int = _f(24, "meta-training tasks (physics sampled from the training range)")
+    steps_per_task: int = _f(1000, "environment steps collected per training task")
+    episodes_per_task: int = _f(0, "if > 0, collect this many episodes per task instead")
+    buffer_size: int = _f(200_000, "experience store capacity (rows)")
+    workers: int = _f(
+        1,
+        "collection worker threads (> 1 is faster, but the store's row order then depends "
+        "on thread scheduling, so runs are no longer bit-reproducible)",
+    )
+    # --- model ---------------------------------------------------------------------------
+    state_dim: int = _f(16, "SSM state size per layer")
+    hidden_dim: int = _f(64, "SSM model width")
+    num_layers: int = _f(2, "stacked SSM layers")
+    # --- meta-training -------------------------------------------------------------------
+    num_epochs: int = _f(400, "meta-iterations (meta-updates)")
+    meta_batch_size: int = _f(8, "tasks per meta-update")
+    support_len: int = _f(
+        8, "support window (steps of one episode) the model adapts on in meta-training"
+    )
+    query_len: int = _f(8, "query window: the next steps of the same episode, scored")
+    inner_lr: float = _f(0.05, "inner-loop step size (initial value when learned)")
+    outer_lr: float = _f(1e-3, "meta-optimizer (Adam) learning rate")
+    num_inner_steps: int = _f(2, "inner-loop gradient steps")
+    learn_inner_lr: bool = _f(True, "learn a per-parameter inner step size (Meta-SGD)")
+    first_order: bool = _f(False, "first-order MAML (default: second order)")
+    # --- adaptation ----------------------------------------------------------------------
+    adapt_lr: float = _f(0.0, "test-time step size (0 = the meta-learned one)")
+    num_adapt_steps: int = _f(0, "test-time steps per adaptation (0 = as meta-trained)")
+    experience_batch_size: int = _f(32, "experience rows replayed per adaptation step")
+    experience_weight: float = _f(0.1, "weight of the experience loss in the hybrid loss")
+    adapt_every: int = _f(16, "adapt online every M steps on the latest window")
+    stream_steps: int = _f(200, "steps per test task in the online stream")
+    num_test_tasks: int = _f(3, "test tasks per split (held-out and out-of-range)")
+
+
+def config_fields() -> list[dataclasses.Field[Any]]:
+    return list(dataclasses.fields(RunConfig))
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, names: list[str] | None = None) -> None:
+    """Add `--field` flags (original snake_case names) for the selected RunConfig fields."""
+    for f in config_fields():
+        if names is not None and f.name not in names:
+            continue
+        flag = f"--{f.name}"
+        help_text = f"{f.metadata['help']} (default: {f.default})"
+        if f.type in ("bool", bool):
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+        else:
+            kind = {"int": int, "float": float, "str": str}[str(f.type)]
+            parser.add_argument(flag, type=kind, default=None, help=help_text)
+
+
+def config_from_args(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
+    """Fields given on the command line override `base` (or the defaults)."""
+    cfg = dataclasses.replace(base) if base is not None else RunConfig()
+    for f in config_fields():
+        value = getattr(args, f.name, None)
+        if value is not None:
+            setattr(cfg, f.name, value)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    positive = [
+        "num_tasks",
+        "buffer_size",
+        "workers",
+        "state_dim",
+        "hidden_dim",
+        "num_layers",
+        "meta_batch_size",
+        "support_len",
+        "query_len",
+        "num_inner_steps",
+        "experience_batch_size",
+        "adapt_every",
+        "stream_steps",
+        "num_test_tasks",
+    ]
+    for name in positive:
+        if getattr(cfg, name) <= 0:
+            raise ValueError(f"--{name} must be > 0, got {getattr(cfg, name)}")
+    for name in ["num_epochs", "steps_per_task", "episodes_per_task", "num_adapt_steps"]:
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"--{name} must be >= 0, got {getattr(cfg, name)}")
+    for name in ["inner_lr", "outer_lr"]:
+        if not getattr(cfg, name) > 0:
+            raise ValueError(f"--{name} must be > 0, got {getattr(cfg, name)}")
+    if cfg.adapt_lr < 0 or cfg.experience_weight < 0:
+        raise ValueError("--adapt_lr and --experience_weight must be >= 0")
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda, got {cfg.device!r}")
+    if cfg.meta_batch_size > cfg.num_tasks:
+        raise ValueError(
+            f"--meta_batch_size ({cfg.meta_batch_size}) cannot exceed --num_tasks ({cfg.num_tasks})"
+        )
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    known = {f.name for f in config_fields()}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown config fields {unknown}; known: {sorted(known)}")
+    cfg = RunConfig(**data)
+    validate(cfg)
+    return cfg

@@ -1,0 +1,442 @@
+"""The end-to-end pipeline behind `python -m eaml_ssm`.
+
+    collect   meta-training tasks (physics from the training range) -> the Rust store
+    train     MAML (second order, learned inner step sizes) of the SSM on contiguous
+              support/query windows of each task, sampled from the store
+    adapt     online hybrid adaptation on streams of held-out and out-of-range tasks
+              (see eaml_ssm.protocol), scored against no adaptation, adaptation without
+              experience, GrBAL-style reset, identity and per-window linear least squares
+
+Every stage writes into one run folder (see eaml_ssm.artifacts); `--resume` continues
+meta-training from the folder's checkpoint and gives the same result as an uninterrupted
+run with the same seed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from eaml_ssm import protocol
+from eaml_ssm.adaptation import Adapter
+from eaml_ssm.artifacts import (
+    RunDir,
+    config_diff,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
+from eaml_ssm.collect import build_store, rollout
+from eaml_ssm.config import RunConfig, from_dict, to_dict
+from eaml_ssm.features import Normalizer
+from eaml_ssm.maml import MetaMAML, TaskBatch
+from eaml_ssm.plots import plot_before_after, plot_curve, plot_curves
+from eaml_ssm.ssm import SSM
+from eaml_ssm.tasks import Task, TaskFamily, get_family, sample_tasks
+
+log = logging.getLogger(__name__)
+
+STORE_FILE = "store.rbuf"
+SPLITS = ("heldout", "ood")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def run_name(cfg: RunConfig) -> str:
+    return cfg.name or f"{cfg.env_name}-seed{cfg.seed}"
+
+
+def open_run(cfg: RunConfig, resume: bool) -> RunDir:
+    """The run folder; a fresh run never overwrites an existing one (it picks a new name)."""
+    base = Path(cfg.out) / run_name(cfg)
+    if resume:
+        if not (base / "config.json").exists():
+            raise FileNotFoundError(f"--resume: no run at {base} (looked for config.json)")
+        saved = from_dict(RunDir(base).read_json("config.json"))
+        diff = config_diff(to_dict(saved), to_dict(cfg))
+        if diff:
+            raise ValueError(
+                f"--resume: {base} was run with a different config: "
+                + ", ".join(f"{k} (saved {a!r}, now {b!r})" for k, a, b in diff)
+            )
+        return RunDir(base)
+    path, n = base, 1
+    while path.exists() and any(path.iterdir()):
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return RunDir(path)
+
+
+@dataclass
+class Data:
+    family: TaskFamily
+    train_tasks: list[Task]
+    store: Any
+    normalizer: Normalizer
+
+
+@dataclass
+class Trained:
+    model: SSM
+    maml: MetaMAML
+    losses: list[float]
+    seconds: float
+
+
+# --- collect --------------------------------------------------------------------------------
+
+
+def collect_stage(cfg: RunConfig, run: RunDir) -> Data:
+    family = get_family(cfg.env_name)
+    tasks = sample_tasks(cfg.env_name, cfg.num_tasks, seed=cfg.seed, split="train")
+    t0 = time.perf_counter()
+    store, stats = build_store(
+        tasks,
+        cfg.steps_per_task,
+        capacity=min(cfg.buffer_size, cfg.num_tasks * cfg.steps_per_task),
+        store_seed=cfg.seed,
+        num_workers=cfg.workers,
+        seed=cfg.seed,
+        progress=None if not cfg.quiet else False,
+    )
+    norm = Normalizer.from_store(store)
+    log.info(
+        "collected %d transitions (%d episodes) from %d %s tasks in %.1f s",
+        stats.transitions,
+        stats.episodes,
+        len(tasks),
+        cfg.env_name,
+        time.perf_counter() - t0,
+    )
+    run.log_metrics(
+        "collect", transitions=stats.transitions, episodes=stats.episodes, seconds=stats.seconds
+    )
+    run.write_json("tasks.json", [{"task_id": i, **t.params} for i, t in enumerate(tasks)])
+    if hasattr(store, "save"):
+        store.save(str(run.path / STORE_FILE))
+    return Data(family, tasks, store, norm)
+
+
+# --- train ----------------------------------------------------------------------------------
+
+
+def build_model(cfg: RunConfig, family: TaskFamily, device: torch.device) -> SSM:
+    return SSM(
+        state_dim=cfg.state_dim,
+        input_dim=family.input_dim,
+        output_dim=family.target_dim,
+        hidden_dim=cfg.hidden_dim,
+        num_layers=cfg.num_layers,
+    ).to(device)
+
+
+def build_maml(cfg: RunConfig, model: SSM) -> MetaMAML:
+    return MetaMAML(
+        model,
+        inner_lr=cfg.inner_lr,
+        outer_lr=cfg.outer_lr,
+        first_order=cfg.first_order,
+        num_inner_steps=cfg.num_inner_steps,
+        learn_inner_lr=cfg.learn_inner_lr,
+    )
+
+
+def meta_batch(cfg: RunConfig, data: Data, device: torch.device) -> TaskBatch:
+    """Per-task contiguous support/query windows from the store, normalized, as sequences."""
+    so, st, qo, qt, _ = data.store.sample_tasks(
+        cfg.meta_batch_size, cfg.support_len, cfg.query_len, contiguous=True
+    )
+    norm = data.normalizer
+
+    def seq(a: np.ndarray, target: bool) -> torch.Tensor:
+        t = torch.from_numpy(a)  # (T, l, d)
+        t = (
+            norm.normalize_targets(t, inplace=True)
+            if target
+            else norm.normalize_inputs(t, inplace=True)
+        )
+        return t.unsqueeze(1).to(device)  # (T, 1, l, d): one sequence per task
+
+    return TaskBatch(seq(so, False), seq(st, True), seq(qo, False), seq(qt, True))
+
+
+def checkpoint_payload(cfg: RunConfig, trained: Trained, data: Data, step: int) -> dict[str, Any]:
+    return {
+        "config": to_dict(cfg),
+        "model_config": trained.model.config.to_dict(),
+        "model": trained.model.state_dict(),
+        "maml": trained.maml.state_dict(),
+        "normalizer": data.normalizer.state_dict(),
+        "losses": list(trained.losses),
+        "step": step,
+        "rng": rng_state(),
+    }
+
+
+def train_stage(cfg: RunConfig, run: RunDir, data: Data, resume: bool) -> Trained:
+    device = resolve_device(cfg.device)
+    model = build_model(cfg, data.family, device)
+    maml = build_maml(cfg, model)
+    trained = Trained(model, maml, [], 0.0)
+    start = 0
+    if resume and run.checkpoint_path.exists():
+        ck = load_checkpoint(run.checkpoint_path, to_dict(cfg))
+        model.load_state_dict(ck["model"])
+        maml.load_state_dict(ck["maml"])
+        trained.losses = list(ck["losses"])
+        start = int(ck["step"])
+        set_rng_state(ck["rng"])
+        run.truncate_metrics("train", start)
+        log.info("resuming meta-training at step %d of %d", start, cfg.num_epochs)
+    every = max(1, cfg.num_epochs // 10)
+    t0 = time.perf_counter()
+    bar = tqdm(range(start, cfg.num_epochs), desc="meta-train", disable=True if cfg.quiet else None)
+    for step in bar:
+        _reseed_sampler(data.store, cfg.seed, step)
+        loss = maml.meta_update(meta_batch(cfg, data, device))
+        if not np.isfinite(loss):
+            raise FloatingPointError(f"meta-training diverged at step {step} (loss {loss})")
+        trained.losses.append(loss)
+        run.log_metrics("train", step=step, meta_loss=loss)
+        bar.set_postfix(loss=f"{loss:.4f}")
+        if (step + 1) % every == 0 or step + 1 == cfg.num_epochs:
+            log.info("meta-step %d/%d  query loss %.4f", step + 1, cfg.num_epochs, loss)
+            save_checkpoint(run.checkpoint_path, checkpoint_payload(cfg, trained, data, step + 1))
+    trained.seconds = time.perf_counter() - t0
+    if start == cfg.num_epochs and not run.checkpoint_path.exists():
+        save_checkpoint(run.checkpoint_path, checkpoint_payload(cfg, trained, data, start))
+    return trained
+
+
+def _reseed_sampler(store: Any, seed: int, step: int) -> None:
+    """Per-step sampler seed: a resumed run draws exactly the batches of an uninterrupted one."""
+    reseed = getattr(store, "reseed", None)
+    if reseed is not None:
+        reseed(int(np.random.SeedSequence([seed, step]).generate_state(1)[0]))
+
+
+# --- adapt + evaluate -----------------------------------------------------------------------
+
+
+def _streams(cfg: RunConfig, tasks: list[Task], norm: Normalizer, seed: int) -> list[Any]:
+    out = []
+    for i, task in enumerate(tasks):
+        s = rollout(task, cfg.stream_steps, seed=seed + i)
+        x, y = s.transitions()
+        name = ", ".join(f"{k}={v:.3g}" for k, v in task.params.items())
+        out.append(protocol.stream_data(name, x, y, s.starts, norm))
+    return out
+
+
+def base_adapter(cfg: RunConfig, trained: Trained, data: Data) -> Adapter:
+    overrides: dict[str, Any] = {
+        "experience_batch_size": cfg.experience_batch_size,
+        "experience_weight": cfg.experience_weight,
+        "seed": cfg.seed,
+        # replayed windows: the stretch meta-training used (support warms the state up)
+        "sequence_length": cfg.support_len + cfg.query_len,
+        "burn_in": cfg.support_len,
+    }
+    if cfg.adapt_lr > 0:
+        overrides["learning_rate"] = cfg.adapt_lr
+        overrides["param_lrs"] = None
+    if cfg.num_adapt_steps > 0:
+        overrides["num_steps"] = cfg.num_adapt_steps
+    return Adapter.from_maml(
+        trained.maml,
+        data.store,
+        resolve_device(cfg.device),
+        transform=data.normalizer,
+        **overrides,
+    )
+
+
+def methods(cfg: RunConfig, base: Adapter) -> dict[str, tuple[Adapter, bool]]:
+    """name -> (adapter at the meta-learned weights, adapts?)."""
+    w = cfg.experience_weight
+    return {
+        "no adaptation": (protocol.variant(base), False),
+        "GrBAL reset (w=0)": (protocol.variant(base, mode="reset", experience_weight=0.0), True),
+        "continual (w=0)": (protocol.variant(base, mode="continual", experience_weight=0.0), True),
+        f"hybrid (w={w:g})": (protocol.variant(base, mode="continual", experience_weight=w), True),
+    }
+
+
+def evaluate_stage(cfg: RunConfig, run: RunDir, data: Data, trained: Trained) -> dict[str, Any]:
+    """Online adaptation on held-out and out-of-range streams, retention on old tasks."""
+    norm, m = data.normalizer, cfg.adapt_every
+    old = _streams(cfg, data.train_tasks[: min(4, len(data.train_tasks))], norm, cfg.seed + 7919)
+    old_pairs = [p for s in old for p in protocol.window_pairs(s, m, 3)]
+    base = base_adapter(cfg, trained, data)
+    shots = base.config.num_steps
+    before = {
+        "0-shot": protocol.retention(base, old_pairs, m, shots=0),
+        "few-shot": protocol.retention(base, old_pairs, m, shots=shots),
+    }
+    rows: dict[str, dict[str, float]] = {}
+    curves: dict[str, dict[str, list[float]]] = {}
+    per_task: dict[str, dict[str, list[float]]] = {}
+    for split in SPLITS:
+        test_tasks = sample_tasks(cfg.env_name, cfg.num_test_tasks, seed=cfg.seed, split=split)
+        streams = _streams(cfg, test_tasks, norm, cfg.seed + 104729)
+        for name, (adapter, adapts) in methods(cfg, base).items():
+            errs: list[float] = []
+            task_means = []
+            for s in streams:  # A -> B -> C, without resetting between tasks
+                e = protocol.prequential(adapter, s, m, adapt=adapts)
+                errs += e
+                task_means.append(float(np.mean(e)))
+            row = rows.setdefault(name, {})
+            row[f"{split} nMSE"] = float(np.mean(errs))
+            row[f"{split} old tasks 0-shot"] = protocol.retention(adapter, old_pairs, m, shots=0)
+            row[f"{split} old tasks few-shot"] = protocol.retention(
+                adapter, old_pairs, m, shots=shots
+            )
+            row["rollbacks"] = row.get("rollbacks", 0) + adapter.stats.get("rollbacks", 0)
+            curves.setdefault(split, {})[name] = errs
+            per_task.setdefault(split, {})[name] = task_means
+        for name, fn in (
+            ("identity", lambda s: protocol.identity_windows(s, m, norm)),
+            ("linear LS (best ridge)", lambda s: protocol.best_linear_windows(s, m, norm)[1]),
+        ):
+            errs = [e for s in streams for e in fn(s)]
+            rows.setdefault(name, {})[f"{split} nMSE"] = float(np.mean(errs))
+            curves[split][name] = errs
+        per_task.setdefault(split, {})["names"] = [s.name for s in streams]  # type: ignore[assignment]
+    summary = {
+        "env_name": cfg.env_name,
+        "seed": cfg.seed,
+        "window": m,
+        "adaptation": base.config.to_dict(),
+        "old_tasks_before": before,
+        "methods": rows,
+        "meta_training": {
+            "steps": len(trained.losses),
+            "final_loss": trained.losses[-1] if trained.losses else None,
+            "seconds": round(trained.seconds, 2),
+        },
+    }
+    _plots(run, trained, curves, per_task, cfg)
+    return summary
+
+
+def _plots(
+    run: RunDir,
+    trained: Trained,
+    curves: dict[str, dict[str, list[float]]],
+    per_task: dict[str, dict[str, Any]],
+    cfg: RunConfig,
+) -> None:
+    plots = run.path / "plots"
+    plot_curve(
+        plots / "meta_training_loss.png",
+        list(range(1, len(trained.losses) + 1)),
+        trained.losses,
+        title=f"meta-training ({cfg.env_name})",
+        xlabel="meta-step",
+        ylabel="query loss (normalized MSE)",
+    )
+    hybrid = f"hybrid (w={cfg.experience_weight:g})"
+    for split, named in curves.items():
+        plot_curves(
+            plots / f"adaptation_{split}.png",
+            named,
+            title=f"prequential error per window, {split} stream",
+            xlabel="window (tasks A -> B -> C)",
+            ylabel="nMSE",
+        )
+        tasks = per_task[split]
+        plot_before_after(
+            plots / f"before_after_{split}.png",
+            tasks["names"],
+            tasks["no adaptation"],
+            tasks[hybrid],
+            title=f"{split}: error before and after hybrid adaptation",
+        )
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    cols = [
+        "heldout nMSE",
+        "ood nMSE",
+        "heldout old tasks few-shot",
+        "ood old tasks few-shot",
+        "ood old tasks 0-shot",
+    ]
+    lines = [
+        "| method | " + " | ".join(cols) + " |",
+        "|---" * (len(cols) + 1) + "|",
+    ]
+    for name, row in summary["methods"].items():
+        cells = [f"{row[c]:.4f}" if c in row else "-" for c in cols]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    before = summary["old_tasks_before"]
+    lines.append(
+        f"\nold (training) tasks before the streams: few-shot {before['few-shot']:.4f}, "
+        f"0-shot {before['0-shot']:.4f} (nMSE; identity ~ 1)"
+    )
+    return "\n".join(lines)
+
+
+# --- stages ---------------------------------------------------------------------------------
+
+
+def load_data(cfg: RunConfig, run: RunDir) -> Data:
+    """The store of an earlier `collect` in this run folder, or a fresh collection."""
+    path = run.path / STORE_FILE
+    if path.exists():
+        import rust_buffer
+
+        load = getattr(rust_buffer.RingBuffer, "load", None)
+        if load is not None:
+            store = load(str(path))
+            tasks = sample_tasks(cfg.env_name, cfg.num_tasks, seed=cfg.seed, split="train")
+            return Data(get_family(cfg.env_name), tasks, store, Normalizer.from_store(store))
+    return collect_stage(cfg, run)
+
+
+def run_stage(command: str, cfg: RunConfig, *, resume: bool = False) -> int:
+    """Run one stage (`run`, `collect`, `train`, `adapt`) and return an exit code.
+
+    `adapt`, and any stage with `resume`, works in the existing run folder --out/--name
+    (default name: <env>-seed<seed>); the others start a new folder.
+    """
+    get_family(cfg.env_name)  # an unknown or unsupported env fails before anything is written
+    torch.set_num_threads(1)
+    seed_everything(cfg.seed)
+    existing = resume or command == "adapt"
+    run = open_run(cfg, existing)
+    if command == "adapt" and not run.checkpoint_path.exists():
+        raise FileNotFoundError(f"adapt: no trained checkpoint in {run.path}; run `train` first")
+    run.write_json("config.json", to_dict(cfg))
+    log.info("run folder: %s", run.path)
+    t0 = time.perf_counter()
+    data = load_data(cfg, run) if existing else collect_stage(cfg, run)
+    if command == "collect":
+        return 0
+    trained = train_stage(cfg, run, data, resume=existing)
+    if command == "train":
+        return 0
+    summary = evaluate_stage(cfg, run, data, trained)
+    summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    run.write_json("summary.json", summary)
+    table = format_table(summary)
+    (run.path / "summary.md").write_text(table + "\n")
+    print(table)
+    print(f"\nrun folder: {run.path}  ({summary['wall_seconds']} s)")
+    return 0

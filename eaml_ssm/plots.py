@@ -1,0 +1,106 @@
+"""PNG plots for a run folder (matplotlib, Agg backend; skipped with a warning if missing)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def _pyplot():  # type: ignore[no-untyped-def]
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover - matplotlib is a dependency
+        log.warning("matplotlib is not installed: no plots")
+        return None
+    return plt
+
+
+def plot_curve(
+    path: Path, xs: Sequence[float], ys: Sequence[float], *, title: str, xlabel: str, ylabel: str
+) -> Path | None:
+    plt = _pyplot()
+    if plt is None or not xs:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(xs, ys, lw=1.2)
+    ax.set_yscale("log")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(
+    path: Path,
+    curves: Mapping[str, Sequence[float]],
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    log_y: bool = True,
+) -> Path | None:
+    """Several named curves on one axis (e.g. per-window error of each adaptation method)."""
+    plt = _pyplot()
+    if plt is None or not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, ys in curves.items():
+        ax.plot(range(len(ys)), ys, lw=1.2, label=label)
+    if log_y:
+        ax.set_yscale("log")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_before_after(
+    path: Path, tasks: Sequence[str], before: Sequence[float], after: Sequence[float], *, title: str
+) -> Path | None:
+    """Grouped bars: error before and after adaptation for each test task."""
+    plt = _pyplot()
+    if plt is None or not tasks:
+        return None
+    fig, ax = plt.subplots(figsize=(max(5, len(tasks) * 0.9), 3.8))
+    idx = list(range(len(tasks)))
+    ax.bar([i - 0.2 for i in idx], before, width=0.4, label="before (meta-learned)")
+    ax.bar([i + 0.2 for i in idx], after, width=0.4, label="after adaptation")
+    ax.set_xticks(idx, tasks, rotation=30, ha="right", fontsize=7)
+    ax.set_yscale("log")
+    ax.set(title=title, ylabel="nMSE")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_pareto(
+    path: Path, points: Mapping[str, tuple[float, float]], *, title: str
+) -> Path | None:
+    """New-task error (x) against forgetting (y), one labelled point per method."""
+    plt = _pyplot()
+    if plt is None or not points:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for label, (x, y) in points.items():
+        ax.scatter([x], [y], s=20)
+        ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set(title=title, xlabel="new-task nMSE", ylabel="few-shot forgetting (train tasks)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,113 @@
+"""Type stubs for rust_buffer (hand-written; checked with ``python -m mypy.stubtest rust_buffer``).
+
+Shape glossary: b batch, l sequence length, t tasks, s support rows, q query rows,
+do obs_dim, dt target_dim.
+"""
+
+from typing import Literal, TypeAlias, final, overload
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+__all__ = ["RingBuffer", "__version__"]
+
+_F32: TypeAlias = npt.NDArray[np.float32]
+_I64: TypeAlias = npt.NDArray[np.int64]
+_Meta: TypeAlias = int | npt.ArrayLike
+
+@final
+class RingBuffer:
+    """A lock-free ring of float32 obs/target rows with int64 task_id, episode_id, step."""
+
+    def __new__(
+        cls,
+        capacity: int,
+        obs_dim: int,
+        target_dim: int,
+        *,
+        seed: int | None = None,
+        retention: Literal["fifo", "reservoir"] = "fifo",
+    ) -> RingBuffer: ...
+    def add(
+        self,
+        obs: npt.ArrayLike,
+        target: npt.ArrayLike,
+        *,
+        task_id: _Meta = 0,
+        episode_id: _Meta = -1,
+        step: _Meta = -1,
+    ) -> None:
+        """Add one row (1-D obs (do,), target (dt,)) or a batch (2-D (n, do), (n, dt))."""
+    @overload
+    def sample(self, batch_size: int, *, with_meta: Literal[False] = False) -> tuple[_F32, _F32]:
+        """(obs (b, do), target (b, dt)), uniform with replacement."""
+    @overload
+    def sample(
+        self, batch_size: int, *, with_meta: Literal[True]
+    ) -> tuple[_F32, _F32, _I64, _I64, _I64]:
+        """(obs, target, task_id (b,), episode_id (b,), step (b,))."""
+    @overload
+    def sample(
+        self, batch_size: int, *, with_meta: bool
+    ) -> tuple[_F32, _F32] | tuple[_F32, _F32, _I64, _I64, _I64]: ...
+    def sample_into(self, obs_out: _F32, target_out: _F32) -> None:
+        """Gather obs_out.shape[0] rows into obs_out (b, do) and target_out (b, dt)."""
+    def sample_tasks(
+        self, n_tasks: int, n_support: int, n_query: int, *, contiguous: bool = False
+    ) -> tuple[_F32, _F32, _F32, _F32, _I64]:
+        """(support_obs (t, s, do), support_target (t, s, dt), query_obs (t, q, do),
+        query_target (t, q, dt), task_ids (t,))."""
+    def sample_sequences(self, batch_size: int, seq_len: int) -> tuple[_F32, _F32, _I64]:
+        """(obs (b, l, do), target (b, l, dt), task_ids (b,))."""
+    @overload
+    def sample_recent(
+        self, batch_size: int, window: int, *, with_meta: Literal[False] = False
+    ) -> tuple[_F32, _F32]: ...
+    @overload
+    def sample_recent(
+        self, batch_size: int, window: int, *, with_meta: Literal[True]
+    ) -> tuple[_F32, _F32, _I64, _I64, _I64]: ...
+    @overload
+    def sample_recent(
+        self, batch_size: int, window: int, *, with_meta: bool
+    ) -> tuple[_F32, _F32] | tuple[_F32, _F32, _I64, _I64, _I64]: ...
+    @overload
+    def sample_task_rows(
+        self, task_id: int, batch_size: int, *, with_meta: Literal[False] = False
+    ) -> tuple[_F32, _F32]: ...
+    @overload
+    def sample_task_rows(
+        self, task_id: int, batch_size: int, *, with_meta: Literal[True]
+    ) -> tuple[_F32, _F32, _I64, _I64, _I64]: ...
+    @overload
+    def sample_task_rows(
+        self, task_id: int, batch_size: int, *, with_meta: bool
+    ) -> tuple[_F32, _F32] | tuple[_F32, _F32, _I64, _I64, _I64]: ...
+    def task_counts(self) -> dict[int, int]:
+        """Rows currently held per task id."""
+    def obs_view(self) -> _F32:
+        """Zero-copy read-only (len, do) view of the obs column, slot order."""
+    def target_view(self) -> _F32:
+        """Zero-copy read-only (len, dt) view of the target column."""
+    def task_id_view(self) -> _I64:
+        """Zero-copy read-only (len,) view of task_id."""
+    def episode_id_view(self) -> _I64:
+        """Zero-copy read-only (len,) view of episode_id."""
+    def step_view(self) -> _I64:
+        """Zero-copy read-only (len,) view of step."""
+    def clear(self) -> None:
+        """Forget every row (total_added keeps counting)."""
+    def __len__(self) -> int: ...
+    @property
+    def capacity(self) -> int: ...
+    @property
+    def obs_dim(self) -> int: ...
+    @property
+    def target_dim(self) -> int: ...
+    @property
+    def total_added(self) -> int: ...
+    @property
+    def retention(self) -> Literal["fifo", "reservoir"]: ...
+    @property
+    def seed(self) -> int: ...

@@ -1,0 +1,116 @@
+//! Preallocated float32 columns whose rows are copied with relaxed atomic word accesses.
+//!
+//! A sampler may copy a row while a writer overwrites it; the slot stamps (see `slots`) make
+//! it throw such a copy away. Under Rust's memory model that racing copy must still be made of
+//! atomic accesses, or it is undefined behaviour even when discarded. So the storage is atomic
+//! words, and rows move as relaxed loads/stores, which compile to plain moves on x86-64 and
+//! aarch64. Rows of an even width move as 64-bit words (half the instructions of 32-bit ones);
+//! odd widths use 32-bit words. Either way the memory is densely packed float32, row-major,
+//! so NumPy and DLPack can view it directly.
+
+use crate::error::BufferError;
+use crate::sync::{zeroed, AtomicU32, AtomicU64, Ordering::Relaxed};
+
+enum Words {
+    /// Even widths: two floats per word.
+    W64(Box<[AtomicU64]>),
+    /// Odd widths: one float per word.
+    W32(Box<[AtomicU32]>),
+}
+
+/// One `capacity x dim` float32 column.
+pub(crate) struct FloatColumn {
+    words: Words,
+    dim: usize,
+}
+
+impl FloatColumn {
+    pub(crate) fn new(capacity: usize, dim: usize) -> Result<Self, BufferError> {
+        let n = capacity.checked_mul(dim).ok_or(BufferError::TooLarge {
+            elements: usize::MAX,
+        })?;
+        let words = if dim % 2 == 0 {
+            Words::W64(zeroed(n / 2)?)
+        } else {
+            Words::W32(zeroed(n)?)
+        };
+        Ok(FloatColumn { words, dim })
+    }
+
+    /// Copy the row in `slot` into `dst` (`dst.len() == dim`).
+    #[inline]
+    pub(crate) fn load_row(&self, slot: usize, dst: &mut [f32]) {
+        let d = self.dim;
+        match &self.words {
+            Words::W64(w) => {
+                let half = d / 2;
+                let src = &w[slot * half..slot * half + half];
+                for (out, word) in dst.chunks_exact_mut(2).zip(src) {
+                    let b = word.load(Relaxed).to_ne_bytes();
+                    out[0] = f32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+                    out[1] = f32::from_ne_bytes([b[4], b[5], b[6], b[7]]);
+                }
+            }
+            Words::W32(w) => {
+                for (out, word) in dst.iter_mut().zip(&w[slot * d..slot * d + d]) {
+                    *out = f32::from_bits(word.load(Relaxed));
+                }
+            }
+        }
+    }
+
+    /// Copy `src` (`src.len() == dim`) into the row in `slot`.
+    #[inline]
+    pub(crate) fn store_row(&self, slot: usize, src: &[f32]) {
+        let d = self.dim;
+        match &self.words {
+            Words::W64(w) => {
+                let half = d / 2;
+                let dst = &w[slot * half..slot * half + half];
+                for (pair, word) in src.chunks_exact(2).zip(dst) {
+                    let a = pair[0].to_ne_bytes();
+                    let b = pair[1].to_ne_bytes();
+                    word.store(
+                        u64::from_ne_bytes([a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3]]),
+                        Relaxed,
+                    );
+                }
+            }
+            Words::W32(w) => {
+                for (word, v) in w[slot * d..slot * d + d].iter().zip(src) {
+                    word.store(v.to_bits(), Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Ask the CPU to start loading the row in `slot` (random gathers are latency-bound; a
+    /// few rows of look-ahead keep several cache misses in flight).
+    #[inline]
+    pub(crate) fn prefetch(&self, slot: usize) {
+        #[cfg(all(target_arch = "x86_64", not(loom)))]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let start = self.as_ptr().wrapping_add(slot * self.dim) as *const i8;
+            let bytes = self.dim * 4;
+            let mut off = 0;
+            // At most 8 lines: longer rows are streamed by the hardware prefetcher.
+            while off < bytes + 63 && off < 512 {
+                // SAFETY: prefetch is a hint; it never faults, even on an invalid address.
+                unsafe { _mm_prefetch(start.wrapping_add(off), _MM_HINT_T0) };
+                off += 64;
+            }
+        }
+        #[cfg(not(all(target_arch = "x86_64", not(loom))))]
+        let _ = slot;
+    }
+
+    /// Address of the first float (for zero-copy views). Writes through it are not allowed.
+    #[cfg(not(loom))]
+    pub(crate) fn as_ptr(&self) -> *const f32 {
+        match &self.words {
+            Words::W64(w) => w.as_ptr() as *const f32,
+            Words::W32(w) => w.as_ptr() as *const f32,
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! Named errors: every way a call can be refused, with a message that says what was expected.
+
+use std::fmt;
+
+/// Which float column an error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Column {
+    /// The observation (model input) column.
+    Obs,
+    /// The target column.
+    Target,
+}
+
+impl fmt::Display for Column {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Column::Obs => "obs",
+            Column::Target => "target",
+        })
+    }
+}
+
+/// Why a store operation was refused. Nothing is inserted or changed when one is returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BufferError {
+    /// `capacity` was 0.
+    ZeroCapacity,
+    /// `obs_dim` or `target_dim` was 0.
+    ZeroDim {
+        /// The column whose width was 0.
+        column: Column,
+    },
+    /// The store would need more memory than can be allocated.
+    TooLarge {
+        /// Number of elements requested for one column.
+        elements: usize,
+    },
+    /// A flat row buffer's length is not a multiple of the column width.
+    Columns {
+        /// The column.
+        column: Column,
+        /// Elements given.
+        got: usize,
+        /// The column width.
+        expected: usize,
+    },
+    /// `obs` and `target` describe different numbers of rows.
+    RowMismatch {
+        /// Rows of obs.
+        obs_rows: usize,
+        /// Rows of target.
+        target_rows: usize,
+    },
+    /// A per-row metadata column has the wrong length.
+    MetaLength {
+        /// `task_id`, `episode_id` or `step`.
+        name: &'static str,
+        /// Values given.
+        got: usize,
+        /// Rows in the batch.
+        expected: usize,
+    },
+    /// A value was NaN or infinite (the whole call is rejected).
+    NonFinite {
+        /// The column.
+        column: Column,
+        /// Row within the call.
+        row: usize,
+        /// Column index within the row.
+        col: usize,
+    },
+    /// An output buffer has the wrong size.
+    OutputSize {
+        /// Which output.
+        name: &'static str,
+        /// Elements given.
+        got: usize,
+        /// Elements expected.
+        expected: usize,
+    },
+    /// Sampling from a store that holds no rows.
+    Empty,
+    /// More rows requested than the store (or the selection) holds.
+    NotEnoughRows {
+        /// Rows requested.
+        requested: usize,
+        /// Rows available.
+        available: usize,
+        /// What was sampled from (`"the store"`, `"task 3"`, ...).
+        from: String,
+    },
+    /// A size argument is invalid (for example a window or sequence length of 0).
+    InvalidArgument {
+        /// The argument name.
+        name: &'static str,
+        /// What was expected.
+        expected: &'static str,
+        /// The value given.
+        got: i128,
+    },
+    /// `sample_recent` asked for a window larger than the rows held.
+    WindowTooLarge {
+        /// The window asked for.
+        window: usize,
+        /// Rows held.
+        rows: usize,
+    },
+    /// A task id holds no rows.
+    UnknownTask {
+        /// The task id asked for.
+        task_id: i64,
+    },
+    /// Fewer tasks than requested have enough rows (or a long enough episode stretch).
+    NotEnoughTasks {
+        /// Tasks requested.
+        requested: usize,
+        /// Tasks that qualify.
+        available: usize,
+        /// Rows each task needs.
+        rows_per_task: usize,
+        /// Whether one episode stretch of `rows_per_task` consecutive steps was required.
+        contiguous: bool,
+        /// Tasks held in total.
+        tasks_held: usize,
+    },
+    /// No episode holds `seq_len` consecutive steps.
+    NoValidWindow {
+        /// The window length asked for.
+        seq_len: usize,
+        /// Rows held.
+        rows: usize,
+    },
+    /// The store kept changing under a sampler (rows overwritten faster than they could be
+    /// read); retrying the call is safe.
+    Contended,
+}
+
+impl fmt::Display for BufferError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use BufferError::*;
+        match self {
+            ZeroCapacity => write!(f, "capacity must be at least 1, got 0"),
+            ZeroDim { column } => write!(f, "{column}_dim must be at least 1, got 0"),
+            TooLarge { elements } => {
+                write!(f, "cannot allocate a column of {elements} float32 values; use a smaller capacity")
+            }
+            Columns { column, got, expected } => write!(
+                f,
+                "{column} has {got} values, which is not a whole number of rows of {expected} columns"
+            ),
+            RowMismatch { obs_rows, target_rows } => {
+                write!(f, "obs has {obs_rows} rows but target has {target_rows}; they must match")
+            }
+            MetaLength { name, got, expected } => write!(
+                f,
+                "{name} has {got} values, expected a scalar or one value per row ({expected})"
+            ),
+            NonFinite { column, row, col } => write!(
+                f,
+                "{column} row {row} column {col} is NaN or infinite; only finite values are accepted (nothing was inserted)"
+            ),
+            OutputSize { name, got, expected } => {
+                write!(f, "{name} has {got} elements, expected {expected}")
+            }
+            Empty => write!(f, "cannot sample from an empty store; add rows first"),
+            NotEnoughRows { requested, available, from } => write!(
+                f,
+                "requested {requested} rows but {from} holds only {available}"
+            ),
+            InvalidArgument { name, expected, got } => {
+                write!(f, "{name} must be {expected}, got {got}")
+            }
+            WindowTooLarge { window, rows } => write!(
+                f,
+                "window of the newest {window} rows is larger than the {rows} rows held; use a window of at most {rows}"
+            ),
+            UnknownTask { task_id } => write!(f, "task {task_id} has no rows in the store"),
+            NotEnoughTasks { requested, available, rows_per_task, contiguous, tasks_held } => {
+                let what = if *contiguous {
+                    format!("an episode stretch of {rows_per_task} consecutive steps")
+                } else {
+                    format!("at least {rows_per_task} rows")
+                };
+                write!(
+                    f,
+                    "requested {requested} tasks with {what}, but only {available} of the {tasks_held} tasks held qualify"
+                )
+            }
+            NoValidWindow { seq_len, rows } => write!(
+                f,
+                "no episode in the store has {seq_len} consecutive steps (rows held: {rows}); use a shorter seq_len or add longer episodes with episode_id/step"
+            ),
+            Contended => write!(
+                f,
+                "rows were overwritten faster than they could be read; retry the call"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for BufferError {}

@@ -1,0 +1,459 @@
+//! The store itself: columns, stamps, the write cursor, `add`, `clear` and single-row reads.
+
+use crate::column::FloatColumn;
+use crate::error::{BufferError, Column};
+use crate::rng::{splitmix64, Rng};
+use crate::slots::{stable_row, Stamps};
+use crate::sync::{zeroed, AtomicI64, AtomicU64, Ordering};
+
+/// What happens to new rows once the store is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Retention {
+    /// A ring: each new row overwrites the oldest one (slot = row index mod capacity).
+    #[default]
+    Fifo,
+    /// Reservoir sampling (Vitter's algorithm R): once full, the `k`-th row (1-based) is kept
+    /// with probability `capacity / k`, in a uniformly chosen slot. The store then holds a
+    /// uniform sample of everything ever added. The choice is a hash of (seed, row index), so
+    /// it is reproducible and needs no shared random state.
+    Reservoir,
+}
+
+/// Construction options beyond the shape.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Seed of every sampler (and of reservoir slot choices); `None` draws one from the OS.
+    pub seed: Option<u64>,
+    /// Retention policy once full.
+    pub retention: Retention,
+}
+
+/// Metadata for the rows of one `add` call: one value for all rows, or one per row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetaValues<'a> {
+    /// The same value for every row.
+    Scalar(i64),
+    /// One value per row.
+    PerRow(&'a [i64]),
+}
+
+impl MetaValues<'_> {
+    #[inline]
+    fn get(&self, i: usize) -> i64 {
+        match self {
+            MetaValues::Scalar(v) => *v,
+            MetaValues::PerRow(v) => v[i],
+        }
+    }
+
+    fn check(&self, name: &'static str, rows: usize) -> Result<(), BufferError> {
+        match self {
+            MetaValues::PerRow(v) if v.len() != rows => Err(BufferError::MetaLength {
+                name,
+                got: v.len(),
+                expected: rows,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The integer metadata of the rows given to `add`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta<'a> {
+    /// Task id (default 0).
+    pub task_id: MetaValues<'a>,
+    /// Episode id (default -1: no episode).
+    pub episode_id: MetaValues<'a>,
+    /// Step within the episode (default -1: unknown).
+    pub step: MetaValues<'a>,
+}
+
+impl Default for Meta<'_> {
+    fn default() -> Self {
+        Meta {
+            task_id: MetaValues::Scalar(0),
+            episode_id: MetaValues::Scalar(-1),
+            step: MetaValues::Scalar(-1),
+        }
+    }
+}
+
+impl<'a> Meta<'a> {
+    /// Metadata with one episode: `task_id`, `episode_id`, steps given per row.
+    pub fn episode(task_id: i64, episode_id: i64, steps: &'a [i64]) -> Self {
+        Meta {
+            task_id: MetaValues::Scalar(task_id),
+            episode_id: MetaValues::Scalar(episode_id),
+            step: MetaValues::PerRow(steps),
+        }
+    }
+}
+
+/// The identity and metadata of one stored row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowInfo {
+    /// Global insertion index of the row (0 for the first row ever added).
+    pub row: u64,
+    /// Task id.
+    pub task_id: i64,
+    /// Episode id.
+    pub episode_id: i64,
+    /// Step within the episode.
+    pub step: i64,
+}
+
+/// A fixed-capacity, columnar, lock-free experience store. See the crate docs.
+pub struct RingBuffer {
+    pub(crate) capacity: usize,
+    pub(crate) obs_dim: usize,
+    pub(crate) target_dim: usize,
+    pub(crate) obs: FloatColumn,
+    pub(crate) target: FloatColumn,
+    pub(crate) task_id: Box<[AtomicI64]>,
+    pub(crate) episode_id: Box<[AtomicI64]>,
+    pub(crate) step: Box<[AtomicI64]>,
+    pub(crate) stamps: Stamps,
+    /// Rows reserved since creation (the next row's global index).
+    cursor: AtomicU64,
+    /// Global index of the first row after the last `clear`.
+    base: AtomicU64,
+    retention: Retention,
+    seed: u64,
+    /// Sampling calls so far: call `n` draws from random stream `n` of the seed.
+    calls: AtomicU64,
+}
+
+impl std::fmt::Debug for RingBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RingBuffer")
+            .field("len", &self.len())
+            .field("capacity", &self.capacity)
+            .field("obs_dim", &self.obs_dim)
+            .field("target_dim", &self.target_dim)
+            .field("retention", &self.retention)
+            .field("total_added", &self.total_added())
+            .finish()
+    }
+}
+
+/// Index of the first non-finite value of `v`, if any. Checks blocks branch-free so the
+/// common all-finite case vectorizes.
+fn first_non_finite(v: &[f32]) -> Option<usize> {
+    const EXP: u32 = 0x7f80_0000;
+    let mut offset = 0;
+    for block in v.chunks(256) {
+        let bad = block
+            .iter()
+            .fold(0u32, |acc, x| acc | u32::from(x.to_bits() & EXP == EXP));
+        if bad != 0 {
+            return block
+                .iter()
+                .position(|x| !x.is_finite())
+                .map(|i| offset + i);
+        }
+        offset += block.len();
+    }
+    None
+}
+
+impl RingBuffer {
+    /// An empty store of `capacity` rows, seeded from the OS, FIFO retention.
+    pub fn new(capacity: usize, obs_dim: usize, target_dim: usize) -> Result<Self, BufferError> {
+        Self::with_options(capacity, obs_dim, target_dim, Options::default())
+    }
+
+    /// An empty store with explicit seed and retention.
+    pub fn with_options(
+        capacity: usize,
+        obs_dim: usize,
+        target_dim: usize,
+        options: Options,
+    ) -> Result<Self, BufferError> {
+        if capacity == 0 {
+            return Err(BufferError::ZeroCapacity);
+        }
+        if obs_dim == 0 {
+            return Err(BufferError::ZeroDim {
+                column: Column::Obs,
+            });
+        }
+        if target_dim == 0 {
+            return Err(BufferError::ZeroDim {
+                column: Column::Target,
+            });
+        }
+        Ok(RingBuffer {
+            capacity,
+            obs_dim,
+            target_dim,
+            obs: FloatColumn::new(capacity, obs_dim)?,
+            target: FloatColumn::new(capacity, target_dim)?,
+            task_id: zeroed(capacity)?,
+            episode_id: zeroed(capacity)?,
+            step: zeroed(capacity)?,
+            stamps: Stamps::new(capacity)?,
+            cursor: AtomicU64::new(0),
+            base: AtomicU64::new(0),
+            retention: options.retention,
+            seed: options.seed.unwrap_or_else(Rng::os_seed),
+            calls: AtomicU64::new(0),
+        })
+    }
+
+    /// Maximum number of rows held.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Floats per observation row.
+    pub fn obs_dim(&self) -> usize {
+        self.obs_dim
+    }
+
+    /// Floats per target row.
+    pub fn target_dim(&self) -> usize {
+        self.target_dim
+    }
+
+    /// The retention policy.
+    pub fn retention(&self) -> Retention {
+        self.retention
+    }
+
+    /// The seed of the samplers.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Rows currently held (reserved ones included: a concurrent `add` counts from the moment
+    /// it reserves its slots; samplers skip slots whose write is unfinished).
+    pub fn len(&self) -> usize {
+        let c = self.cursor.load(Ordering::Acquire);
+        let b = self.base.load(Ordering::Acquire);
+        c.saturating_sub(b).min(self.capacity as u64) as usize
+    }
+
+    /// True when no rows are held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Rows ever added since creation (not reset by `clear`; dropped reservoir rows count).
+    pub fn total_added(&self) -> u64 {
+        self.cursor.load(Ordering::Acquire)
+    }
+
+    /// Forget every row. Slots are reused from slot 0; later samplers never see old rows.
+    /// Rows added concurrently with `clear` may land on either side of it.
+    pub fn clear(&self) {
+        let c = self.cursor.load(Ordering::SeqCst);
+        self.base.fetch_max(c, Ordering::SeqCst);
+    }
+
+    pub(crate) fn base(&self) -> u64 {
+        self.base.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn cursor(&self) -> u64 {
+        self.cursor.load(Ordering::Acquire)
+    }
+
+    /// A fresh random stream for one sampling call.
+    pub(crate) fn rng(&self) -> Rng {
+        Rng::stream(self.seed, self.calls.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The slot row `row` goes to (or went to), or `None` when it is not kept.
+    #[inline]
+    pub(crate) fn slot_for(&self, row: u64, base: u64) -> Option<usize> {
+        let k = row.checked_sub(base)?;
+        let cap = self.capacity as u64;
+        if k < cap {
+            return Some(k as usize);
+        }
+        match self.retention {
+            Retention::Fifo => Some((k % cap) as usize),
+            Retention::Reservoir => {
+                let mut st =
+                    self.seed ^ 0xA076_1D64_78BD_642F ^ k.wrapping_mul(0xE703_7ED1_A0B4_28DB);
+                let h = splitmix64(&mut st);
+                let j = ((h as u128 * (k as u128 + 1)) >> 64) as u64;
+                (j < cap).then_some(j as usize)
+            }
+        }
+    }
+
+    /// Validate a call's shapes and values; returns the number of rows.
+    fn check_add(
+        &self,
+        obs: &[f32],
+        target: &[f32],
+        meta: &Meta<'_>,
+    ) -> Result<usize, BufferError> {
+        if obs.len() % self.obs_dim != 0 {
+            return Err(BufferError::Columns {
+                column: Column::Obs,
+                got: obs.len(),
+                expected: self.obs_dim,
+            });
+        }
+        if target.len() % self.target_dim != 0 {
+            return Err(BufferError::Columns {
+                column: Column::Target,
+                got: target.len(),
+                expected: self.target_dim,
+            });
+        }
+        let rows = obs.len() / self.obs_dim;
+        let target_rows = target.len() / self.target_dim;
+        if rows != target_rows {
+            return Err(BufferError::RowMismatch {
+                obs_rows: rows,
+                target_rows,
+            });
+        }
+        meta.task_id.check("task_id", rows)?;
+        meta.episode_id.check("episode_id", rows)?;
+        meta.step.check("step", rows)?;
+        for (values, column, dim) in [
+            (obs, Column::Obs, self.obs_dim),
+            (target, Column::Target, self.target_dim),
+        ] {
+            if let Some(i) = first_non_finite(values) {
+                return Err(BufferError::NonFinite {
+                    column,
+                    row: i / dim,
+                    col: i % dim,
+                });
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Append rows: `obs` is `n x obs_dim` and `target` is `n x target_dim`, row-major.
+    ///
+    /// Either every row is accepted or, on error, none is. Lock-free: one `fetch_add`
+    /// reserves `n` consecutive row indices, then each row takes its slot's stamp.
+    /// Returns the number of rows added.
+    pub fn add(&self, obs: &[f32], target: &[f32], meta: Meta<'_>) -> Result<usize, BufferError> {
+        let rows = self.check_add(obs, target, &meta)?;
+        if rows == 0 {
+            return Ok(0);
+        }
+        let first = self.cursor.fetch_add(rows as u64, Ordering::AcqRel);
+        let base = self.base();
+        // In a ring, rows of this call that a later row of the same call overwrites are skipped.
+        let skip = match self.retention {
+            Retention::Fifo => rows.saturating_sub(self.capacity),
+            Retention::Reservoir => 0,
+        };
+        let (d_o, d_t) = (self.obs_dim, self.target_dim);
+        for i in skip..rows {
+            let row = first + i as u64;
+            let Some(slot) = self.slot_for(row, base) else {
+                continue;
+            };
+            if !self.stamps.begin_write(slot, row) {
+                continue;
+            }
+            self.obs.store_row(slot, &obs[i * d_o..(i + 1) * d_o]);
+            self.target.store_row(slot, &target[i * d_t..(i + 1) * d_t]);
+            self.task_id[slot].store(meta.task_id.get(i), Ordering::Relaxed);
+            self.episode_id[slot].store(meta.episode_id.get(i), Ordering::Relaxed);
+            self.step[slot].store(meta.step.get(i), Ordering::Relaxed);
+            self.stamps.end_write(slot, row);
+        }
+        Ok(rows)
+    }
+
+    /// Copy the row held in `slot` (`obs`: `obs_dim` floats, `target`: `target_dim` floats).
+    ///
+    /// `None` when the slot is empty, cleared, or being written right now (nothing torn is
+    /// ever returned). Slots `0..len()` hold the rows, in slot order.
+    pub fn read_slot(&self, slot: usize, obs: &mut [f32], target: &mut [f32]) -> Option<RowInfo> {
+        if slot >= self.capacity || obs.len() != self.obs_dim || target.len() != self.target_dim {
+            return None;
+        }
+        self.read_row(slot, self.base(), obs, target)
+    }
+
+    /// Read the metadata of `slot` if it holds a complete row added since the last clear.
+    #[inline]
+    pub(crate) fn read_meta(&self, slot: usize, base: u64) -> Option<RowInfo> {
+        let s1 = self.stamps.read_begin(slot);
+        let row = stable_row(s1).filter(|&r| r >= base)?;
+        let info = RowInfo {
+            row,
+            task_id: self.task_id[slot].load(Ordering::Relaxed),
+            episode_id: self.episode_id[slot].load(Ordering::Relaxed),
+            step: self.step[slot].load(Ordering::Relaxed),
+        };
+        self.stamps.read_validate(slot, s1).then_some(info)
+    }
+
+    /// Copy the row in `slot` into `obs`/`target` (one row each) if it holds a complete row
+    /// added since the last clear; `None` (and garbage in the outputs) otherwise.
+    #[inline]
+    pub(crate) fn read_row(
+        &self,
+        slot: usize,
+        base: u64,
+        obs: &mut [f32],
+        target: &mut [f32],
+    ) -> Option<RowInfo> {
+        let s1 = self.stamps.read_begin(slot);
+        let row = stable_row(s1).filter(|&r| r >= base)?;
+        self.obs.load_row(slot, obs);
+        self.target.load_row(slot, target);
+        let info = RowInfo {
+            row,
+            task_id: self.task_id[slot].load(Ordering::Relaxed),
+            episode_id: self.episode_id[slot].load(Ordering::Relaxed),
+            step: self.step[slot].load(Ordering::Relaxed),
+        };
+        self.stamps.read_validate(slot, s1).then_some(info)
+    }
+
+    /// Start loading `slot`'s rows into cache.
+    #[inline]
+    pub(crate) fn prefetch(&self, slot: usize) {
+        self.obs.prefetch(slot);
+        self.target.prefetch(slot);
+    }
+}
+
+/// Raw column addresses for zero-copy views (bindings only).
+///
+/// The memory is `capacity` rows, row-major, densely packed: obs `f32[capacity][obs_dim]`,
+/// target `f32[capacity][target_dim]`, metadata `i64[capacity]`. It stays valid, at a fixed
+/// address, for the store's lifetime. Readers through these pointers race with writers:
+/// values may change under them (never torn below 4 bytes per element), so a view of rows
+/// being overwritten can show a mix of old and new rows.
+#[cfg(not(loom))]
+impl RingBuffer {
+    /// Address of `obs[0][0]`.
+    pub fn obs_ptr(&self) -> *const f32 {
+        self.obs.as_ptr()
+    }
+
+    /// Address of `target[0][0]`.
+    pub fn target_ptr(&self) -> *const f32 {
+        self.target.as_ptr()
+    }
+
+    /// Address of `task_id[0]`.
+    pub fn task_id_ptr(&self) -> *const i64 {
+        self.task_id.as_ptr() as *const i64
+    }
+
+    /// Address of `episode_id[0]`.
+    pub fn episode_id_ptr(&self) -> *const i64 {
+        self.episode_id.as_ptr() as *const i64
+    }
+
+    /// Address of `step[0]`.
+    pub fn step_ptr(&self) -> *const i64 {
+        self.step.as_ptr() as *const i64
+    }
+}

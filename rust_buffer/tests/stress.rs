@@ -1,0 +1,149 @@
+//! 4 writer threads and 2 sampler threads over 2^20 rows. Every row carries a checksum of its
+//! own content (in `target[0]` and in `episode_id`); a torn or half-written row fails it.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+
+use rust_buffer::rng::Rng;
+use rust_buffer::{BufferError, Meta, MetaValues, Options, RingBuffer};
+
+const DO: usize = 8;
+const DT: usize = 2;
+const WRITERS: u64 = 4;
+const ROWS_PER_WRITER: u64 = 1 << 18; // 4 x 2^18 = 1,048,576 rows
+const CAPACITY: usize = 4096; // small, so slots are overwritten ~256 times and writers lap
+
+/// Checksum of an obs row, exact in f32 (< 2^24).
+fn checksum(obs: &[f32]) -> u32 {
+    obs.iter().enumerate().fold(0u32, |acc, (j, &v)| {
+        (acc.wrapping_mul(31) ^ (v as u32).wrapping_add(j as u32)) & 0xFF_FFFF
+    })
+}
+
+/// Row `seq` of `writer`: obs are random 16-bit integers, then writer and seq.
+fn make_row(
+    writer: u64,
+    seq: u64,
+    rng: &mut Rng,
+    obs: &mut Vec<f32>,
+    target: &mut Vec<f32>,
+) -> i64 {
+    let start = obs.len();
+    obs.extend((0..DO - 2).map(|_| (rng.next_u64() & 0xFFFF) as f32));
+    obs.push(writer as f32);
+    obs.push((seq & 0xFF_FFFF) as f32);
+    let c = checksum(&obs[start..]);
+    target.push(c as f32);
+    target.push(-(c as f32));
+    i64::from(c)
+}
+
+fn check_row(obs: &[f32], target: &[f32], task: i64, episode: i64) {
+    let c = checksum(obs);
+    assert_eq!(target[0], c as f32, "torn row: {obs:?} {target:?}");
+    assert_eq!(target[1], -(c as f32), "torn row: {obs:?} {target:?}");
+    assert_eq!(episode, i64::from(c), "metadata from another row");
+    assert_eq!(task, obs[DO - 2] as i64, "task id from another row");
+}
+
+#[test]
+fn four_writers_two_samplers_never_see_a_torn_row() {
+    let opts = Options {
+        seed: Some(1),
+        ..Options::default()
+    };
+    let store = Arc::new(RingBuffer::with_options(CAPACITY, DO, DT, opts).unwrap());
+    let done = Arc::new(AtomicBool::new(false));
+    let checked = Arc::new(AtomicUsize::new(0));
+
+    let samplers: Vec<_> = (0..2)
+        .map(|k| {
+            let (store, done, checked) = (store.clone(), done.clone(), checked.clone());
+            thread::spawn(move || {
+                let mut n = 0usize;
+                while !done.load(Ordering::Acquire) {
+                    if store.len() < 256 {
+                        thread::yield_now();
+                        continue;
+                    }
+                    if k == 0 {
+                        let b = store.sample(256, true).unwrap();
+                        let m = b.meta.unwrap();
+                        for (i, (o, t)) in b.obs.chunks(DO).zip(b.target.chunks(DT)).enumerate() {
+                            check_row(o, t, m.task_id[i], m.episode_id[i]);
+                        }
+                        n += 256;
+                    } else {
+                        let (mut o, mut t) = (vec![0.0; 64 * DO], vec![0.0; 64 * DT]);
+                        match store.sample_recent(64, 1024, true) {
+                            Ok(b) => {
+                                let m = b.meta.unwrap();
+                                for (i, (o, t)) in
+                                    b.obs.chunks(DO).zip(b.target.chunks(DT)).enumerate()
+                                {
+                                    check_row(o, t, m.task_id[i], m.episode_id[i]);
+                                }
+                            }
+                            Err(BufferError::Contended) => {}
+                            Err(e) => panic!("{e}"),
+                        }
+                        store.sample_into(&mut o, &mut t, None).unwrap();
+                        for (o, t) in o.chunks(DO).zip(t.chunks(DT)) {
+                            assert_eq!(t[0], checksum(o) as f32, "torn row {o:?}");
+                        }
+                        n += 128;
+                    }
+                }
+                checked.fetch_add(n, Ordering::Relaxed);
+            })
+        })
+        .collect();
+
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let store = store.clone();
+            thread::spawn(move || {
+                let mut rng = Rng::new(100 + w);
+                let (mut obs, mut target, mut ep) = (Vec::new(), Vec::new(), Vec::new());
+                let mut seq = 0;
+                while seq < ROWS_PER_WRITER {
+                    let n = (1 + rng.below(64) as u64).min(ROWS_PER_WRITER - seq);
+                    obs.clear();
+                    target.clear();
+                    ep.clear();
+                    for k in 0..n {
+                        ep.push(make_row(w, seq + k, &mut rng, &mut obs, &mut target));
+                    }
+                    let meta = Meta {
+                        task_id: MetaValues::Scalar(w as i64),
+                        episode_id: MetaValues::PerRow(&ep),
+                        step: MetaValues::Scalar(0),
+                    };
+                    store.add(&obs, &target, meta).unwrap();
+                    seq += n;
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    done.store(true, Ordering::Release);
+    for s in samplers {
+        s.join().unwrap();
+    }
+    assert_eq!(store.total_added(), WRITERS * ROWS_PER_WRITER);
+    assert_eq!(store.len(), CAPACITY);
+    // After the writers stop, every slot holds a whole row.
+    let (mut o, mut t) = (vec![0.0; DO], vec![0.0; DT]);
+    for slot in 0..CAPACITY {
+        let info = store.read_slot(slot, &mut o, &mut t).expect("stable slot");
+        check_row(&o, &t, info.task_id, info.episode_id);
+        assert!(info.row >= WRITERS * ROWS_PER_WRITER - CAPACITY as u64);
+    }
+    assert!(
+        checked.load(Ordering::Relaxed) > 0,
+        "samplers checked nothing"
+    );
+}

@@ -1,0 +1,280 @@
+"""The evaluation machinery on a toy family: metrics against hand-computed values, the CI
+formula, effect sizes, the table writer and the targets (the profiles themselves are a
+separate command: `python -m eaml_ssm evaluate --profile quick`)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from eaml_ssm import evaluate, protocol, stats
+from eaml_ssm.adaptation import AdaptationConfig, Adapter
+from eaml_ssm.features import Normalizer
+
+M = 4  # window length of the toy streams
+
+
+# --- a toy family: y = a * x, one scalar input and output, a stateless linear model --------
+
+
+def toy_stream(a: float, n: int = 3 * M, seed: int = 0) -> protocol.StreamData:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 1)).astype(np.float32)  # (T, 1)
+    y = (a * x).astype(np.float32)  # (T, 1)
+    starts = np.zeros(n, dtype=bool)
+    starts[0] = True
+    return protocol.stream_data(f"a={a}", x, y, starts, Normalizer(1, 1))
+
+
+def toy_adapter(w: float, lr: float = 0.1, **overrides: object) -> Adapter:
+    model = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(w)
+    cfg = AdaptationConfig(
+        learning_rate=lr,
+        num_steps=1,
+        grad_clip_norm=None,
+        experience_weight=0.0,
+        max_loss_ratio=None,
+        **overrides,  # type: ignore[arg-type]
+    )
+    return Adapter(model, cfg, None, "cpu")
+
+
+def sgd_step(w: float, x: np.ndarray, y: np.ndarray, lr: float) -> float:
+    """One SGD step on mean((w x - y)^2) by hand: grad = 2 mean((w x - y) x)."""
+    return w - lr * 2.0 * float(np.mean((w * x - y) * x))
+
+
+def test_nmse_is_mean_over_rows_and_dimensions() -> None:
+    pred = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    assert protocol.nmse(pred, torch.zeros(2, 2)) == pytest.approx(7.5)
+
+
+def test_identity_windows_use_the_normalized_zero_change() -> None:
+    data = toy_stream(1.0)
+    norm = Normalizer(1, 1)
+    norm.target_mean = torch.tensor([0.5])
+    norm.target_std = torch.tensor([2.0])
+    zero = -0.25  # (0 - 0.5) / 2
+    want = [float(np.mean((zero - data.y[k * M : (k + 1) * M].numpy()) ** 2)) for k in (1, 2)]
+    assert protocol.identity_windows(data, M, norm) == pytest.approx(want)
+
+
+def test_linear_windows_fit_exact_linear_data() -> None:
+    data = toy_stream(-1.5)
+    errors = protocol.linear_windows(data, M, 1e-9)
+    assert len(errors) == 2
+    assert max(errors) < 1e-8
+    ridge, best = protocol.best_linear_windows(data, M, ridges=(10.0, 1e-3, 1.0))
+    assert ridge == 1e-3  # the smallest ridge shrinks an exact fit least
+    assert best == pytest.approx(protocol.linear_windows(data, M, 1e-3))
+
+
+def test_prequential_without_adaptation_matches_hand_values() -> None:
+    data = toy_stream(2.0)
+    x, y = data.x.numpy(), data.y.numpy()
+    run = protocol.prequential_run(toy_adapter(0.5), data, M, adapt=False)
+    want = [
+        float(np.mean((0.5 * x[k * M : (k + 1) * M] - y[k * M : (k + 1) * M]) ** 2)) for k in (1, 2)
+    ]
+    assert run.errors == pytest.approx(want, rel=1e-5)
+    assert run.updates == 0 and run.steps == 0
+
+
+@pytest.mark.parametrize("mode", ["continual", "reset"])
+def test_prequential_adapts_on_the_previous_window_and_scores_the_next(mode: str) -> None:
+    data = toy_stream(2.0)
+    x, y = data.x.numpy(), data.y.numpy()
+    lr, w0 = 0.1, 0.5
+    run = protocol.prequential_run(toy_adapter(w0, lr, mode=mode), data, M, adapt=True)
+    w, want = w0, []
+    for k in (1, 2):
+        start = w0 if mode == "reset" else w
+        prev = slice((k - 1) * M, k * M)
+        w = sgd_step(start, x[prev], y[prev], lr)
+        cur = slice(k * M, (k + 1) * M)
+        want.append(float(np.mean((w * x[cur] - y[cur]) ** 2)))
+    assert run.errors == pytest.approx(want, rel=1e-5)
+    assert run.updates == 2 and run.steps == 2
+    assert protocol.prequential(
+        toy_adapter(w0, lr, mode=mode), data, M, adapt=True
+    ) == pytest.approx(want, rel=1e-5)
+
+
+def test_prequential_rejects_short_streams() -> None:
+    with pytest.raises(ValueError, match="fewer than 2 windows"):
+        protocol.prequential_run(toy_adapter(1.0), toy_stream(1.0, n=M + 1), M, adapt=True)
+
+
+def test_retention_zero_and_few_shot_by_hand() -> None:
+    old = toy_stream(-1.0, n=4 * M, seed=3)
+    pairs = protocol.window_pairs(old, M, 2)
+    assert len(pairs) == 2
+    x, y = old.x.numpy(), old.y.numpy()
+    lr, w = 0.1, 0.5
+    zero, few = [], []
+    for p in range(2):
+        a = slice(2 * M * p, 2 * M * p + M)
+        b = slice(2 * M * p + M, 2 * M * (p + 1))
+        zero.append(float(np.mean((w * x[b] - y[b]) ** 2)))
+        w1 = sgd_step(w, x[a], y[a], lr)
+        few.append(float(np.mean((w1 * x[b] - y[b]) ** 2)))
+    adapter = toy_adapter(w, lr, lr_scale=3.0)  # few-shot retention ignores the method's lr scale
+    assert protocol.retention(adapter, pairs, M, shots=0) == pytest.approx(np.mean(zero), rel=1e-5)
+    assert protocol.retention(adapter, pairs, M, shots=1) == pytest.approx(np.mean(few), rel=1e-5)
+    with pytest.raises(ValueError, match="at least one window pair"):
+        protocol.retention(adapter, [], M, shots=0)
+
+
+def test_grbal_few_shot_retention_starts_from_the_meta_weights() -> None:
+    stream, old = toy_stream(3.0), toy_stream(-1.0, n=4 * M, seed=3)
+    pairs = protocol.window_pairs(old, M, 2)
+    fresh = toy_adapter(0.5)
+    grbal = toy_adapter(0.5, mode="reset")
+    protocol.prequential_run(grbal, stream, M, adapt=True)  # weights move away from theta*
+    assert protocol.retention(grbal, pairs, M, shots=0) != pytest.approx(
+        protocol.retention(fresh, pairs, M, shots=0)
+    )
+    assert protocol.retention(grbal, pairs, M, shots=1) == pytest.approx(
+        protocol.retention(fresh, pairs, M, shots=1)
+    )
+
+
+def test_prequential_inserts_used_windows_into_a_store() -> None:
+    import rust_buffer
+
+    store = rust_buffer.RingBuffer(100, 1, 1, seed=0)
+    data = toy_stream(1.0)
+    protocol.prequential_run(toy_adapter(1.0), data, M, adapt=True, store=store, task_id=7)
+    assert store.task_counts() == {7: 2 * M}  # windows 0 and 1 were used to adapt
+
+
+# --- statistics -----------------------------------------------------------------------------
+
+
+def test_ci_formula_by_hand() -> None:
+    s = stats.summarize([1.0, 2.0, 3.0])
+    assert s.mean == pytest.approx(2.0)
+    assert s.ci95 == pytest.approx(4.303 * 1.0 / math.sqrt(3))
+    five = stats.summarize([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert five.ci95 == pytest.approx(2.776 * math.sqrt(2.5) / math.sqrt(5))
+    assert stats.t_quantile_975(100) == pytest.approx(1.96)
+    with pytest.raises(ValueError, match=">= 1"):
+        stats.t_quantile_975(0)
+
+
+def test_summary_counts_diverged_values() -> None:
+    s = stats.summarize([1.0, math.nan, 3.0, math.inf])
+    assert (s.mean, s.n, s.n_bad) == (2.0, 2, 2)
+    single = stats.summarize([0.5])
+    assert single.n == 1 and math.isnan(single.ci95)
+    assert stats.summarize([math.nan]).format() == "diverged"
+    assert (
+        stats.summarize([2.0, 4.0]).format(2)
+        == f"3.00 ± {12.706 * math.sqrt(2) / math.sqrt(2):.2f}"
+    )
+
+
+def test_effect_sizes_by_hand() -> None:
+    assert stats.relative_change([2.0, 4.0], [2.0, 2.0]) == pytest.approx(0.5)
+    assert stats.reduction([0.01, 0.03], [0.04, 0.04]) == pytest.approx(0.5)
+    assert math.isnan(stats.reduction([0.01], [5e-5]))  # reference forgetting is noise
+    n = stats.pass_count(
+        new=[1.0, 1.0, 2.0], forget=[0.1, 0.6, 0.1], new_ref=[1.0, 1.0, 1.0], forget_ref=[1.0] * 3
+    )
+    assert n == 1  # seed 1 forgets too much, seed 2 is too slow on the new task
+    with pytest.raises(ValueError, match="equal-length"):
+        stats.pass_count([1.0], [1.0], [1.0, 2.0], [1.0])
+    assert stats.percent(-0.123) == "-12 %" and stats.percent(math.nan) == "n/a"
+
+
+# --- aggregation, tables and targets ---------------------------------------------------------
+
+
+def _row(new: float, f_fs: float, diverged: bool = False) -> dict[str, object]:
+    return {
+        "new": new,
+        "curve": [new, new],
+        "F_train_0": f_fs,
+        "F_train_fs": f_fs,
+        "F_A_0": 0.0,
+        "F_A_fs": 0.0,
+        "diverged": diverged,
+        "rollbacks": 1 if diverged else 0,
+        "ms_per_step": 2.0,
+        "ratio_identity": new,
+        "ratio_linear": new / 0.5,
+    }
+
+
+def _unit(seed: int, scale: float) -> dict[str, object]:
+    methods = {
+        "none": _row(0.1 * scale, 0.0),
+        "grbal": _row(0.02 * scale, 0.0),
+        "cont_w0": _row(0.02 * scale, 0.02),
+        "hybn_0.3": _row(0.021 * scale, 0.005),
+        "hyb_1": _row(math.inf, math.nan, diverged=seed == 0) if seed == 0 else _row(0.5, 0.01),
+    }
+    split = {
+        "tasks": ["A", "B"],
+        "identity": {"new": 1.0, "curve": [1.0, 1.0]},
+        "linear": {"new": 0.5, "curve": [0.5, 0.5]},
+        "methods": methods,
+    }
+    return {
+        "family": "Toy-v0",
+        "seed": seed,
+        "alpha": 0.05,
+        "splits": {"heldout": split, "ood": split},
+    }
+
+
+def _toy_methods() -> list[evaluate.Method]:
+    names = ["none", "grbal", "cont_w0", "hybn_0.3", "hyb_1"]
+    return [evaluate.Method(n, adapt=n != "none", group="g") for n in names]
+
+
+def test_aggregate_tables_and_targets() -> None:
+    units = [_unit(0, 1.0), _unit(1, 1.0), _unit(2, 1.0)]
+    agg = evaluate.aggregate(units, {"Toy-v0": _toy_methods()})
+    rows = agg["Toy-v0"]["splits"]["heldout"]["rows"]
+    assert rows["cont_w0"]["new"]["mean"] == pytest.approx(0.02)
+    assert rows["cont_w0"]["new"]["ci95"] == pytest.approx(0.0)
+    assert rows["hyb_1"]["diverged"] == 1 and rows["hyb_1"]["new"]["n"] == 2
+    effects = agg["Toy-v0"]["splits"]["heldout"]["effects"]
+    assert effects["hybn_0.3"]["red_train_fs"] == pytest.approx(0.75)
+    assert effects["hybn_0.3"]["delta_new"] == pytest.approx(0.05)
+    assert effects["hybn_0.3"]["pass_fs"] == 3
+    assert effects["hybn_0.3"]["gain_vs_none"] == pytest.approx(0.79)
+    t = agg["Toy-v0"]["targets"]["heldout"]
+    assert t["adaptation_gain"]["pass"]
+    assert t["hybrid"]["preregistered"]["pass"]
+    assert not t["stability"]["pass"] and t["stability"]["diverged_runs"] == {"hyb_1": 1}
+    assert t["beats_identity"]["pass"]
+    assert t["beats_linear"]["pass"]
+
+    table = evaluate.method_table(agg["Toy-v0"]["splits"]["heldout"])
+    lines = table.splitlines()
+    assert lines[0].startswith("| method | new-task nMSE | / identity | / linear |")
+    assert "| identity | 1.0000 ± 0.0000 |" in table
+    assert "| cont_w0 | 0.0200 ± 0.0000 |" in table
+    hyb = next(line for line in lines if line.startswith("| hyb_1 |"))
+    assert "| 1/3 | 1 |" in hyb
+    assert len({line.count("|") for line in lines}) == 1  # every row has every column
+    text = evaluate.report(agg, "# toy")
+    assert "MISSED" in text and "hybn_0.3" in text and "Effect sizes" in text
+
+
+def test_method_grid_levels() -> None:
+    core = {m.name for m in evaluate.method_grid("core")}
+    full = [m.name for m in evaluate.method_grid("all")]
+    assert len(full) == len(set(full))
+    assert core < set(full)
+    assert {"none", "grbal", "cont_w0", "hybn_0.3", "hyb_3_lrx2", "J_hybn_0.3"} <= set(full)
+    with pytest.raises(ValueError, match="core, cartpole or all"):
+        evaluate.method_grid("everything")
