@@ -8,8 +8,11 @@ sizes, the default model of ``RunConfig``). Rank 0 times ``--steps`` meta-steps 
 (meta-batch size x steps / seconds). Scaling efficiency = tasks/s on W ranks / (W x tasks/s on
 1 rank). The meta-batch of a step is the same for every W (drawn from the seed and the step);
 its tasks go to the rank that holds them, so a step waits for the busiest rank: the "balance"
-column is (busiest rank's tasks) / (T / W) averaged over the timed steps, and 1 / balance bounds
-the efficiency this split can reach.
+column is (busiest rank's tasks) / (T / W) averaged over the timed steps (1.00 when W divides T).
+The last two columns time one rank alone on a meta-batch of T / W tasks (one rank's share of the
+work, no communication): a meta-step of a small model does not get W times cheaper with W
+times fewer tasks, and (1-rank time at T) / (W x 1-rank time at T / W) bounds the efficiency
+that any data-parallel split of this meta-batch can reach.
 
     .venv/bin/python benchmarks/bench_distributed.py                 # 1 and 2 ranks
     .venv/bin/python benchmarks/bench_distributed.py --ranks 1 2 4 --steps 40
@@ -46,6 +49,7 @@ def _worker(args: argparse.Namespace) -> None:
         num_tasks=args.num_tasks,
         steps_per_task=args.steps_per_task,
         meta_batch_size=args.meta_batch_size,
+        hidden_dim=args.hidden_dim,
         device="cpu",
         quiet=True,
         seed=args.seed,
@@ -55,10 +59,7 @@ def _worker(args: argparse.Namespace) -> None:
         data = D.collect_shard(cfg, ctx, None)
         maml = build_maml(cfg, build_model(cfg, data.family, ctx.device))
         D.broadcast_parameters([*maml.model.parameters(), *maml.inner_lrs.values()], ctx)
-        sampler = D.ShardedTaskSampler(
-            data.store, cfg.num_tasks, cfg.support_len, cfg.query_len, cfg.seed,
-            ctx.rank, ctx.world_size,
-        )  # fmt: skip
+        sampler = D.make_sampler(cfg, data.store, ctx)
 
         def step(k: int) -> float:
             local = sampler.local_tasks(k, cfg.meta_batch_size)
@@ -99,14 +100,15 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _launch(ranks: int, args: argparse.Namespace) -> dict[str, Any]:
+def _launch(ranks: int, args: argparse.Namespace, meta_batch_size: int) -> dict[str, Any]:
     cmd = [
         sys.executable, "-m", "torch.distributed.run",
         f"--nproc_per_node={ranks}", "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
         __file__, "--worker",
         "--steps", str(args.steps), "--warmup", str(args.warmup),
         "--num_tasks", str(args.num_tasks), "--steps_per_task", str(args.steps_per_task),
-        "--meta_batch_size", str(args.meta_batch_size), "--seed", str(args.seed),
+        "--meta_batch_size", str(meta_batch_size), "--seed", str(args.seed),
+        "--hidden_dim", str(args.hidden_dim),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
@@ -121,29 +123,43 @@ def main() -> None:
     p.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
     p.add_argument("--steps", type=int, default=20, help="timed meta-steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed meta-steps first")
-    p.add_argument("--num_tasks", type=int, default=8)
+    p.add_argument("--num_tasks", type=int, default=24)
     p.add_argument("--steps_per_task", type=int, default=300)
     p.add_argument("--meta_batch_size", type=int, default=8)
+    p.add_argument("--hidden_dim", type=int, default=64, help="SSM width (RunConfig default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         _worker(args)
         return
-    results = [_launch(w, args) for w in args.ranks]
-    base = next((r["tasks_per_s"] for r in results if r["ranks"] == 1), None)
+    t = args.meta_batch_size
+    results = [_launch(w, args, t) for w in args.ranks]
+    # the compute floor: one rank alone on a meta-batch of T / W tasks (one rank's share)
+    alone = {w: _launch(1, args, t // w) for w in args.ranks if w > 1 and t % w == 0}
+    base = next((r for r in results if r["ranks"] == 1), None)
     print(
-        f"meta-training throughput, CPU gloo, T={args.meta_batch_size} tasks/meta-batch, "
-        f"{args.steps} timed steps, cpu_count={os.cpu_count()}, load avg "
-        f"{os.getloadavg()[0]:.1f}"
+        f"meta-training throughput, CPU gloo, T={t} tasks/meta-batch, hidden_dim "
+        f"{args.hidden_dim}, {args.steps} timed steps, cpu_count={os.cpu_count()}, "
+        f"load avg after {os.getloadavg()[0]:.1f}"
     )
-    print("| ranks | tasks/s | s/meta-step | efficiency | balance | bound 1/balance |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| ranks | tasks/s | s/meta-step | efficiency | balance | 1 rank, T/W tasks: s/step "
+        "| efficiency bound from per-rank compute |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for r in results:
-        eff = r["tasks_per_s"] / (r["ranks"] * base) if base else float("nan")
+        w = r["ranks"]
+        step_s = r["seconds"] / r["steps"]
+        eff = r["tasks_per_s"] / (w * base["tasks_per_s"]) if base else float("nan")
+        share, bound = "-", "-"
+        if w in alone and base:
+            share_s = alone[w]["seconds"] / alone[w]["steps"]
+            share = f"{share_s:.3f}"
+            bound = f"{base['seconds'] / base['steps'] / (w * share_s):.2f}"
         print(
-            f"| {r['ranks']} | {r['tasks_per_s']:.2f} | {r['seconds'] / r['steps']:.3f} | "
-            f"{eff:.2f} | {r['balance']:.2f} | {1 / r['balance']:.2f} |"
+            f"| {w} | {r['tasks_per_s']:.2f} | {step_s:.3f} | {eff:.2f} | "
+            f"{r['balance']:.2f} | {share} | {bound} |"
         )
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -294,10 +295,19 @@ def _process_main(job: _Job, out: Any) -> None:
         out.put(RuntimeError(f"collection worker failed: {exc!r}"))
 
 
-def _process_writer(store: Any, out: Any, counter: _Counter, errors: list[BaseException]) -> None:
+def _process_writer(
+    store: Any, out: Any, proc: Any, counter: _Counter, errors: list[BaseException]
+) -> None:
     try:
         while True:
-            item = out.get()
+            try:
+                item = out.get(timeout=1.0)
+            except queue.Empty:
+                if not proc.is_alive():
+                    raise RuntimeError(
+                        f"collection worker process died (exit code {proc.exitcode})"
+                    ) from None
+                continue
             if item is None:
                 return
             if isinstance(item, BaseException):
@@ -454,8 +464,8 @@ def _run_processes(store: Any, jobs: list[_Job], counter: _Counter, errors: list
         for j, q in zip(jobs, outs, strict=True)
     ]
     writers = [
-        threading.Thread(target=_process_writer, args=(store, q, counter, errors), daemon=True)
-        for q in outs
+        threading.Thread(target=_process_writer, args=(store, q, p, counter, errors), daemon=True)
+        for q, p in zip(outs, procs, strict=True)
     ]
     for p in procs:
         p.start()

@@ -11,11 +11,12 @@ Rank r of W:
 2. collects its own share of the training tasks (task ids ``r, r + W, r + 2W, ...``) into its
    own store; the normalization statistics are merged across ranks (exact parallel moments);
 3. every meta-step: the global meta-batch (which tasks, which windows) is drawn from the shared
-   seed and the step number alone, so it does not depend on W. Rank r computes the meta-gradient
-   of the tasks of that batch it holds, weighted by its share ``T_r / T``; an all-reduce sums the
-   weighted gradients, which is exactly the gradient of the mean query loss over the whole
-   meta-batch. Every rank then takes the same optimizer step, so the weights stay identical
-   (checked bit for bit at the end of training);
+   seed and the step number alone, so it does not depend on W (stratified so that each rank
+   holds exactly T / W of its tasks when W divides T; see :class:`ShardedTaskSampler`). Rank r
+   computes the meta-gradient of the tasks of that batch it holds, weighted by its share
+   ``T_r / T``; an all-reduce sums the weighted gradients, which is exactly the gradient of the
+   mean query loss over the whole meta-batch. Every rank then takes the same optimizer step, so
+   the weights stay identical (checked bit for bit at the end of training);
 4. rank 0 alone writes the run folder (config, metrics, checkpoints), logs and shows progress
    bars. ``--resume`` loads the checkpoint on rank 0 and broadcasts it; because batches depend
    only on (seed, step), a run resumes with any number of ranks and gives the same weights.
@@ -41,7 +42,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from tqdm import tqdm
+from tqdm import tqdm  # type: ignore[import-untyped]
 
 from eaml_ssm.features import Normalizer, column_moments
 from eaml_ssm.maml import MetaMAML, TaskBatch
@@ -64,6 +65,7 @@ __all__ = [
     "global_normalizer",
     "init_from_env",
     "is_main",
+    "make_sampler",
     "owner_of",
     "run",
     "shard_tasks",
@@ -467,12 +469,24 @@ def global_normalizer(store: Any, ctx: DistributedContext) -> Normalizer:
 class ShardedTaskSampler:
     """Meta-batches whose content depends on (seed, step) only, served from a rank's shard.
 
-    Step k's global meta-batch: ``T`` distinct task ids drawn from ``0..num_tasks-1`` with a
-    generator seeded by ``(seed, k)``; for each task, a window of ``L = S + Q`` consecutive
-    steps of one episode, its start drawn with a generator seeded by ``(seed, k, task_id)``
-    among all such windows of that task (rows ordered by episode id and step, so the store's
-    slot order does not matter). The first S steps are the support, the next Q the query.
-    This rank serves the tasks of the batch it holds (``owner_of(task_id, W) == rank``).
+    A task is *eligible* when it has at least one window of ``L = S + Q`` consecutive steps of
+    one episode (as with the store's own ``sample_tasks(..., contiguous=True)``, tasks without
+    one are never drawn). With several ranks, each rank knows its own tasks only: call
+    :meth:`share_eligibility` (a collective) or :meth:`set_eligible` before sampling.
+
+    Step k's global meta-batch of T tasks is stratified by task id modulo T: slot c holds a task
+    drawn uniformly from the eligible tasks of ``{c, c + T, c + 2T, ...}`` (a slot whose class
+    has none draws from the eligible tasks not yet chosen), with a generator seeded by
+    ``(seed, k)``. So the T tasks are distinct, and each task of a class of n eligible tasks is
+    drawn with probability 1 / n (uniform when every class has as many). For each task, a
+    window start is drawn with a generator seeded by ``(seed, k, task_id)`` among all windows of
+    that task (rows ordered by episode id and step, so the store's slot order does not matter).
+    The first S steps are the support, the next Q the query.
+
+    This rank serves the tasks of the batch it holds (``owner_of(task_id, W) == rank``). Since
+    task ids are dealt round robin, slot c belongs to rank ``c mod W``: when W divides T (and
+    no class is empty) every rank gets exactly T / W tasks of every batch, for any W, while the
+    batch itself does not depend on W.
     """
 
     def __init__(
@@ -497,38 +511,72 @@ class ShardedTaskSampler:
         self._starts: dict[int, np.ndarray] = {}
         for task in self.task_ids:
             self._rows[task], self._starts[task] = self._windows(task, tid, eid, stp)
+        self._local = np.zeros(self.num_tasks, dtype=bool)  # (num_tasks,) my eligible tasks
+        self._local[[t for t in self.task_ids if self._starts[t].size]] = True
+        self.eligible: np.ndarray | None = self._local.copy() if world_size == 1 else None
 
     def _windows(
         self, task: int, tid: np.ndarray, eid: np.ndarray, stp: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(store rows of the task ordered by (episode, step), valid window starts in them)."""
+        """(store rows of the task ordered by (episode, step), window starts in them)."""
         rows = np.flatnonzero(tid == task)
         if rows.size == 0:
             raise ValueError(f"rank {self.rank}: the store holds no rows of task {task}")
         rows = rows[np.lexsort((stp[rows], eid[rows]))]
         length = self.support_len + self.query_len
+        if rows.size < length:
+            return rows, np.zeros(0, dtype=np.int64)
         e, s = eid[rows], stp[rows]
         ok = (e[length - 1 :] == e[: e.size - length + 1]) & (
             s[length - 1 :] - s[: s.size - length + 1] == length - 1
         )
-        starts = np.flatnonzero(ok)
-        if starts.size == 0:
-            raise ValueError(
-                f"task {task} has no {length} consecutive steps within one episode "
-                f"(support_len {self.support_len} + query_len {self.query_len}); collect longer "
-                "episodes or shorten the windows"
-            )
-        return rows, starts
+        return rows, np.flatnonzero(ok)
+
+    def local_eligibility(self) -> np.ndarray:
+        """(num_tasks,) bool: the tasks of this rank that have a window."""
+        return self._local.copy()
+
+    def set_eligible(self, eligible: np.ndarray) -> None:
+        """Set the (num_tasks,) bool mask of eligible tasks over all ranks (the same on all)."""
+        mask = np.asarray(eligible, dtype=bool)
+        if mask.shape != (self.num_tasks,):
+            raise ValueError(f"eligible must have shape ({self.num_tasks},), got {mask.shape}")
+        if not np.array_equal(mask[self.task_ids], self._local[self.task_ids]):
+            raise ValueError(f"eligible disagrees with rank {self.rank}'s own tasks")
+        self.eligible = mask
+
+    def share_eligibility(self, ctx: DistributedContext) -> None:
+        """Learn which tasks of the other ranks are eligible (a collective on every rank)."""
+        counts = torch.from_numpy(self._local.astype(np.float64)).to(ctx.device)  # (num_tasks,)
+        all_reduce_sum(counts, ctx, "all-reduce of the eligible tasks")
+        self.set_eligible(counts.cpu().numpy() > 0)
 
     def global_tasks(self, step: int, meta_batch_size: int) -> np.ndarray:
-        """The task ids of step ``step``'s whole meta-batch, (T,) int64."""
-        if not 1 <= meta_batch_size <= self.num_tasks:
+        """The task ids of step ``step``'s whole meta-batch, (T,) int64, slot order."""
+        if self.eligible is None:
+            raise ValueError("call share_eligibility(ctx) (or set_eligible) before sampling")
+        n_ok = int(self.eligible.sum())
+        if not 1 <= meta_batch_size <= n_ok:
+            length = self.support_len + self.query_len
             raise ValueError(
-                f"meta_batch_size must be in [1, {self.num_tasks}] (num_tasks), "
-                f"got {meta_batch_size}"
+                f"meta_batch_size must be in [1, {n_ok}]: {n_ok} of {self.num_tasks} tasks have "
+                f"{length} consecutive steps in one episode (support_len + query_len), got "
+                f"{meta_batch_size}; collect more steps per task or shorten the windows"
             )
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, step, _TASK_TAG]))
-        return rng.choice(self.num_tasks, size=meta_batch_size, replace=False)
+        u = rng.random(meta_batch_size)  # (T,) one uniform per slot
+        free = self.eligible.copy()  # (num_tasks,)
+        out = np.full(meta_batch_size, -1, dtype=np.int64)  # (T,)
+        for c in range(meta_batch_size):  # slots with a non-empty class first
+            members = np.flatnonzero(free[c::meta_batch_size]) * meta_batch_size + c
+            if members.size:
+                out[c] = members[int(u[c] * members.size)]
+                free[out[c]] = False
+        for c in np.flatnonzero(out < 0):  # empty classes: any eligible task not yet chosen
+            pool = np.flatnonzero(free)
+            out[c] = pool[int(u[c] * pool.size)]
+            free[out[c]] = False
+        return out
 
     def local_tasks(self, step: int, meta_batch_size: int) -> list[int]:
         """The task ids of step ``step``'s meta-batch held by this rank, in batch order."""
@@ -540,6 +588,8 @@ class ShardedTaskSampler:
         if task not in self._rows:
             raise ValueError(f"rank {self.rank} does not hold task {task}")
         starts = self._starts[task]
+        if starts.size == 0:
+            raise ValueError(f"task {task} has no {self.support_len + self.query_len}-step window")
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, step, task, _WINDOW_TAG]))
         i = int(starts[rng.integers(starts.size)])
         return self._rows[task][i : i + self.support_len + self.query_len]
@@ -573,6 +623,26 @@ class ShardedTaskSampler:
             ]
             worst.append(max(owners.count(r) for r in range(self.world_size)))
         return float(np.mean(worst)) * self.world_size / meta_batch_size
+
+
+def make_sampler(cfg: Any, store: Any, ctx: DistributedContext) -> ShardedTaskSampler:
+    """This rank's sampler for a RunConfig, eligibility shared (a collective on every rank)."""
+    sampler = ShardedTaskSampler(
+        store, cfg.num_tasks, cfg.support_len, cfg.query_len, cfg.seed, ctx.rank, ctx.world_size
+    )
+    sampler.share_eligibility(ctx)
+    assert sampler.eligible is not None
+    n_ok = int(sampler.eligible.sum())
+    if n_ok < cfg.num_tasks:
+        log.info(
+            "%d of %d tasks have a window of %d consecutive steps in one episode; the others "
+            "are not drawn",
+            n_ok,
+            cfg.num_tasks,
+            cfg.support_len + cfg.query_len,
+        )
+    sampler.global_tasks(0, cfg.meta_batch_size)  # the same ValueError on every rank, early
+    return sampler
 
 
 # --- the `train --distributed` stage ----------------------------------------------------------
@@ -617,10 +687,9 @@ def run(command: str, cfg: Any, *, resume: bool = False, timeout_s: float | None
     try:
         quiet_other_ranks(ctx)
         seed_everything(cfg.seed)
-        run_dir = _agree(ctx, lambda: pipeline.open_run(cfg, resume), "opening the run folder")
-        path = run_dir.path
-        run_dir = run_dir if ctx.is_main else None
-        train(cfg, ctx, run_dir, resume=resume)
+        opened = _agree(ctx, lambda: pipeline.open_run(cfg, resume), "opening the run folder")
+        path = opened.path
+        train(cfg, ctx, opened if ctx.is_main else None, resume=resume)
     finally:
         shutdown(ctx)
     if command == "run" and ctx.is_main:
@@ -639,6 +708,18 @@ def collect_shard(cfg: Any, ctx: DistributedContext, run_dir: Any | None) -> Any
         raise ValueError(
             f"--num_tasks ({cfg.num_tasks}) must be >= the number of ranks ({ctx.world_size}): "
             "every rank collects its own share of the training tasks"
+        )
+    if cfg.meta_batch_size < ctx.world_size:
+        raise ValueError(
+            f"--meta_batch_size ({cfg.meta_batch_size}) must be >= the number of ranks "
+            f"({ctx.world_size}): with fewer tasks per meta-batch some ranks would idle"
+        )
+    if cfg.meta_batch_size % ctx.world_size:
+        log.warning(
+            "--meta_batch_size %d is not a multiple of the %d ranks: some ranks get one task "
+            "more per meta-step than others (correct, but the others wait)",
+            cfg.meta_batch_size,
+            ctx.world_size,
         )
     tasks = sample_tasks(cfg.env_name, cfg.num_tasks, seed=cfg.seed, split="train")
     mine = shard_tasks(cfg.num_tasks, ctx.rank, ctx.world_size)
@@ -696,7 +777,7 @@ def train(cfg: Any, ctx: DistributedContext, run_dir: Any | None, *, resume: boo
     from eaml_ssm import pipeline
     from eaml_ssm.artifacts import save_checkpoint, set_rng_state
 
-    if ctx.is_main:
+    if run_dir is not None:
         run_dir.write_json("config.json", _config_dict(cfg))
         log.info("run folder: %s (%d ranks, %s)", run_dir.path, ctx.world_size, ctx.backend)
     data = collect_shard(cfg, ctx, run_dir)
@@ -715,10 +796,7 @@ def train(cfg: Any, ctx: DistributedContext, run_dir: Any | None, *, resume: boo
             run_dir.truncate_metrics("train", start)
         log.info("resuming meta-training at step %d of %d", start, cfg.num_epochs)
     broadcast_parameters([*model.parameters(), *model.buffers(), *maml.inner_lrs.values()], ctx)
-    sampler = ShardedTaskSampler(
-        data.store, cfg.num_tasks, cfg.support_len, cfg.query_len, cfg.seed,
-        ctx.rank, ctx.world_size,
-    )  # fmt: skip
+    sampler = make_sampler(cfg, data.store, ctx)
     norm = data.normalizer.to(ctx.device)
     every = max(1, cfg.num_epochs // 10)
     quiet = cfg.quiet or not ctx.is_main

@@ -266,38 +266,40 @@ class Normalizer:
         return norm
 
     def to(self, device: torch.device | str) -> Normalizer:
-        """Move the statistics to `device` (in place; returns self)."""
+        """A copy with the statistics on `device` (like ``Tensor.to``: `self` is unchanged)."""
+        out = Normalizer.__new__(Normalizer)
         for k in self._KEYS:
-            setattr(self, k, getattr(self, k).to(device))
-        return self
+            setattr(out, k, getattr(self, k).to(device))
+        return out
 
-    def _check(self, x: torch.Tensor, dim: int, what: str) -> None:
+    def _stats(self, x: torch.Tensor, which: str, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std) of `which` on x's device; checks x's width."""
         if x.shape[-1] != dim:
-            raise ValueError(f"{what} has {x.shape[-1]} columns, normalizer expects {dim}")
+            raise ValueError(f"{which}s have {x.shape[-1]} columns, normalizer expects {dim}")
+        mean, std = getattr(self, f"{which}_mean"), getattr(self, f"{which}_std")
+        if mean.device != x.device:  # correct anywhere; keep a copy per device (`to`) for speed
+            mean, std = mean.to(x.device), std.to(x.device)
+        return mean, std
 
     def normalize_inputs(self, x: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
         """(..., di) raw -> normalized."""
-        self._check(x, self.input_dim, "inputs")
-        if inplace:
-            return x.sub_(self.input_mean).div_(self.input_std)
-        return (x - self.input_mean) / self.input_std
+        mean, std = self._stats(x, "input", self.input_dim)
+        return x.sub_(mean).div_(std) if inplace else (x - mean) / std
 
     def normalize_targets(self, y: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
         """(..., dt) raw change of state -> normalized."""
-        self._check(y, self.target_dim, "targets")
-        if inplace:
-            return y.sub_(self.target_mean).div_(self.target_std)
-        return (y - self.target_mean) / self.target_std
+        mean, std = self._stats(y, "target", self.target_dim)
+        return y.sub_(mean).div_(std) if inplace else (y - mean) / std
 
     def denormalize_inputs(self, x: torch.Tensor) -> torch.Tensor:
         """(..., di) normalized -> raw."""
-        self._check(x, self.input_dim, "inputs")
-        return x * self.input_std + self.input_mean
+        mean, std = self._stats(x, "input", self.input_dim)
+        return x * std + mean
 
     def denormalize_targets(self, y: torch.Tensor) -> torch.Tensor:
         """(..., dt) normalized -> raw change of state."""
-        self._check(y, self.target_dim, "targets")
-        return y * self.target_std + self.target_mean
+        mean, std = self._stats(y, "target", self.target_dim)
+        return y * std + mean
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.normalize_inputs(x), self.normalize_targets(y)

@@ -224,6 +224,13 @@ def retention(adapter: Adapter, pairs: Sequence[WindowPair], m: int, *, shots: i
         raise ValueError("retention needs at least one window pair")
     if shots < 0:
         raise ValueError(f"shots must be >= 0, got {shots}")
+    if shots == 0 and adapter.stateful:  # one batched forward over every pair
+        x = torch.stack([p.x for p in pairs])  # (P, 2M, d)
+        reset = torch.stack([p.reset for p in pairs]).clone()  # (P, 2M)
+        reset[:, 0] = True
+        y, _ = adapter.predict(x, None, reset=reset)  # (P, 2M, o)
+        target = torch.stack([p.y[m:] for p in pairs])  # (P, M, o)
+        return float(np.mean([nmse(y[i, -m:], target[i]) for i in range(len(pairs))]))
     errors = []
     for pair in pairs:
         model = adapter

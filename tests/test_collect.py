@@ -158,3 +158,13 @@ def test_rollout_stream():
         rollout(task, 0)
     with pytest.raises(TypeError, match="callable"):
         rollout(task, 5, policy=3)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_worker_errors_reach_the_caller(backend):
+    from eaml_ssm.tasks import Task
+
+    broken = [Task("CartPole-v1", params={}), Task("CartPole-v1", params={})]  # no physics
+    store = rust_buffer.RingBuffer(100, 6, 4)
+    with pytest.raises((KeyError, RuntimeError), match="length"):
+        collect(broken, store, 10, num_workers=2, backend=backend)

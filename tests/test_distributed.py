@@ -39,8 +39,11 @@ JOIN_S = 120  # hang guard for spawned ranks (not a timing assertion)
 # --- fixtures shared with the spawned ranks (module level, so spawn can import them) ---------
 
 
-def make_store(task_ids: list[int], *, reverse: bool = False) -> Any:
-    """A store with 2 episodes of 30 steps of linear dynamics for each task in ``task_ids``.
+def make_store(
+    task_ids: list[int], *, reverse: bool = False, short: frozenset = frozenset()
+) -> Any:
+    """A store with 2 episodes of 30 steps of linear dynamics for each task in ``task_ids``
+    (12 episodes of 5 steps for the tasks in ``short``).
 
     Rows of a task are the same whichever store holds it; ``reverse`` inserts episodes in
     reverse order, so slot order differs while the content does not.
@@ -50,13 +53,37 @@ def make_store(task_ids: list[int], *, reverse: bool = False) -> Any:
     for tid in task_ids:
         rng = np.random.default_rng([SEED, tid])
         a = rng.normal(size=(OBS_DIM, TARGET_DIM))  # (d, o) this task's dynamics
-        for ep in range(2):
-            x = rng.normal(size=(30, OBS_DIM)).astype(np.float32)  # (30, d)
-            y = (x @ a + 0.5 + 0.01 * rng.normal(size=(30, TARGET_DIM))).astype(np.float32)
+        n_ep, length = (12, 5) if tid in short else (2, 30)
+        for ep in range(n_ep):
+            x = rng.normal(size=(length, OBS_DIM)).astype(np.float32)  # (len, d)
+            y = (x @ a + 0.5 + 0.01 * rng.normal(size=(length, TARGET_DIM))).astype(np.float32)
             episodes.append((x, y, tid, tid * 100 + ep))
     for x, y, tid, eid in reversed(episodes) if reverse else episodes:
-        store.add(x, y, task_id=tid, episode_id=eid, step=np.arange(30, dtype=np.int64))
+        steps = np.arange(x.shape[0], dtype=np.int64)
+        store.add(x, y, task_id=tid, episode_id=eid, step=steps)
     return store
+
+
+def shard_samplers(
+    world: int, support: int, query: int, short: frozenset = frozenset()
+) -> list[D.ShardedTaskSampler]:
+    """One sampler per rank without a process group (eligibility merged by hand)."""
+    out = [
+        D.ShardedTaskSampler(
+            make_store(D.shard_tasks(NUM_TASKS, r, world), reverse=True, short=short),
+            NUM_TASKS,
+            support,
+            query,
+            SEED,
+            r,
+            world,
+        )  # fmt: skip
+        for r in range(world)
+    ]
+    eligible = np.logical_or.reduce([s.local_eligibility() for s in out])
+    for s in out:
+        s.set_eligible(eligible)
+    return out
 
 
 def make_maml() -> MetaMAML:
@@ -76,6 +103,7 @@ def train_ranked(ctx: D.DistributedContext, steps: int = STEPS) -> tuple[Any, li
     store = make_store(D.shard_tasks(NUM_TASKS, ctx.rank, ctx.world_size))
     norm = D.global_normalizer(store, ctx)
     sampler = D.ShardedTaskSampler(store, NUM_TASKS, SUPPORT, QUERY, SEED, ctx.rank, ctx.world_size)
+    sampler.share_eligibility(ctx)
     maml = make_maml()
     D.broadcast_parameters([*maml.model.parameters(), *maml.inner_lrs.values()], ctx)
     losses = []
@@ -247,12 +275,7 @@ def test_single_process_step_equals_meta_update() -> None:
 
 def test_sampler_batches_do_not_depend_on_world_size_or_slot_order() -> None:
     full = D.ShardedTaskSampler(make_store(list(range(NUM_TASKS))), NUM_TASKS, 5, 4, SEED)
-    shards = [
-        D.ShardedTaskSampler(
-            make_store(D.shard_tasks(NUM_TASKS, r, 3), reverse=True), NUM_TASKS, 5, 4, SEED, r, 3
-        )
-        for r in range(3)
-    ]
+    shards = shard_samplers(3, 5, 4)
     for step in range(4):
         glob = [int(t) for t in full.global_tasks(step, META_BATCH)]
         assert len(set(glob)) == META_BATCH
@@ -267,15 +290,48 @@ def test_sampler_batches_do_not_depend_on_world_size_or_slot_order() -> None:
             ref = full.arrays(step, tasks)
             for got, want in zip(mine, ref, strict=True):
                 np.testing.assert_array_equal(got, want)
+    # W divides T: every rank serves exactly T / W tasks of every batch
+    halves = shard_samplers(2, 5, 4)
+    for step in range(10):
+        assert [len(h.local_tasks(step, META_BATCH)) for h in halves] == [2, 2]
+        assert halves[0].load(META_BATCH, [step]) == 1.0
+    # stratified: slot c draws from {c, c + T, ...}; every task comes up
+    eight = D.ShardedTaskSampler(make_store(list(range(8))), 8, 5, 4, SEED)
+    drawn = np.stack([eight.global_tasks(k, 4) for k in range(40)])  # (40, T)
+    assert np.all(drawn % 4 == np.arange(4))
+    assert sorted(set(drawn.ravel().tolist())) == list(range(8))
     # a window is consecutive steps of one episode: support (5) then query (4)
     store = make_store([0])
-    rows = full.window_rows(2, 0)
+    rows = D.ShardedTaskSampler(store, 1, 5, 4, SEED).window_rows(2, 0)
     assert rows.shape == (9,)
-    eids, steps = store.episode_id_view()[rows], store.step_view()[rows]
-    rows0 = D.ShardedTaskSampler(store, 1, 5, 4, SEED).window_rows(2, 0)
-    assert len(set(store.episode_id_view()[rows0].tolist())) == 1
-    assert np.all(np.diff(store.step_view()[rows0]) == 1)
-    assert eids.size == steps.size == 9
+    assert len(set(store.episode_id_view()[rows].tolist())) == 1
+    assert np.all(np.diff(store.step_view()[rows]) == 1)
+
+
+def test_tasks_without_a_window_are_never_drawn() -> None:
+    short = frozenset({1, 5})  # class 1 mod 4 = {1, 5}: empty, its slot draws elsewhere
+    full = D.ShardedTaskSampler(
+        make_store(list(range(NUM_TASKS)), short=short), NUM_TASKS, 5, 4, SEED
+    )
+    assert full.eligible is not None
+    assert full.eligible.tolist() == [True, False, True, True, True, False]
+    shards = shard_samplers(2, 5, 4, short)
+    for step in range(20):
+        glob = full.global_tasks(step, META_BATCH).tolist()
+        assert len(set(glob)) == META_BATCH and not short & set(glob)
+        union = sorted(t for s in shards for t in s.local_tasks(step, META_BATCH))
+        assert union == sorted(glob)
+    with pytest.raises(ValueError, match=r"must be in \[1, 4\]: 4 of 6 tasks have 9"):
+        full.global_tasks(0, 5)
+    with pytest.raises(ValueError, match="has no 9-step window"):
+        shards[1].window_rows(0, 1)
+    unshared = D.ShardedTaskSampler(make_store([0, 2, 4]), NUM_TASKS, 5, 4, SEED, 0, 2)
+    with pytest.raises(ValueError, match="share_eligibility"):
+        unshared.global_tasks(0, 2)
+    with pytest.raises(ValueError, match="disagrees with rank 0's own tasks"):
+        unshared.set_eligible(np.zeros(NUM_TASKS, dtype=bool))
+    with pytest.raises(ValueError, match=r"shape \(6,\)"):
+        unshared.set_eligible(np.ones(3, dtype=bool))
 
 
 def test_global_normalizer_merges_shards_exactly() -> None:
@@ -358,8 +414,8 @@ def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="device must be auto, cpu or cuda"):
         D.init_from_env("tpu")
     store = make_store([0, 1])
-    with pytest.raises(ValueError, match="no 61 consecutive steps"):
-        D.ShardedTaskSampler(store, 2, 31, 30, SEED)
+    with pytest.raises(ValueError, match=r"must be in \[1, 0\]: 0 of 2 tasks have 61"):
+        D.ShardedTaskSampler(store, 2, 31, 30, SEED).global_tasks(0, 1)
     with pytest.raises(ValueError, match="holds no rows of task 2"):
         D.ShardedTaskSampler(store, 3, 4, 4, SEED)
     sampler = D.ShardedTaskSampler(store, 2, 4, 4, SEED)
@@ -385,3 +441,13 @@ def test_dataclass_context_is_frozen() -> None:
     ctx = D.DistributedContext()
     with pytest.raises(dataclasses.FrozenInstanceError):
         ctx.rank = 1  # type: ignore[misc]
+
+
+def test_train_rejects_bad_splits(tmp_path: Path) -> None:
+    two = D.DistributedContext(rank=0, world_size=2)  # validation happens before any collective
+    with pytest.raises(ValueError, match=r"--num_tasks \(1\) must be >= the number of ranks"):
+        D.collect_shard(tiny_config(tmp_path, num_tasks=1, meta_batch_size=1), two, None)
+    with pytest.raises(ValueError, match=r"--meta_batch_size \(1\) must be >= the number of"):
+        D.collect_shard(tiny_config(tmp_path, meta_batch_size=1), two, None)
+    with pytest.raises(ValueError, match="applies to `train` and `run`"):
+        D.run("collect", tiny_config(tmp_path))

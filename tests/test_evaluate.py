@@ -276,5 +276,29 @@ def test_method_grid_levels() -> None:
     assert len(full) == len(set(full))
     assert core < set(full)
     assert {"none", "grbal", "cont_w0", "hybn_0.3", "hyb_3_lrx2", "J_hybn_0.3"} <= set(full)
-    with pytest.raises(ValueError, match="core, cartpole or all"):
+    with pytest.raises(ValueError, match="method level must be one of"):
         evaluate.method_grid("everything")
+
+
+def test_batched_zero_shot_retention_matches_pair_by_pair_for_a_stateful_model() -> None:
+    from eaml_ssm.ssm import SSM
+
+    torch.manual_seed(0)
+    model = SSM(state_dim=4, input_dim=2, output_dim=1, hidden_dim=8)
+    adapter = Adapter(model, AdaptationConfig(num_steps=1, experience_weight=0.0), None, "cpu")
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(6 * M, 2)).astype(np.float32)
+    y = rng.normal(size=(6 * M, 1)).astype(np.float32)
+    starts = np.zeros(6 * M, dtype=bool)
+    starts[[0, 5, 2 * M + 3]] = True  # episodes restart inside pairs
+    data = protocol.stream_data("toy", x, y, starts, Normalizer(2, 1))
+    pairs = protocol.window_pairs(data, M, 3)
+    by_hand = []
+    for p in pairs:
+        reset = p.reset.clone()
+        reset[0] = True
+        pred, _ = adapter.predict(p.x[None], None, reset=reset[None])  # (1, 2M, 1)
+        by_hand.append(protocol.nmse(pred[0, M:], p.y[M:]))
+    assert protocol.retention(adapter, pairs, M, shots=0) == pytest.approx(
+        np.mean(by_hand), rel=1e-5
+    )

@@ -180,3 +180,14 @@ def test_model_batch_normalizes():
     torch.testing.assert_close(x[0, 4:], torch.tensor([0.0, 1.0]))
     expected = (torch.full((4,), 0.05) - norm.target_mean) / norm.target_std
     torch.testing.assert_close(y[0], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_to_returns_a_copy_and_leaves_the_original():
+    store, x, _ = _filled_store()
+    norm = Normalizer.from_store(store)
+    moved = norm.to("cpu")
+    assert moved is not norm
+    moved.input_mean = moved.input_mean + 1
+    xt = torch.from_numpy(x)
+    assert not torch.equal(moved.normalize_inputs(xt), norm.normalize_inputs(xt))
+    assert moved.device == norm.device

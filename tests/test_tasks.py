@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 
@@ -19,7 +17,19 @@ from eaml_ssm.tasks import (
 )
 
 CLASSIC = ["CartPole-v1", "Pendulum-v1", "Acrobot-v1", "MountainCarContinuous-v0"]
-HAS_MUJOCO = importlib.util.find_spec("mujoco") is not None
+
+
+def _has_mujoco() -> bool:
+    import gymnasium as gym
+
+    try:
+        import gymnasium.envs.mujoco  # needs mujoco and imageio
+    except (ImportError, gym.error.DependencyNotInstalled):
+        return False
+    return True
+
+
+HAS_MUJOCO = _has_mujoco()
 needs_mujoco = pytest.mark.skipif(not HAS_MUJOCO, reason="mujoco not installed (extra [mujoco])")
 
 

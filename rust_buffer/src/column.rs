@@ -11,6 +11,33 @@
 use crate::error::BufferError;
 use crate::sync::{zeroed, AtomicU32, AtomicU64, Ordering::Relaxed};
 
+/// Prefetch at most this much of one column per call.
+const MAX_PREFETCH_BYTES: usize = 16 * 1024;
+
+/// Hint the CPU to load the cache lines covering `bytes` bytes from `p`. Prefetches never
+/// fault, even for invalid addresses, so no bounds are needed.
+#[inline(always)]
+pub(crate) fn prefetch_bytes(p: *const i8, bytes: usize) {
+    #[cfg(all(target_arch = "x86_64", not(loom)))]
+    {
+        if bytes == 0 {
+            return;
+        }
+        let first = p as usize & !63;
+        let last = (p as usize).wrapping_add(bytes - 1) & !63;
+        let mut line = first;
+        while line <= last {
+            // SAFETY: prefetch is a hint; it never faults.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch(line as *const i8, std::arch::x86_64::_MM_HINT_T0)
+            };
+            line += 64;
+        }
+    }
+    #[cfg(not(all(target_arch = "x86_64", not(loom))))]
+    let _ = (p, bytes);
+}
+
 enum Words {
     /// Even widths: two floats per word.
     W64(Box<[AtomicU64]>),
@@ -59,6 +86,30 @@ impl FloatColumn {
         }
     }
 
+    /// Copy `dst.len() / dim` consecutive rows starting at `slot` (no wrap-around) into `dst`
+    /// in one pass: for windows, the per-row overhead of `load_row` is most of the cost.
+    #[inline]
+    pub(crate) fn load_rows(&self, slot: usize, dst: &mut [f32]) {
+        let d = self.dim;
+        match &self.words {
+            Words::W64(w) => {
+                let start = slot * d / 2;
+                let src = &w[start..start + dst.len() / 2];
+                for (out, word) in dst.chunks_exact_mut(2).zip(src) {
+                    let b = word.load(Relaxed).to_ne_bytes();
+                    out[0] = f32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+                    out[1] = f32::from_ne_bytes([b[4], b[5], b[6], b[7]]);
+                }
+            }
+            Words::W32(w) => {
+                let (start, n) = (slot * d, dst.len());
+                for (out, word) in dst.iter_mut().zip(&w[start..start + n]) {
+                    *out = f32::from_bits(word.load(Relaxed));
+                }
+            }
+        }
+    }
+
     /// Copy `src` (`src.len() == dim`) into the row in `slot`.
     #[inline]
     pub(crate) fn store_row(&self, slot: usize, src: &[f32]) {
@@ -84,25 +135,18 @@ impl FloatColumn {
         }
     }
 
-    /// Ask the CPU to start loading the row in `slot` (random gathers are latency-bound; a
-    /// few rows of look-ahead keep several cache misses in flight).
+    /// Ask the CPU to start loading `rows` rows from `slot` on (random gathers and windows
+    /// are latency-bound, and scalar atomic copies keep few misses in flight by themselves;
+    /// prefetching a few rows or a window ahead restores memcpy-like throughput).
     #[inline]
-    pub(crate) fn prefetch(&self, slot: usize) {
-        #[cfg(all(target_arch = "x86_64", not(loom)))]
+    pub(crate) fn prefetch_rows(&self, slot: usize, rows: usize) {
+        #[cfg(not(loom))]
         {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            let start = self.as_ptr().wrapping_add(slot * self.dim) as *const i8;
-            let bytes = self.dim * 4;
-            let mut off = 0;
-            // At most 8 lines: longer rows are streamed by the hardware prefetcher.
-            while off < bytes + 63 && off < 512 {
-                // SAFETY: prefetch is a hint; it never faults, even on an invalid address.
-                unsafe { _mm_prefetch(start.wrapping_add(off), _MM_HINT_T0) };
-                off += 64;
-            }
+            let bytes = (rows * self.dim * 4).min(MAX_PREFETCH_BYTES);
+            prefetch_bytes(self.as_ptr().wrapping_add(slot * self.dim) as *const i8, bytes);
         }
-        #[cfg(not(all(target_arch = "x86_64", not(loom))))]
-        let _ = slot;
+        #[cfg(loom)]
+        let _ = (slot, rows);
     }
 
     /// Address of the first float (for zero-copy views). Writes through it are not allowed.

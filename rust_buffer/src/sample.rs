@@ -81,6 +81,22 @@ impl RingBuffer {
         pool: Pool<'_>,
         obs: &mut [f32],
         target: &mut [f32],
+        meta: Option<&mut MetaBatch>,
+        rng: &mut Rng,
+    ) -> Result<(), BufferError> {
+        // Metadata is read only when returned or needed to accept a row.
+        if meta.is_some() || matches!(pool, Pool::Task { .. }) {
+            self.gather_rows::<true>(pool, obs, target, meta, rng)
+        } else {
+            self.gather_rows::<false>(pool, obs, target, meta, rng)
+        }
+    }
+
+    fn gather_rows<const META: bool>(
+        &self,
+        pool: Pool<'_>,
+        obs: &mut [f32],
+        target: &mut [f32],
         mut meta: Option<&mut MetaBatch>,
         rng: &mut Rng,
     ) -> Result<(), BufferError> {
@@ -92,17 +108,17 @@ impl RingBuffer {
             slots.push(self.draw_some(pool, rng, base)?);
         }
         for &s in slots.iter().take(LOOKAHEAD) {
-            self.prefetch(s);
+            self.prefetch::<META>(s, 1);
         }
         let rows = obs.chunks_exact_mut(d_o).zip(target.chunks_exact_mut(d_t));
         for (i, (o, t)) in rows.enumerate() {
             if let Some(&ahead) = slots.get(i + LOOKAHEAD) {
-                self.prefetch(ahead);
+                self.prefetch::<META>(ahead, 1);
             }
             let mut slot = slots[i];
             let mut misses = 0u32;
             let info = loop {
-                match self.read_row(slot, base, o, t) {
+                match self.read_row::<META>(slot, base, o, t) {
                     Some(info) if Self::accepts(pool, &info) => break info,
                     _ => {}
                 }

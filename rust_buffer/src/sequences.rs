@@ -13,10 +13,14 @@
 //! (`O(len)`), so "no valid window" is reported exactly rather than guessed.
 
 use crate::error::BufferError;
+use crate::slots::stable_row;
 use crate::store::{RingBuffer, RowInfo};
+use crate::sync::{fence, Ordering};
 
 /// Random starts tried for one window before enumerating all valid starts.
 const START_TRIES: usize = 64;
+/// Windows of prefetch look-ahead.
+const WINDOW_LOOKAHEAD: usize = 1;
 
 /// A batch of windows, row-major: `obs` is `batch x seq_len x obs_dim`, `target` is
 /// `batch x seq_len x target_dim`, `task_ids` has one entry per window.
@@ -60,6 +64,11 @@ impl RingBuffer {
 
     /// Copy the window starting at `start` (rows `0..split` into `dst[0..2]`, the rest into
     /// `dst[2..4]`: obs then target of each part), checking every row. `None` when invalid.
+    ///
+    /// The window is read as one seqlock section: all its stamps (Acquire), the metadata and
+    /// the rows (Relaxed, copied in at most a few contiguous blocks), one Acquire fence, then
+    /// all stamps again. Unchanged stamps mean no write touched any of its slots meanwhile.
+    /// `stamps` is scratch space (reused across calls).
     pub(crate) fn read_window(
         &self,
         start: usize,
@@ -67,40 +76,66 @@ impl RingBuffer {
         base: u64,
         split: usize,
         dst: [&mut [f32]; 4],
+        stamps: &mut Vec<u64>,
     ) -> Option<RowInfo> {
-        let (d_o, d_t) = (self.obs_dim, self.target_dim);
-        let [a_obs, a_tgt, b_obs, b_tgt] = dst;
-        let mut first: Option<RowInfo> = None;
-        for i in 0..len {
-            let slot = (start + i) % self.capacity;
-            let (o, t) = if i < split {
-                (
-                    &mut a_obs[i * d_o..(i + 1) * d_o],
-                    &mut a_tgt[i * d_t..(i + 1) * d_t],
-                )
-            } else {
-                let j = i - split;
-                (
-                    &mut b_obs[j * d_o..(j + 1) * d_o],
-                    &mut b_tgt[j * d_t..(j + 1) * d_t],
-                )
-            };
-            let info = self.read_row(slot, base, o, t)?;
-            match first {
-                None if info.step >= 0 => first = Some(info),
-                None => return None,
-                Some(f) => {
-                    let ok = info.row == f.row + i as u64
-                        && info.episode_id == f.episode_id
-                        && info.task_id == f.task_id
-                        && info.step == f.step + i as i64;
-                    if !ok {
-                        return None;
-                    }
-                }
-            }
+        let cap = self.capacity;
+        // The window's slots as at most two contiguous ranges (it may wrap at the ring's end).
+        let head = len.min(cap - start);
+        let ranges = [start..start + head, 0..len - head];
+        stamps.clear();
+        for slot in ranges.clone().into_iter().flatten() {
+            stamps.push(self.stamps.read_begin(slot));
         }
-        first
+        let first_row = stable_row(stamps[0]).filter(|&r| r >= base)?;
+        let consecutive = stamps
+            .iter()
+            .zip(first_row..)
+            .all(|(&s, row)| s == 2 * row + 2);
+        let first = RowInfo {
+            row: first_row,
+            task_id: self.task_id[start].load(Ordering::Relaxed),
+            episode_id: self.episode_id[start].load(Ordering::Relaxed),
+            step: self.step[start].load(Ordering::Relaxed),
+        };
+        if !consecutive || first.step < 0 {
+            return None;
+        }
+        let mut i = 0i64;
+        for slot in ranges.clone().into_iter().flatten() {
+            let ok = self.task_id[slot].load(Ordering::Relaxed) == first.task_id
+                && self.episode_id[slot].load(Ordering::Relaxed) == first.episode_id
+                && self.step[slot].load(Ordering::Relaxed) == first.step + i;
+            if !ok {
+                return None;
+            }
+            i += 1;
+        }
+        let [a_obs, a_tgt, b_obs, b_tgt] = dst;
+        self.copy_rows(start, a_obs, a_tgt);
+        let second = start + split;
+        self.copy_rows(if second >= cap { second - cap } else { second }, b_obs, b_tgt);
+        fence(Ordering::Acquire);
+        let unchanged = ranges
+            .into_iter()
+            .flatten()
+            .zip(stamps.iter())
+            .all(|(slot, &s)| self.stamps.peek(slot) == s);
+        unchanged.then_some(first)
+    }
+
+    /// Relaxed copy of consecutive rows from `slot` on (wrapping at the end of the ring).
+    fn copy_rows(&self, slot: usize, obs: &mut [f32], target: &mut [f32]) {
+        let (d_o, d_t) = (self.obs_dim, self.target_dim);
+        let rows = obs.len() / d_o;
+        let before_wrap = rows.min(self.capacity - slot);
+        let (o1, o2) = obs.split_at_mut(before_wrap * d_o);
+        let (t1, t2) = target.split_at_mut(before_wrap * d_t);
+        self.obs.load_rows(slot, o1);
+        self.target.load_rows(slot, t1);
+        if !o2.is_empty() {
+            self.obs.load_rows(0, o2);
+            self.target.load_rows(0, t2);
+        }
     }
 
     /// Every valid start slot (the exact, `O(len)` fallback).
@@ -184,22 +219,24 @@ impl RingBuffer {
         let n_starts = self.start_range(seq_len, n_slots);
         let mut rng = self.rng();
         let mut exact: Option<Vec<usize>> = None;
-        let windows = obs
-            .chunks_exact_mut(seq_len * d_o)
-            .zip(target.chunks_exact_mut(seq_len * d_t));
-        for ((o, t), task) in windows.zip(task_ids.iter_mut()) {
+        let mut stamps = Vec::with_capacity(seq_len);
+        // Candidate starts are drawn ahead so the window two ahead can be prefetched.
+        let mut starts: Vec<usize> = (0..batch).map(|_| rng.below(n_starts)).collect();
+        for &s in starts.iter().take(WINDOW_LOOKAHEAD) {
+            self.prefetch::<true>(s, seq_len);
+        }
+        let windows = obs.chunks_exact_mut(seq_len * d_o).zip(target.chunks_exact_mut(seq_len * d_t));
+        for (w, ((o, t), task)) in windows.zip(task_ids.iter_mut()).enumerate() {
+            if let Some(&ahead) = starts.get(w + WINDOW_LOOKAHEAD) {
+                self.prefetch::<true>(ahead, seq_len);
+            }
             let mut tries = 0usize;
             let info = loop {
-                let start = match &exact {
-                    None => rng.below(n_starts),
-                    Some(list) => list[rng.below(list.len())],
-                };
-                if self
-                    .window_plausible(start, seq_len, base, n_slots)
-                    .is_some()
-                {
+                let start = starts[w];
+                if self.window_plausible(start, seq_len, base, n_slots).is_some() {
                     let dst = [&mut *o, &mut *t, &mut [], &mut []];
-                    if let Some(info) = self.read_window(start, seq_len, base, seq_len, dst) {
+                    let got = self.read_window(start, seq_len, base, seq_len, dst, &mut stamps);
+                    if let Some(info) = got {
                         break info;
                     }
                 }
@@ -215,6 +252,10 @@ impl RingBuffer {
                     exact = Some(list);
                     tries = 0;
                 }
+                starts[w] = match &exact {
+                    None => rng.below(n_starts),
+                    Some(list) => list[rng.below(list.len())],
+                };
             };
             *task = info.task_id;
         }

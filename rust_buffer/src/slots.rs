@@ -81,6 +81,19 @@ impl Stamps {
         self.s[slot].store(2 * row + 2, Ordering::Release);
     }
 
+    /// The stamp now (Relaxed): the re-check of a multi-slot read, after its Acquire fence.
+    #[inline]
+    pub(crate) fn peek(&self, slot: usize) -> u64 {
+        self.s[slot].load(Ordering::Relaxed)
+    }
+
+    /// Address of `slot`'s stamp (for prefetching only).
+    #[cfg(not(loom))]
+    #[inline]
+    pub(crate) fn addr(&self, slot: usize) -> *const i8 {
+        self.s.as_ptr().wrapping_add(slot) as *const i8
+    }
+
     /// First half of a read: the stamp to validate against later.
     #[inline]
     pub(crate) fn read_begin(&self, slot: usize) -> u64 {

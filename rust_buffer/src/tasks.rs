@@ -260,7 +260,7 @@ impl RingBuffer {
                         &mut dst.q_tgt[q * d_t..(q + 1) * d_t],
                     )
                 };
-                match self.read_row(slots[p], base, o, t) {
+                match self.read_row::<true>(slots[p], base, o, t) {
                     Some(info) if info.task_id == task => {}
                     _ => continue 'attempt,
                 }
@@ -283,7 +283,8 @@ impl RingBuffer {
         let len = dst.s_obs.len() / self.obs_dim + dst.q_obs.len() / self.obs_dim;
         let base = self.base();
         let n_slots = self.len();
-        let try_start = |start: usize, dst: &mut TaskOut<'_>| -> bool {
+        let mut stamps = Vec::with_capacity(len);
+        let mut try_start = |start: usize, dst: &mut TaskOut<'_>| -> bool {
             self.window_plausible(start, len, base, n_slots)
                 .is_some_and(|first| first.task_id == task)
                 && self
@@ -298,6 +299,7 @@ impl RingBuffer {
                             &mut *dst.q_obs,
                             &mut *dst.q_tgt,
                         ],
+                        &mut stamps,
                     )
                     .is_some()
         };

@@ -8,7 +8,7 @@ use numpy::{
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyInt};
 use rust_buffer::MetaValues;
 
 /// Copies at or above this many bytes run with the GIL released; below it, releasing and
@@ -23,8 +23,27 @@ fn has_flags(arr: &Bound<'_, PyUntypedArray>, flags: i32) -> bool {
     unsafe { (*_PyArray_GET_ITEM_DATA(arr.as_array_ptr())).flags & flags == flags }
 }
 
-/// A size argument: an int that is at least `min`.
-pub(crate) fn size(name: &str, value: i64, min: i64) -> PyResult<usize> {
+/// A size argument: an int that is at least `min`. Non-ints are a `TypeError`; ints out of
+/// range (negative, or beyond 2**63) a `ValueError`.
+pub(crate) fn size(obj: &Bound<'_, PyAny>, name: &str, min: i64) -> PyResult<usize> {
+    let value = match obj.extract::<i64>() {
+        Ok(v) => v,
+        Err(_) if obj.call_method0("__index__").is_ok() => {
+            return Err(PyValueError::new_err(format!(
+                "{name} is too large: {obj} (expected an int below 2**63)"
+            )))
+        }
+        Err(_) => {
+            let t = obj
+                .get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default();
+            return Err(PyTypeError::new_err(format!(
+                "{name} must be an int, got {t}"
+            )));
+        }
+    };
     if value < min {
         let what = if min == 0 {
             "a non-negative int"
@@ -36,6 +55,22 @@ pub(crate) fn size(name: &str, value: i64, min: i64) -> PyResult<usize> {
         )));
     }
     Ok(value as usize)
+}
+
+/// One int64 value (`TypeError` for non-ints, `ValueError` outside the int64 range).
+pub(crate) fn int64(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<i64> {
+    obj.extract::<i64>().map_err(|_| {
+        if obj.call_method0("__index__").is_ok() {
+            PyValueError::new_err(format!("{name} value {obj} is outside the int64 range"))
+        } else {
+            let t = obj
+                .get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default();
+            PyTypeError::new_err(format!("{name} must be an int, got {t}"))
+        }
+    })
 }
 
 /// Rows of one float column given to `add`, as a C-contiguous, aligned float32 array.
@@ -131,6 +166,11 @@ pub(crate) fn meta_arg<'py>(
     if let Ok(v) = obj.extract::<i64>() {
         return Ok(MetaArg::Scalar(v));
     }
+    if obj.is_instance_of::<PyInt>() {
+        return Err(PyValueError::new_err(format!(
+            "{name} value {obj} is outside the int64 range"
+        )));
+    }
     let py = obj.py();
     let type_name = obj
         .get_type()
@@ -160,6 +200,14 @@ pub(crate) fn meta_arg<'py>(
             arr.len()
         ))),
         1 => {
+            if kind == b'u' && arr.len() > 0 {
+                let max: u64 = arr.call_method0("max")?.extract()?;
+                if max > i64::MAX as u64 {
+                    return Err(PyValueError::new_err(format!(
+                        "{name} value {max} is outside the int64 range"
+                    )));
+                }
+            }
             let require = REQUIRE.import(py, "numpy", "require")?;
             let kwargs = PyDict::new(py);
             kwargs.set_item("dtype", "int64")?;

@@ -138,15 +138,15 @@ impl PyRingBuffer {
     #[new]
     #[pyo3(signature = (capacity, obs_dim, target_dim, *, seed=None, retention="fifo"))]
     fn new(
-        capacity: i64,
-        obs_dim: i64,
-        target_dim: i64,
+        capacity: &Bound<'_, PyAny>,
+        obs_dim: &Bound<'_, PyAny>,
+        target_dim: &Bound<'_, PyAny>,
         seed: Option<&Bound<'_, PyAny>>,
         retention: &str,
     ) -> PyResult<Self> {
-        let capacity = size("capacity", capacity, 1)?;
-        let obs_dim = size("obs_dim", obs_dim, 1)?;
-        let target_dim = size("target_dim", target_dim, 1)?;
+        let capacity = size(capacity, "capacity", 1)?;
+        let obs_dim = size(obs_dim, "obs_dim", 1)?;
+        let target_dim = size(target_dim, "target_dim", 1)?;
         let retention = match retention {
             "fifo" => Retention::Fifo,
             "reservoir" => Retention::Reservoir,
@@ -225,10 +225,10 @@ impl PyRingBuffer {
     fn sample<'py>(
         &self,
         py: Python<'py>,
-        batch_size: i64,
+        batch_size: &Bound<'_, PyAny>,
         with_meta: bool,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        let b = size("batch_size", batch_size, 0)?;
+        let b = size(batch_size, "batch_size", 0)?;
         let inner = &self.inner;
         self.gather_tuple(py, b, with_meta, false, |o, t, m| {
             inner.sample_into(o, t, m)
@@ -279,14 +279,14 @@ impl PyRingBuffer {
     fn sample_tasks<'py>(
         &self,
         py: Python<'py>,
-        n_tasks: i64,
-        n_support: i64,
-        n_query: i64,
+        n_tasks: &Bound<'_, PyAny>,
+        n_support: &Bound<'_, PyAny>,
+        n_query: &Bound<'_, PyAny>,
         contiguous: bool,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        let t = size("n_tasks", n_tasks, 1)?;
-        let s = size("n_support", n_support, 0)?;
-        let q = size("n_query", n_query, 0)?;
+        let t = size(n_tasks, "n_tasks", 1)?;
+        let s = size(n_support, "n_support", 0)?;
+        let q = size(n_query, "n_query", 0)?;
         let inner = &self.inner;
         let (d_o, d_t) = (inner.obs_dim(), inner.target_dim());
         let mut so = pool::take(t * s * d_o);
@@ -322,11 +322,11 @@ impl PyRingBuffer {
     fn sample_sequences<'py>(
         &self,
         py: Python<'py>,
-        batch_size: i64,
-        seq_len: i64,
+        batch_size: &Bound<'_, PyAny>,
+        seq_len: &Bound<'_, PyAny>,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        let b = size("batch_size", batch_size, 0)?;
-        let l = size("seq_len", seq_len, 1)?;
+        let b = size(batch_size, "batch_size", 0)?;
+        let l = size(seq_len, "seq_len", 1)?;
         let inner = &self.inner;
         let (d_o, d_t) = (inner.obs_dim(), inner.target_dim());
         let mut obs = pool::take(b * l * d_o);
@@ -351,12 +351,12 @@ impl PyRingBuffer {
     fn sample_recent<'py>(
         &self,
         py: Python<'py>,
-        batch_size: i64,
-        window: i64,
+        batch_size: &Bound<'_, PyAny>,
+        window: &Bound<'_, PyAny>,
         with_meta: bool,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        let b = size("batch_size", batch_size, 0)?;
-        let w = size("window", window, 1)?;
+        let b = size(batch_size, "batch_size", 0)?;
+        let w = size(window, "window", 1)?;
         let inner = &self.inner;
         self.gather_tuple(py, b, with_meta, false, |o, t, m| {
             inner.sample_recent_into(w, o, t, m)
@@ -368,11 +368,12 @@ impl PyRingBuffer {
     fn sample_task_rows<'py>(
         &self,
         py: Python<'py>,
-        task_id: i64,
-        batch_size: i64,
+        task_id: &Bound<'_, PyAny>,
+        batch_size: &Bound<'_, PyAny>,
         with_meta: bool,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        let b = size("batch_size", batch_size, 0)?;
+        let task_id = convert::int64(task_id, "task_id")?;
+        let b = size(batch_size, "batch_size", 0)?;
         let inner = &self.inner;
         // Always without the GIL: finding the task's rows scans the task_id column.
         self.gather_tuple(py, b, with_meta, true, |o, t, m| {

@@ -1,0 +1,119 @@
+"""End-to-end pipeline: a tiny CLI run writes a complete, valid run folder, reproducibly."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from eaml_ssm.artifacts import load_checkpoint
+
+TINY = [
+    "--num_tasks", "4",
+    "--meta_batch_size", "2",
+    "--steps_per_task", "200",
+    "--num_epochs", "4",
+    "--stream_steps", "48",
+    "--num_test_tasks", "1",
+    "--hidden_dim", "16",
+    "--state_dim", "8",
+    "--quiet",
+]  # fmt: skip
+
+
+def run_cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "eaml_ssm", *argv], capture_output=True, text=True, cwd=cwd
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs")
+    run_cli(*TINY, "--out", str(out), cwd=out)
+    (folder,) = out.iterdir()
+    return folder
+
+
+def test_run_folder_is_complete(tiny_run: Path) -> None:
+    for name in ["config.json", "metrics.jsonl", "summary.json", "summary.md", "checkpoint.pt"]:
+        assert (tiny_run / name).is_file(), name
+    for png in [
+        "meta_training_loss.png",
+        "adaptation_heldout.png",
+        "adaptation_ood.png",
+        "before_after_heldout.png",
+        "before_after_ood.png",
+    ]:
+        assert (tiny_run / "plots" / png).stat().st_size > 1000, png
+    config = json.loads((tiny_run / "config.json").read_text())
+    assert config["num_epochs"] == 4 and config["env_name"] == "CartPole-v1"
+    rows = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [0, 1, 2, 3]
+
+
+def test_summary_has_every_method_and_baseline(tiny_run: Path) -> None:
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    methods = summary["methods"]
+    for name in [
+        "no adaptation",
+        "continual (w=0)",
+        "GrBAL reset (w=0)",
+        "hybrid (w=0.1)",
+        "identity",
+        "linear LS (best ridge)",
+    ]:
+        assert name in methods
+        for split in ("heldout", "ood"):
+            value = methods[name][f"{split} nMSE"]
+            assert isinstance(value, float) and value >= 0.0
+
+
+def test_checkpoint_loads_with_weights_only_and_is_self_describing(tiny_run: Path) -> None:
+    payload = torch.load(tiny_run / "checkpoint.pt", weights_only=True)
+    assert payload["step"] == 4
+    assert {"model", "maml", "normalizer", "rng", "config", "model_config"} <= set(payload)
+    config = json.loads((tiny_run / "config.json").read_text())
+    changed = dict(config, hidden_dim=32)
+    with pytest.raises(ValueError, match="hidden_dim"):
+        load_checkpoint(tiny_run / "checkpoint.pt", changed)
+
+
+def test_same_seed_twice_gives_the_same_summary(tiny_run: Path, tmp_path: Path) -> None:
+    run_cli(*TINY, "--out", str(tmp_path), cwd=tmp_path)
+    (again,) = tmp_path.iterdir()
+    first = json.loads((tiny_run / "summary.json").read_text())
+    second = json.loads((again / "summary.json").read_text())
+    assert first["methods"] == second["methods"]
+
+
+def test_resume_continues_to_the_same_result(tiny_run: Path, tmp_path: Path) -> None:
+    short = [a if a != "4" or TINY[i - 1] != "--num_epochs" else "2" for i, a in enumerate(TINY)]
+    run_cli("train", *short, "--out", str(tmp_path), cwd=tmp_path)
+    (folder,) = tmp_path.iterdir()
+    assert torch.load(folder / "checkpoint.pt", weights_only=True)["step"] == 2
+    run_cli("--resume", *TINY, "--out", str(tmp_path), cwd=tmp_path)
+    resumed = torch.load(folder / "checkpoint.pt", weights_only=True)
+    straight = torch.load(tiny_run / "checkpoint.pt", weights_only=True)
+    assert resumed["step"] == 4
+    for name, value in straight["model"].items():
+        torch.testing.assert_close(resumed["model"][name], value, rtol=0, atol=0)
+    first = json.loads((tiny_run / "summary.json").read_text())
+    second = json.loads((folder / "summary.json").read_text())
+    assert first["methods"] == second["methods"]
+
+
+def test_adapt_needs_a_trained_run(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "eaml_ssm", "adapt", *TINY, "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "no run" in proc.stderr or "checkpoint" in proc.stderr
