@@ -32,6 +32,12 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="continue the run in --out/--name from its checkpoint (same config required)",
     )
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="meta-train on torch.distributed (train and run); launch with "
+        "`torchrun --nproc_per_node=N -m eaml_ssm train --distributed ...`",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,6 +96,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return evaluate.run(args)
         cfg: RunConfig = config_from_args(args)
+        if args.distributed:
+            from eaml_ssm import distributed
+
+            try:
+                return distributed.run(command, cfg, resume=bool(args.resume))
+            except distributed.RankFailure as exc:
+                parser.exit(1, f"error: {exc}\n")
         from eaml_ssm import pipeline
 
         return pipeline.run_stage(command, cfg, resume=bool(args.resume))

@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
@@ -44,8 +44,13 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm  # type: ignore[import-untyped]
 
+from eaml_ssm.config import RunConfig
 from eaml_ssm.features import Normalizer, column_moments
 from eaml_ssm.maml import MetaMAML, TaskBatch
+
+if TYPE_CHECKING:  # the pipeline pulls in adaptation, plots, ...: imported where used
+    from eaml_ssm.artifacts import RunDir
+    from eaml_ssm.pipeline import Data, Trained
 
 log = logging.getLogger(__name__)
 
@@ -293,18 +298,27 @@ def _tensors_of(obj: nn.Module | Iterable[Tensor]) -> list[Tensor]:
     return list(obj)
 
 
+def _by_dtype(tensors: Iterable[Tensor]) -> list[list[Tensor]]:
+    """Non-empty tensors grouped by dtype (one flat message per group, no casts)."""
+    groups: dict[torch.dtype, list[Tensor]] = {}
+    for t in tensors:
+        if t.numel() > 0:
+            groups.setdefault(t.dtype, []).append(t)
+    return list(groups.values())
+
+
 def broadcast_parameters(
     obj: nn.Module | Iterable[Tensor], ctx: DistributedContext, src: int = 0
 ) -> None:
     """Copy rank ``src``'s values of a module's parameters and buffers (or of the given
     tensors) to every rank, in place, in one flat broadcast."""
-    tensors = [t for t in _tensors_of(obj) if t.numel() > 0]
-    if not ctx.active or not tensors:
+    if not ctx.active:
         return
-    flat = _flat(tensors).to(ctx.device)  # (P,)
-    with _collective(ctx, "broadcast of the initial weights"):
-        dist.broadcast(flat, src=src)
-    _unflat_into(flat, tensors)
+    for group in _by_dtype(_tensors_of(obj)):
+        flat = _flat(group).to(ctx.device)  # (P,)
+        with _collective(ctx, "broadcast of the initial weights"):
+            dist.broadcast(flat, src=src)
+        _unflat_into(flat, group)
 
 
 def all_reduce_gradients(
@@ -325,7 +339,7 @@ def all_reduce_gradients(
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     parts = [g.detach().reshape(-1) * scale for g in grads]
     if extra is not None:
-        parts.append(extra.detach().reshape(-1).to(grads[0].dtype))
+        parts.append(extra.detach().reshape(-1).to(grads[0]))  # grads' dtype and device
     flat = torch.cat(parts).to(ctx.device)  # (P [+ extra],)
     all_reduce_sum(flat, ctx, "all-reduce of the meta-gradients")
     offset = 0
@@ -345,16 +359,17 @@ def assert_same_across_ranks(
     tensors: Sequence[Tensor], ctx: DistributedContext, what: str = "weights"
 ) -> None:
     """Raise RuntimeError unless every rank holds bit-identical values (max == min == mine)."""
-    if not ctx.active or not tensors:
+    if not ctx.active:
         return
-    mine = _flat(tensors).to(ctx.device)  # (P,)
-    hi, lo = mine.clone(), mine.clone()
-    with _collective(ctx, f"consistency check of the {what}"):
-        dist.all_reduce(hi, op=dist.ReduceOp.MAX)
-        dist.all_reduce(lo, op=dist.ReduceOp.MIN)
-    if not (torch.equal(hi, mine) and torch.equal(lo, mine)):
-        worst = float((hi - lo).abs().max())
-        raise RuntimeError(f"{ctx}: the {what} differ across ranks (max spread {worst:.3g})")
+    for group in _by_dtype(tensors):
+        mine = _flat(group).to(ctx.device)  # (P,)
+        hi, lo = mine.clone(), mine.clone()
+        with _collective(ctx, f"consistency check of the {what}"):
+            dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+            dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+        if not (torch.equal(hi, mine) and torch.equal(lo, mine)):
+            worst = float((hi - lo).abs().max())
+            raise RuntimeError(f"{ctx}: the {what} differ across ranks (max spread {worst:.3g})")
 
 
 # --- the meta-step ----------------------------------------------------------------------------
@@ -385,7 +400,7 @@ def distributed_meta_step(
     if local_tasks is not None:
         loss = maml.meta_loss(local_tasks)  # mean over the T_r local tasks
         (loss * (n_local / n_total)).backward()
-        loss_sum = loss.detach().reshape(1).cpu() * n_local
+        loss_sum = loss.detach().reshape(1) * n_local
     total = all_reduce_gradients(params, ctx, extra=loss_sum)
     assert total is not None
     maml.step()
@@ -572,10 +587,10 @@ class ShardedTaskSampler:
             if members.size:
                 out[c] = members[int(u[c] * members.size)]
                 free[out[c]] = False
-        for c in np.flatnonzero(out < 0):  # empty classes: any eligible task not yet chosen
+        for empty in np.flatnonzero(out < 0):  # empty classes: any eligible task not chosen
             pool = np.flatnonzero(free)
-            out[c] = pool[int(u[c] * pool.size)]
-            free[out[c]] = False
+            out[empty] = pool[int(u[empty] * pool.size)]
+            free[out[empty]] = False
         return out
 
     def local_tasks(self, step: int, meta_batch_size: int) -> list[int]:
@@ -604,10 +619,13 @@ class ShardedTaskSampler:
     def batch(
         self, step: int, tasks: Sequence[int], normalizer: Normalizer, device: torch.device
     ) -> TaskBatch:
-        """The normalized TaskBatch of ``tasks``: one sequence per task, (T_r, 1, l, d)."""
+        """The normalized TaskBatch of ``tasks``: one sequence per task, (T_r, 1, l, d).
+
+        ``normalizer`` must be on the CPU (where the rows are); the batch goes to ``device``.
+        """
 
         def seq(a: np.ndarray, target: bool) -> Tensor:
-            t = torch.from_numpy(np.ascontiguousarray(a))  # (T_r, l, d)
+            t = torch.from_numpy(np.ascontiguousarray(a))  # (T_r, l, d) on the CPU
             t = normalizer.normalize_targets(t) if target else normalizer.normalize_inputs(t)
             return t.unsqueeze(1).to(device)  # (T_r, 1, l, d)
 
@@ -625,7 +643,7 @@ class ShardedTaskSampler:
         return float(np.mean(worst)) * self.world_size / meta_batch_size
 
 
-def make_sampler(cfg: Any, store: Any, ctx: DistributedContext) -> ShardedTaskSampler:
+def make_sampler(cfg: RunConfig, store: Any, ctx: DistributedContext) -> ShardedTaskSampler:
     """This rank's sampler for a RunConfig, eligibility shared (a collective on every rank)."""
     sampler = ShardedTaskSampler(
         store, cfg.num_tasks, cfg.support_len, cfg.query_len, cfg.seed, ctx.rank, ctx.world_size
@@ -669,7 +687,9 @@ def quiet_other_ranks(ctx: DistributedContext) -> None:
         logging.getLogger("eaml_ssm").setLevel(logging.WARNING)
 
 
-def run(command: str, cfg: Any, *, resume: bool = False, timeout_s: float | None = None) -> int:
+def run(
+    command: str, cfg: RunConfig, *, resume: bool = False, timeout_s: float | None = None
+) -> int:
     """``train`` (or ``run``) with ``--distributed``: called on every rank by the CLI.
 
     ``run`` meta-trains on all ranks, then rank 0 adapts and evaluates in the same run folder
@@ -698,7 +718,7 @@ def run(command: str, cfg: Any, *, resume: bool = False, timeout_s: float | None
     return 0
 
 
-def collect_shard(cfg: Any, ctx: DistributedContext, run_dir: Any | None) -> Any:
+def collect_shard(cfg: RunConfig, ctx: DistributedContext, run_dir: RunDir | None) -> Data:
     """Each rank collects its share of the training tasks; returns a ``pipeline.Data``."""
     from eaml_ssm import pipeline
     from eaml_ssm.collect import build_store
@@ -759,12 +779,15 @@ def collect_shard(cfg: Any, ctx: DistributedContext, run_dir: Any | None) -> Any
     return pipeline.Data(get_family(cfg.env_name), tasks, store, norm)
 
 
-def _load_resume(cfg: Any, run_dir: Any, ctx: DistributedContext) -> dict[str, Any] | None:
+def _load_resume(
+    cfg: RunConfig, run_dir: RunDir | None, ctx: DistributedContext
+) -> dict[str, Any] | None:
     """Rank 0 reads the checkpoint (if any); every rank gets the payload."""
     from eaml_ssm.artifacts import load_checkpoint
     from eaml_ssm.config import to_dict
 
     def read() -> dict[str, Any] | None:
+        assert run_dir is not None  # rank 0
         if not run_dir.checkpoint_path.exists():
             return None
         return load_checkpoint(run_dir.checkpoint_path, to_dict(cfg))
@@ -772,10 +795,12 @@ def _load_resume(cfg: Any, run_dir: Any, ctx: DistributedContext) -> dict[str, A
     return _agree(ctx, read, "broadcast of the checkpoint")
 
 
-def train(cfg: Any, ctx: DistributedContext, run_dir: Any | None, *, resume: bool = False) -> Any:
+def train(
+    cfg: RunConfig, ctx: DistributedContext, run_dir: RunDir | None, *, resume: bool = False
+) -> Trained:
     """Meta-train on every rank; rank 0 (``run_dir`` not None there) writes. Returns Trained."""
     from eaml_ssm import pipeline
-    from eaml_ssm.artifacts import save_checkpoint, set_rng_state
+    from eaml_ssm.artifacts import save_checkpoint
 
     if run_dir is not None:
         run_dir.write_json("config.json", _config_dict(cfg))
@@ -791,13 +816,14 @@ def train(cfg: Any, ctx: DistributedContext, run_dir: Any | None, *, resume: boo
         maml.load_state_dict(ck["maml"])
         data.normalizer.load_state_dict(ck["normalizer"])
         trained.losses, start = list(ck["losses"]), int(ck["step"])
-        set_rng_state(ck["rng"])
+        # No RNG state to restore: batches are drawn from (seed, step), and rank 0's CUDA RNG
+        # states would not fit a job with a different number of GPUs.
         if run_dir is not None:
             run_dir.truncate_metrics("train", start)
         log.info("resuming meta-training at step %d of %d", start, cfg.num_epochs)
     broadcast_parameters([*model.parameters(), *model.buffers(), *maml.inner_lrs.values()], ctx)
     sampler = make_sampler(cfg, data.store, ctx)
-    norm = data.normalizer.to(ctx.device)
+    norm = data.normalizer  # stays on the CPU: batches are normalized there, then moved
     every = max(1, cfg.num_epochs // 10)
     quiet = cfg.quiet or not ctx.is_main
     t0 = time.perf_counter()
@@ -827,14 +853,14 @@ def train(cfg: Any, ctx: DistributedContext, run_dir: Any | None, *, resume: boo
     return trained
 
 
-def _config_dict(cfg: Any) -> dict[str, Any]:
+def _config_dict(cfg: RunConfig) -> dict[str, Any]:
     from eaml_ssm.config import to_dict
 
     return to_dict(cfg)
 
 
 def _write_summary(
-    cfg: Any, ctx: DistributedContext, run_dir: Any, trained: Any, start: int
+    cfg: RunConfig, ctx: DistributedContext, run_dir: RunDir, trained: Trained, start: int
 ) -> None:
     steps = cfg.num_epochs - start
     rate = steps * cfg.meta_batch_size / trained.seconds if trained.seconds > 0 else None

@@ -88,3 +88,14 @@ def test_unknown_env_is_a_clear_error(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "CartPole-v1" in proc.stderr  # the message lists what is supported
     assert not any(tmp_path.iterdir())  # nothing was written
+
+
+def test_distributed_only_applies_to_train_and_run(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "eaml_ssm", "collect", "--distributed", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "--distributed applies to" in proc.stderr

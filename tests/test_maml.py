@@ -11,6 +11,10 @@ from torch import nn
 from eaml_ssm.maml import MetaMAML, TaskBatch, is_stateful
 from eaml_ssm.ssm import SSM
 
+# One torch thread: with 2 threads on the shared 2-core machine, contention makes OpenMP
+# spin-waits dominate (a 3 s test took 66 s); the Makefile also sets OMP_NUM_THREADS=1.
+torch.set_num_threads(1)
+
 F64 = torch.float64
 
 

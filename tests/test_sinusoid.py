@@ -13,6 +13,10 @@ import torch
 from eaml_ssm import sinusoid
 from eaml_ssm.sinusoid import SinusoidConfig, run_benchmark, sample_tasks, summarize
 
+# One torch thread: with 2 threads on the shared 2-core machine, contention makes OpenMP
+# spin-waits dominate (a 3 s test took 66 s); the Makefile also sets OMP_NUM_THREADS=1.
+torch.set_num_threads(1)
+
 
 def test_sample_tasks_shapes_and_ranges() -> None:
     batch = sample_tasks(500, 10, 7, torch.Generator().manual_seed(0))

@@ -8,6 +8,10 @@ import torch
 from eaml_ssm.scan import linear_recurrence, linear_recurrence_reference
 from eaml_ssm.ssm import SSM, DiagonalSSMLayer, SSMConfig
 
+# One torch thread: with 2 threads on the shared 2-core machine, contention makes OpenMP
+# spin-waits dominate (a 3 s test took 66 s); the Makefile also sets OMP_NUM_THREADS=1.
+torch.set_num_threads(1)
+
 
 def _model(dtype: torch.dtype = torch.float32, **kwargs: object) -> SSM:
     torch.manual_seed(0)

@@ -38,6 +38,68 @@ pub(crate) fn prefetch_bytes(p: *const i8, bytes: usize) {
     let _ = (p, bytes);
 }
 
+/// Below this many words the scalar loop beats `rep movsq`'s start-up cost.
+const REP_MOVS_MIN_WORDS: usize = 128;
+
+/// Relaxed copy of `src` words into `dst` (`dst.len() == 2 * src.len()`).
+#[inline]
+fn copy_words(src: &[AtomicU64], dst: &mut [f32]) {
+    debug_assert_eq!(dst.len(), 2 * src.len());
+    #[cfg(all(target_arch = "x86_64", not(loom)))]
+    if src.len() >= REP_MOVS_MIN_WORDS {
+        // SAFETY: see the module docs: `rep movsq` performs one aligned 8-byte load per word
+        // (single-copy atomic on x86-64, i.e. what `AtomicU64::load(Relaxed)` compiles to,
+        // with no ordering between words, which Relaxed does not require either) and writes
+        // the words to `dst`, which we borrow exclusively and which has room for them.
+        unsafe {
+            std::arch::asm!(
+                "rep movsq",
+                inout("rcx") src.len() => _,
+                inout("rsi") src.as_ptr() => _,
+                inout("rdi") dst.as_mut_ptr() => _,
+                options(nostack, preserves_flags)
+            );
+        }
+        return;
+    }
+    for (out, word) in dst.chunks_exact_mut(2).zip(src) {
+        let b = word.load(Relaxed).to_ne_bytes();
+        out[0] = f32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+        out[1] = f32::from_ne_bytes([b[4], b[5], b[6], b[7]]);
+    }
+}
+
+/// Relaxed store of `src` into `dst` words (`src.len() == 2 * dst.len()`).
+#[inline]
+fn store_words(src: &[f32], dst: &[AtomicU64]) {
+    debug_assert_eq!(src.len(), 2 * dst.len());
+    #[cfg(all(target_arch = "x86_64", not(loom)))]
+    if dst.len() >= REP_MOVS_MIN_WORDS {
+        // SAFETY: `rep movsq` reads `src` (ours to read) and performs one aligned 8-byte store
+        // per destination word: single-copy atomic on x86-64, i.e. what
+        // `AtomicU64::store(Relaxed)` compiles to, with no ordering between words.
+        unsafe {
+            std::arch::asm!(
+                "rep movsq",
+                inout("rcx") dst.len() => _,
+                inout("rsi") src.as_ptr() => _,
+                inout("rdi") dst.as_ptr() => _,
+                options(nostack, preserves_flags)
+            );
+        }
+        return;
+    }
+    for (pair, word) in src.chunks_exact(2).zip(dst) {
+        let (lo, hi) = (u64::from(pair[0].to_bits()), u64::from(pair[1].to_bits()));
+        let v = if cfg!(target_endian = "little") {
+            lo | (hi << 32)
+        } else {
+            (lo << 32) | hi
+        };
+        word.store(v, Relaxed);
+    }
+}
+
 enum Words {
     /// Even widths: two floats per word.
     W64(Box<[AtomicU64]>),
@@ -95,16 +157,31 @@ impl FloatColumn {
             Words::W64(w) => {
                 let start = slot * d / 2;
                 let src = &w[start..start + dst.len() / 2];
-                for (out, word) in dst.chunks_exact_mut(2).zip(src) {
-                    let b = word.load(Relaxed).to_ne_bytes();
-                    out[0] = f32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
-                    out[1] = f32::from_ne_bytes([b[4], b[5], b[6], b[7]]);
-                }
+                copy_words(src, dst);
             }
             Words::W32(w) => {
                 let (start, n) = (slot * d, dst.len());
                 for (out, word) in dst.iter_mut().zip(&w[start..start + n]) {
                     *out = f32::from_bits(word.load(Relaxed));
+                }
+            }
+        }
+    }
+
+    /// Copy `src.len() / dim` consecutive rows into the slots from `slot` on (no wrap-around)
+    /// in one pass.
+    #[inline]
+    pub(crate) fn store_rows(&self, slot: usize, src: &[f32]) {
+        let d = self.dim;
+        match &self.words {
+            Words::W64(w) => {
+                let start = slot * d / 2;
+                store_words(src, &w[start..start + src.len() / 2]);
+            }
+            Words::W32(w) => {
+                let (start, n) = (slot * d, src.len());
+                for (word, v) in w[start..start + n].iter().zip(src) {
+                    word.store(v.to_bits(), Relaxed);
                 }
             }
         }
@@ -143,7 +220,10 @@ impl FloatColumn {
         #[cfg(not(loom))]
         {
             let bytes = (rows * self.dim * 4).min(MAX_PREFETCH_BYTES);
-            prefetch_bytes(self.as_ptr().wrapping_add(slot * self.dim) as *const i8, bytes);
+            prefetch_bytes(
+                self.as_ptr().wrapping_add(slot * self.dim) as *const i8,
+                bytes,
+            );
         }
         #[cfg(loom)]
         let _ = (slot, rows);

@@ -37,6 +37,7 @@
 
 mod column;
 pub mod error;
+mod index;
 pub mod rng;
 mod sample;
 mod sequences;

@@ -55,7 +55,7 @@ enum Pool<'a> {
     /// The newest `window` rows before global index `end`.
     Recent { end: u64, window: usize },
     /// These slots, whose rows must belong to `task`.
-    Task { task: i64, slots: &'a [usize] },
+    Task { task: i64, slots: &'a [u32] },
 }
 
 impl RingBuffer {
@@ -63,7 +63,7 @@ impl RingBuffer {
         match pool {
             Pool::All(n) => Some(rng.below(n)),
             Pool::Recent { end, window } => self.slot_for(end - 1 - rng.below(window) as u64, base),
-            Pool::Task { slots, .. } => Some(slots[rng.below(slots.len())]),
+            Pool::Task { slots, .. } => Some(slots[rng.below(slots.len())] as usize),
         }
     }
 
@@ -323,22 +323,18 @@ impl RingBuffer {
         meta: Option<&mut MetaBatch>,
     ) -> Result<(), BufferError> {
         let batch = self.check_outputs(obs, target, meta.as_deref())?;
-        let slots = self.task_slots(task_id);
-        if slots.is_empty() {
-            return Err(BufferError::UnknownTask { task_id });
-        }
-        Self::check_count(batch, slots.len(), || format!("task {task_id}"))?;
-        let mut rng = self.rng();
-        self.gather(
-            Pool::Task {
+        self.with_tasks(|index| {
+            let slots = index
+                .get(task_id)
+                .ok_or(BufferError::UnknownTask { task_id })?;
+            Self::check_count(batch, slots.len(), || format!("task {task_id}"))?;
+            let mut rng = self.rng();
+            let pool = Pool::Task {
                 task: task_id,
-                slots: &slots,
-            },
-            obs,
-            target,
-            meta,
-            &mut rng,
-        )
+                slots,
+            };
+            self.gather(pool, obs, target, meta, &mut rng)
+        })
     }
 
     /// `batch` rows drawn uniformly from the rows of one task.
@@ -350,20 +346,17 @@ impl RingBuffer {
         batch: usize,
         with_meta: bool,
     ) -> Result<Batch, BufferError> {
-        let slots = self.task_slots(task_id);
-        if slots.is_empty() {
-            return Err(BufferError::UnknownTask { task_id });
-        }
-        Self::check_count(batch, slots.len(), || format!("task {task_id}"))?;
-        let mut rng = self.rng();
-        self.batch_from(
-            batch,
-            with_meta,
-            Pool::Task {
+        self.with_tasks(|index| {
+            let slots = index
+                .get(task_id)
+                .ok_or(BufferError::UnknownTask { task_id })?;
+            Self::check_count(batch, slots.len(), || format!("task {task_id}"))?;
+            let mut rng = self.rng();
+            let pool = Pool::Task {
                 task: task_id,
-                slots: &slots,
-            },
-            &mut rng,
-        )
+                slots,
+            };
+            self.batch_from(batch, with_meta, pool, &mut rng)
+        })
     }
 }

@@ -20,7 +20,7 @@ use crate::sync::{fence, Ordering};
 /// Random starts tried for one window before enumerating all valid starts.
 const START_TRIES: usize = 64;
 /// Windows of prefetch look-ahead.
-const WINDOW_LOOKAHEAD: usize = 1;
+const WINDOW_LOOKAHEAD: usize = 2;
 
 /// A batch of windows, row-major: `obs` is `batch x seq_len x obs_dim`, `target` is
 /// `batch x seq_len x target_dim`, `task_ids` has one entry per window.
@@ -100,20 +100,22 @@ impl RingBuffer {
         if !consecutive || first.step < 0 {
             return None;
         }
-        let mut i = 0i64;
-        for slot in ranges.clone().into_iter().flatten() {
+        for (slot, step) in ranges.clone().into_iter().flatten().zip(first.step..) {
             let ok = self.task_id[slot].load(Ordering::Relaxed) == first.task_id
                 && self.episode_id[slot].load(Ordering::Relaxed) == first.episode_id
-                && self.step[slot].load(Ordering::Relaxed) == first.step + i;
+                && self.step[slot].load(Ordering::Relaxed) == step;
             if !ok {
                 return None;
             }
-            i += 1;
         }
         let [a_obs, a_tgt, b_obs, b_tgt] = dst;
         self.copy_rows(start, a_obs, a_tgt);
         let second = start + split;
-        self.copy_rows(if second >= cap { second - cap } else { second }, b_obs, b_tgt);
+        self.copy_rows(
+            if second >= cap { second - cap } else { second },
+            b_obs,
+            b_tgt,
+        );
         fence(Ordering::Acquire);
         let unchanged = ranges
             .into_iter()
@@ -225,7 +227,9 @@ impl RingBuffer {
         for &s in starts.iter().take(WINDOW_LOOKAHEAD) {
             self.prefetch::<true>(s, seq_len);
         }
-        let windows = obs.chunks_exact_mut(seq_len * d_o).zip(target.chunks_exact_mut(seq_len * d_t));
+        let windows = obs
+            .chunks_exact_mut(seq_len * d_o)
+            .zip(target.chunks_exact_mut(seq_len * d_t));
         for (w, ((o, t), task)) in windows.zip(task_ids.iter_mut()).enumerate() {
             if let Some(&ahead) = starts.get(w + WINDOW_LOOKAHEAD) {
                 self.prefetch::<true>(ahead, seq_len);
@@ -233,7 +237,10 @@ impl RingBuffer {
             let mut tries = 0usize;
             let info = loop {
                 let start = starts[w];
-                if self.window_plausible(start, seq_len, base, n_slots).is_some() {
+                if self
+                    .window_plausible(start, seq_len, base, n_slots)
+                    .is_some()
+                {
                     let dst = [&mut *o, &mut *t, &mut [], &mut []];
                     let got = self.read_window(start, seq_len, base, seq_len, dst, &mut stamps);
                     if let Some(info) = got {

@@ -2,6 +2,7 @@
 
 use crate::column::FloatColumn;
 use crate::error::{BufferError, Column};
+use crate::index::IndexSlot;
 use crate::rng::{splitmix64, Rng};
 use crate::slots::{stable_row, Stamps};
 use crate::sync::{zeroed, AtomicI64, AtomicU64, Ordering};
@@ -122,6 +123,8 @@ pub struct RingBuffer {
     seed: u64,
     /// Sampling calls so far: call `n` draws from random stream `n` of the seed.
     calls: AtomicU64,
+    /// The task index, kept between task queries (see `index`).
+    pub(crate) index: IndexSlot,
 }
 
 impl std::fmt::Debug for RingBuffer {
@@ -198,6 +201,7 @@ impl RingBuffer {
             retention: options.retention,
             seed: options.seed.unwrap_or_else(Rng::os_seed),
             calls: AtomicU64::new(0),
+            index: IndexSlot::default(),
         })
     }
 
@@ -343,28 +347,112 @@ impl RingBuffer {
         }
         let first = self.cursor.fetch_add(rows as u64, Ordering::AcqRel);
         let base = self.base();
-        // In a ring, rows of this call that a later row of the same call overwrites are skipped.
-        let skip = match self.retention {
-            Retention::Fifo => rows.saturating_sub(self.capacity),
-            Retention::Reservoir => 0,
-        };
-        let (d_o, d_t) = (self.obs_dim, self.target_dim);
-        for i in skip..rows {
-            let row = first + i as u64;
-            let Some(slot) = self.slot_for(row, base) else {
-                continue;
-            };
-            if !self.stamps.begin_write(slot, row) {
-                continue;
+        let end = first + rows as u64;
+        match self.retention {
+            Retention::Fifo => {
+                // Rows of this call that a later row of the same call overwrites are skipped, and
+                // so are rows reserved before a concurrent `clear` (below `base`).
+                let begin = (end.saturating_sub(self.capacity as u64))
+                    .max(first)
+                    .max(base);
+                if begin < end {
+                    // Consecutive rows go to consecutive slots: one division per call.
+                    let slot = ((begin - base) % self.capacity as u64) as usize;
+                    self.write_run(slot, begin, end, first, obs, target, &meta);
+                }
             }
-            self.obs.store_row(slot, &obs[i * d_o..(i + 1) * d_o]);
-            self.target.store_row(slot, &target[i * d_t..(i + 1) * d_t]);
-            self.task_id[slot].store(meta.task_id.get(i), Ordering::Relaxed);
-            self.episode_id[slot].store(meta.episode_id.get(i), Ordering::Relaxed);
-            self.step[slot].store(meta.step.get(i), Ordering::Relaxed);
-            self.stamps.end_write(slot, row);
+            Retention::Reservoir => {
+                for row in first..end {
+                    if let Some(slot) = self.slot_for(row, base) {
+                        self.write_row(slot, row, (row - first) as usize, obs, target, &meta);
+                    }
+                }
+            }
         }
         Ok(rows)
+    }
+
+    /// Write rows `begin..end` (row `r` is row `r - first` of the call) into consecutive
+    /// slots from `slot` on, in chunks of up to `CHUNK` rows: claim the chunk's stamps in slot
+    /// order, copy its obs and target rows as two contiguous blocks, then publish. Claiming in
+    /// increasing slot order (and releasing a chunk before claiming the next) means writers
+    /// that meet can only wait on each other in one direction, so they cannot deadlock.
+    #[allow(clippy::too_many_arguments)]
+    fn write_run(
+        &self,
+        mut slot: usize,
+        begin: u64,
+        end: u64,
+        first: u64,
+        obs: &[f32],
+        target: &[f32],
+        meta: &Meta<'_>,
+    ) {
+        const CHUNK: usize = 64;
+        let (d_o, d_t) = (self.obs_dim, self.target_dim);
+        let mut row = begin;
+        while row < end {
+            let n = CHUNK.min((end - row) as usize).min(self.capacity - slot);
+            let next = if slot + n == self.capacity {
+                0
+            } else {
+                slot + n
+            };
+            // A store to a line that is not in cache first waits to read it, and scalar atomic
+            // stores cannot stream: fetch the next chunk's lines while this one is written.
+            self.prefetch::<true>(next, CHUNK.min((end - row) as usize - n));
+            let mut claimed: u64 = 0;
+            for j in 0..n {
+                if self.stamps.begin_write(slot + j, row + j as u64) {
+                    claimed |= 1 << j;
+                }
+            }
+            let i0 = (row - first) as usize;
+            if claimed == u64::MAX >> (64 - n) {
+                self.obs.store_rows(slot, &obs[i0 * d_o..(i0 + n) * d_o]);
+                self.target
+                    .store_rows(slot, &target[i0 * d_t..(i0 + n) * d_t]);
+            } else {
+                for j in (0..n).filter(|j| claimed & (1 << j) != 0) {
+                    let i = i0 + j;
+                    self.obs.store_row(slot + j, &obs[i * d_o..(i + 1) * d_o]);
+                    self.target
+                        .store_row(slot + j, &target[i * d_t..(i + 1) * d_t]);
+                }
+            }
+            for j in (0..n).filter(|j| claimed & (1 << j) != 0) {
+                let (s, i) = (slot + j, i0 + j);
+                self.task_id[s].store(meta.task_id.get(i), Ordering::Relaxed);
+                self.episode_id[s].store(meta.episode_id.get(i), Ordering::Relaxed);
+                self.step[s].store(meta.step.get(i), Ordering::Relaxed);
+                self.stamps.end_write(s, row + j as u64);
+            }
+            row += n as u64;
+            slot = next;
+        }
+    }
+
+    /// Write row `i` of an `add` call as global row `row` into `slot` under its stamp.
+    #[inline]
+    fn write_row(
+        &self,
+        slot: usize,
+        row: u64,
+        i: usize,
+        obs: &[f32],
+        target: &[f32],
+        meta: &Meta<'_>,
+    ) {
+        if !self.stamps.begin_write(slot, row) {
+            return;
+        }
+        let (d_o, d_t) = (self.obs_dim, self.target_dim);
+        self.obs.store_row(slot, &obs[i * d_o..(i + 1) * d_o]);
+        self.target.store_row(slot, &target[i * d_t..(i + 1) * d_t]);
+        self.task_id[slot].store(meta.task_id.get(i), Ordering::Relaxed);
+        self.episode_id[slot].store(meta.episode_id.get(i), Ordering::Relaxed);
+        self.step[slot].store(meta.step.get(i), Ordering::Relaxed);
+        self.stamps.end_write(slot, row);
     }
 
     /// Copy the row held in `slot` (`obs`: `obs_dim` floats, `target`: `target_dim` floats).
@@ -416,7 +504,12 @@ impl RingBuffer {
                 step: self.step[slot].load(Ordering::Relaxed),
             }
         } else {
-            RowInfo { row, task_id: 0, episode_id: 0, step: 0 }
+            RowInfo {
+                row,
+                task_id: 0,
+                episode_id: 0,
+                step: 0,
+            }
         };
         self.stamps.read_validate(slot, s1).then_some(info)
     }

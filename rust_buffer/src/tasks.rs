@@ -5,9 +5,8 @@
 //! costs `O(len)` per call and is exact for a store that is not being written; under
 //! concurrent adds it is a snapshot, and every row is re-checked when it is copied.
 
-use std::collections::HashMap;
-
 use crate::error::BufferError;
+use crate::index::TaskSlots;
 use crate::rng::Rng;
 use crate::store::RingBuffer;
 
@@ -15,11 +14,6 @@ use crate::store::RingBuffer;
 const TASK_RETRIES: usize = 16;
 /// Random window starts tried per task before enumerating all of the task's rows.
 const WINDOW_TRIES: usize = 32;
-
-/// The slots of each task id, sorted by task id.
-pub(crate) struct TaskIndex {
-    pub(crate) tasks: Vec<(i64, Vec<usize>)>,
-}
 
 /// Support and query sets of `n_tasks` tasks, row-major:
 /// `support_*` are `n_tasks x n_support x dim`, `query_*` are `n_tasks x n_query x dim`.
@@ -63,55 +57,9 @@ struct TaskOut<'a> {
 }
 
 impl RingBuffer {
-    /// Scan the held rows into per-task slot lists.
-    pub(crate) fn task_index(&self) -> TaskIndex {
-        let base = self.base();
-        let mut map: HashMap<i64, Vec<usize>> = HashMap::new();
-        let mut last: Option<(i64, Vec<usize>)> = None;
-        for slot in 0..self.len() {
-            let Some(info) = self.read_meta(slot, base) else {
-                continue;
-            };
-            match &mut last {
-                Some((t, v)) if *t == info.task_id => v.push(slot),
-                _ => {
-                    if let Some((t, v)) = last.take() {
-                        map.insert(t, v);
-                    }
-                    let v = map.remove(&info.task_id).unwrap_or_default();
-                    last = Some((info.task_id, v));
-                    if let Some((_, v)) = &mut last {
-                        v.push(slot);
-                    }
-                }
-            }
-        }
-        if let Some((t, v)) = last {
-            map.insert(t, v);
-        }
-        let mut tasks: Vec<(i64, Vec<usize>)> = map.into_iter().collect();
-        tasks.sort_unstable_by_key(|(t, _)| *t);
-        TaskIndex { tasks }
-    }
-
-    /// The slots holding rows of `task_id`, in slot order.
-    pub(crate) fn task_slots(&self, task_id: i64) -> Vec<usize> {
-        let base = self.base();
-        (0..self.len())
-            .filter(|&s| {
-                self.read_meta(s, base)
-                    .is_some_and(|i| i.task_id == task_id)
-            })
-            .collect()
-    }
-
     /// Rows held per task id, sorted by task id.
     pub fn task_counts(&self) -> Vec<(i64, usize)> {
-        self.task_index()
-            .tasks
-            .into_iter()
-            .map(|(t, v)| (t, v.len()))
-            .collect()
+        self.with_tasks(|index| index.tasks.iter().map(|(t, v)| (*t, v.len())).collect())
     }
 
     /// Pick `n_tasks` distinct tasks and, for each, `n_support + n_query` distinct rows split
@@ -187,7 +135,23 @@ impl RingBuffer {
         if self.is_empty() {
             return Err(BufferError::Empty);
         }
-        let index = self.task_index();
+        self.with_tasks(|index| self.tasks_from(index, n_support, n_query, contiguous, out))
+    }
+
+    /// `sample_tasks_into` on a task index.
+    fn tasks_from(
+        &self,
+        index: &TaskSlots<'_>,
+        n_support: usize,
+        n_query: usize,
+        contiguous: bool,
+        out: TaskBuffers<'_>,
+    ) -> Result<(), BufferError> {
+        let per_task = n_support + n_query;
+        let (d_o, d_t) = (self.obs_dim, self.target_dim);
+        let n_tasks = out.task_ids.len();
+        let (so, st) = (n_support * d_o, n_support * d_t);
+        let (qo, qt) = (n_query * d_o, n_query * d_t);
         let mut eligible: Vec<usize> = (0..index.tasks.len())
             .filter(|&i| index.tasks[i].1.len() >= per_task)
             .collect();
@@ -208,7 +172,7 @@ impl RingBuffer {
             if found == n_tasks {
                 break;
             }
-            let (task, slots) = (index.tasks[e].0, &index.tasks[e].1);
+            let (task, slots) = index.tasks[e];
             let k = found;
             let mut dst = TaskOut {
                 s_obs: &mut out.support_obs[k * so..(k + 1) * so],
@@ -237,7 +201,7 @@ impl RingBuffer {
     fn task_rows(
         &self,
         task: i64,
-        slots: &[usize],
+        slots: &[u32],
         n_support: usize,
         dst: &mut TaskOut<'_>,
         rng: &mut Rng,
@@ -260,7 +224,7 @@ impl RingBuffer {
                         &mut dst.q_tgt[q * d_t..(q + 1) * d_t],
                     )
                 };
-                match self.read_row::<true>(slots[p], base, o, t) {
+                match self.read_row::<true>(slots[p] as usize, base, o, t) {
                     Some(info) if info.task_id == task => {}
                     _ => continue 'attempt,
                 }
@@ -275,7 +239,7 @@ impl RingBuffer {
     fn task_window(
         &self,
         task: i64,
-        slots: &[usize],
+        slots: &[u32],
         n_support: usize,
         dst: &mut TaskOut<'_>,
         rng: &mut Rng,
@@ -304,13 +268,13 @@ impl RingBuffer {
                     .is_some()
         };
         for _ in 0..WINDOW_TRIES {
-            if try_start(slots[rng.below(slots.len())], dst) {
+            if try_start(slots[rng.below(slots.len())] as usize, dst) {
                 return Ok(true);
             }
         }
         let starts: Vec<usize> = slots
             .iter()
-            .copied()
+            .map(|&s| s as usize)
             .filter(|&s| {
                 self.window_plausible(s, len, base, n_slots)
                     .is_some_and(|first| first.task_id == task)

@@ -63,7 +63,7 @@ fn four_writers_two_samplers_never_see_a_torn_row() {
             thread::spawn(move || {
                 let mut n = 0usize;
                 while !done.load(Ordering::Acquire) {
-                    if store.len() < 256 {
+                    if store.len() < 1024 {
                         thread::yield_now();
                         continue;
                     }
@@ -86,6 +86,22 @@ fn four_writers_two_samplers_never_see_a_torn_row() {
                                 }
                             }
                             Err(BufferError::Contended) => {}
+                            Err(e) => panic!("{e}"),
+                        }
+                        // The task index is refreshed while writers run: rows of one task only.
+                        let task = (n / 128 % WRITERS as usize) as i64;
+                        match store.sample_task_rows(task, 16, true) {
+                            Ok(b) => {
+                                let m = b.meta.unwrap();
+                                assert!(m.task_id.iter().all(|&t| t == task));
+                                for (i, (o, t)) in
+                                    b.obs.chunks(DO).zip(b.target.chunks(DT)).enumerate()
+                                {
+                                    check_row(o, t, m.task_id[i], m.episode_id[i]);
+                                }
+                            }
+                            Err(BufferError::Contended | BufferError::UnknownTask { .. }) => {}
+                            Err(BufferError::NotEnoughRows { .. }) => {}
                             Err(e) => panic!("{e}"),
                         }
                         store.sample_into(&mut o, &mut t, None).unwrap();
