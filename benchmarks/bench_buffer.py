@@ -55,12 +55,14 @@ EP_LEN = 1000  # episode length in the stores (windows of 32 never cross one)
 N_TASKS = 16
 CHUNK = 65_536  # rows per fill call; fill data repeats every CHUNK rows
 HERE = Path(__file__).resolve().parent
+PREFETCH_AHEAD = 6  # rows the tuned C floor prefetches ahead
 LONG_CALL_US = 150.0  # from here on, per-call CPU time is used (see pick_time)
 
 IMPLS = [
     "rust_buffer",
     "rb sample_into",
     "C floor",
+    "C floor+pf",
     "numpy fancy",
     "np.take",
     "rlox",
@@ -249,12 +251,16 @@ class GatherFloor:
             u64,  # batch
             u64,  # iters
             u64,  # seed
+            u64,  # ahead (prefetch distance in rows; 0 = none)
             ctypes.c_void_p,  # wall_ns
             ctypes.c_void_p,  # cpu_ns
         ]
 
-    def median_us(self, cols: list[np.ndarray], span: int, batch: int, budget: float) -> float:
-        """Median time of one call gathering `batch` windows of `span` rows of every column."""
+    def median_us(
+        self, cols: list[np.ndarray], span: int, batch: int, budget: float, ahead: int = 0
+    ) -> float:
+        """Per-call time gathering `batch` windows of `span` rows of every column
+        (`ahead` > 0: prefetch that many windows ahead)."""
         assert all(c.flags.c_contiguous and c.dtype == np.float32 for c in cols)
         n = cols[0].shape[0]
         outs = [np.empty((batch * span, c.shape[1]), np.float32) for c in cols]  # (b*l, d)
@@ -265,10 +271,12 @@ class GatherFloor:
         call_args = (col_p, dims, len(cols), n, span, out_p, batch)
         # Calibrate: enough calls to fill the time budget.
         probe = np.empty((2, 5), np.float64)  # wall, cpu
-        self._lib.gather_floor(*call_args, 5, 1, probe[0].ctypes.data, probe[1].ctypes.data)
+        self._lib.gather_floor(*call_args, 5, 1, ahead, probe[0].ctypes.data, probe[1].ctypes.data)
         iters = int(min(50_000, max(25, budget / max(np.median(probe[0]) * 1e-9, 1e-7))))
         times = np.empty((2, iters), np.float64)
-        self._lib.gather_floor(*call_args, iters, 12345, times[0].ctypes.data, times[1].ctypes.data)
+        self._lib.gather_floor(
+            *call_args, iters, 12345, ahead, times[0].ctypes.data, times[1].ctypes.data
+        )
         return pick_time(times[0].tolist(), times[1].tolist())
 
 
@@ -331,6 +339,7 @@ def numpy_at(
     for b in (256, 4096):
         key = f"sample{b}@{n}"
         put(res, key, "C floor", floor.median_us(cols, 1, b, budget))
+        put(res, key, "C floor+pf", floor.median_us(cols, 1, b, budget, ahead=PREFETCH_AHEAD))
         put(
             res,
             key,
@@ -342,6 +351,8 @@ def numpy_at(
         take = time_calls(partial(ring.take_random, rng, o_out, t_out), budget)
         put(res, key, "np.take", take)
     put(res, f"seq@{n}", "C floor", floor.median_us(cols, SEQ_L, SEQ_B, budget))
+    tuned = floor.median_us(cols, SEQ_L, SEQ_B, budget, ahead=PREFETCH_AHEAD)
+    put(res, f"seq@{n}", "C floor+pf", tuned)
     put(
         res,
         f"seq@{n}",
@@ -632,7 +643,7 @@ def run_once(sizes: list[int], impls: set[str], budget: float) -> dict:
     if "rust_buffer" in impls:
         log.info("rust_buffer ...")
         cuda = bench_rust_buffer(sizes, src, res, budget)
-    if impls & {"C floor", "numpy fancy", "np.take"}:
+    if impls & {"C floor", "C floor+pf", "numpy fancy", "np.take"}:
         log.info("numpy + C floor ...")
         try:
             bench_numpy_and_floor(sizes, src, res, budget)
@@ -700,6 +711,11 @@ def fmt(x: float | None) -> str:
     return f"{x:.2f}"
 
 
+def times(x: float | None) -> str:
+    """A ratio as '1.23x', or 'n/a'."""
+    return "n/a" if x is None or not np.isfinite(x) else f"{fmt(x)}x"
+
+
 def aggregate(runs: list[dict]) -> tuple[dict[str, dict[str, list[float]]], dict[str, str]]:
     values: dict[str, dict[str, list[float]]] = {}
     skipped: dict[str, str] = {}
@@ -757,21 +773,24 @@ def render(runs: list[dict]) -> str:
     lines.append("")
     lines.append("### rust_buffer against the floor, the best peer and NumPy (on the medians)\n")
     lines.append(
-        "| operation | rust_buffer | x C floor (time) | best peer | speed-up vs best peer "
+        "| operation | rust_buffer | x C floor (time) | x C floor+pf | best peer "
+        "| speed-up vs best peer "
         "| speed-up vs np.take / numpy ring |"
     )
-    lines.append("|---|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|---|")
     for c in cases:
         ours = median_of(values, c.key, "rust_buffer")
         floor = median_of(values, c.key, "C floor")
         x_floor = ours / floor if ours and floor and not c.higher_is_better else None
+        tuned = median_of(values, c.key, "C floor+pf")
+        x_tuned = ours / tuned if ours and tuned and not c.higher_is_better else None
         peer = best_peer(c, values, c.key)
         np_ref = median_of(values, c.key, "np.take") or median_of(values, c.key, "numpy fancy")
         peer_txt = f"{peer[0]} {fmt(peer[1])}" if peer else "n/a"
         sp_peer = speedup(c, ours, peer[1]) if peer else None
         lines.append(
-            f"| {c.label} | {fmt(ours)} {c.unit} | {fmt(x_floor)}x | {peer_txt} "
-            f"| {fmt(sp_peer)}x | {fmt(speedup(c, ours, np_ref))}x |"
+            f"| {c.label} | {fmt(ours)} {c.unit} | {times(x_floor)} | {times(x_tuned)} "
+            f"| {peer_txt} | {times(sp_peer)} | {times(speedup(c, ours, np_ref))} |"
         )
     lines.append("")
     lines += render_targets(values, sizes)
@@ -783,7 +802,9 @@ def render(runs: list[dict]) -> str:
         "`numpy fancy` on the add rows is a naive NumPy ring (slice / row assignment). "
         "SB3's batch add is one add() on an n_envs=1024 buffer. TorchRL windows: "
         "SliceSampler(slice_len=32) with default cache_values=False. The C floor is "
-        "benchmarks/gather_floor.c (xorshift + memcpy per row, two columns). Calls of "
+        "benchmarks/gather_floor.c (xorshift + memcpy per row, two columns; the targets use "
+        "it); `C floor+pf` is the same loop drawing the indices first and prefetching "
+        f"{PREFETCH_AHEAD} rows ahead. Calls of "
         f"{LONG_CALL_US:.0f} us or more use min(wall, process-CPU) medians, shorter ones wall "
         "medians. glibc malloc's thresholds are raised once at start (settle_allocator), so "
         "no implementation pays first-touch page faults on fresh 1-4 MB outputs.",

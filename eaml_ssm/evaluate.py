@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -56,7 +57,7 @@ from eaml_ssm.tasks import sample_tasks
 log = logging.getLogger(__name__)
 
 SPLITS = ("heldout", "ood")
-DIVERGED = 100.0  # nMSE above this (100x identity on training data) or non-finite: diverged
+DIVERGED = 10.0  # nMSE above this (10x identity on training data) or non-finite: diverged
 METRICS = ("new", "F_train_0", "F_train_fs", "F_A_0", "F_A_fs")
 REFERENCE = "cont_w0"  # effect sizes are measured against continual w = 0
 PREREGISTERED = "hybn_0.3"  # the hybrid setting fixed before the run (calibration study)
@@ -103,13 +104,47 @@ def _hybrid(w: float, normalize: bool, sampling: str, **kw: Any) -> Method:
     )
 
 
-LEVELS = ("sanity", "core", "cartpole", "all")
+LEVELS = ("sanity", "core", "cartpole", "all", "stability")
+GUARD = 1.5  # max_loss_ratio of the tighter rollback guard in the "stability" level
+
+
+def _stability_grid() -> list[Method]:
+    """Step sizes 2x and raw w = 3, each with the default guard and with a tighter one."""
+    w0: dict[str, Any] = {"mode": "continual", "experience_weight": 0.0}
+    out = []
+    for guard in ({}, {"max_loss_ratio": GUARD}):
+        tag = f"_g{GUARD:g}" if guard else ""
+        out += [
+            _m(f"cont_w0_lrx2{tag}", lr_scale=2.0, **w0, **guard),
+            _m(f"grbal_lrx2{tag}", mode="reset", experience_weight=0.0, lr_scale=2.0, **guard),
+            _m(
+                f"hyb_3{tag}",
+                group="hyb uniform",
+                weight=3.0,
+                mode="continual",
+                experience_weight=3.0,
+                normalize=False,
+                **guard,
+            ),
+            _m(
+                f"hybn_0.3_lrx2{tag}",
+                mode="continual",
+                experience_weight=0.3,
+                lr_scale=2.0,
+                **guard,
+            ),
+            _m(f"l2_1{tag}", mode="continual", experience_weight=0.0, anchor_weight=1.0, **guard),
+        ]
+        if guard:
+            out.append(_m(f"cont_w0{tag}", **w0, **guard))
+    return out
 
 
 def method_grid(level: str) -> list[Method]:
     """The methods of a level: "sanity" (none, GrBAL, w=0, hybrid 0.3), "core" (+ hybrid 1
-    normalized and raw, L2 anchor), "cartpole" (+ weights, step sizes, first order, joint)
-    or "all" (+ sampling strategies, more anchors, FIFO/reservoir stores)."""
+    normalized and raw, L2 anchor), "cartpole" (+ weights, step sizes, first order, joint),
+    "all" (+ sampling strategies, more anchors, FIFO/reservoir stores), or "stability"
+    (none, GrBAL, w=0 and the unstable settings with the default and a tighter guard)."""
     if level not in LEVELS:
         raise ValueError(f"method level must be one of {', '.join(LEVELS)}, got {level!r}")
     w0: dict[str, Any] = {"mode": "continual", "experience_weight": 0.0}
@@ -124,6 +159,8 @@ def method_grid(level: str) -> list[Method]:
     ]
     if level == "sanity":
         return grid[:4]
+    if level == "stability":
+        return grid[:3] + _stability_grid()
     if level == "core":
         return grid
     grid += [
@@ -389,19 +426,24 @@ def run_method(
     final_a = _retention(adapter, a_pairs, m, shots)
     final_train = _retention(adapter, probes.train_pairs, m, shots)
     new = float(np.mean(errors))
-    checked = [*errors, final_train["0"], final_a["0"]]
-    diverged = not all(math.isfinite(e) and e <= DIVERGED for e in checked)
-    return {
+    row = {
         "new": new,
         "curve": errors,
         "F_train_0": final_train["0"] - before["0"],
         "F_train_fs": final_train["fs"] - before["fs"],
         "F_A_0": final_a["0"] - after_a["0"],
         "F_A_fs": final_a["fs"] - after_a["fs"],
-        "diverged": bool(diverged),
         "rollbacks": int(adapter.stats.get("rollbacks", 0)),
         "ms_per_step": 1000 * seconds / steps if steps else math.nan,
     }
+    row["diverged"] = is_diverged(row)
+    return row
+
+
+def is_diverged(row: dict[str, Any]) -> bool:
+    """A window error, or the change of 0-shot train retention, non-finite or > DIVERGED."""
+    checked = [*row["curve"], row["F_train_0"]]
+    return not all(v is not None and math.isfinite(v) and abs(v) <= DIVERGED for v in checked)
 
 
 def _retention(
@@ -511,7 +553,9 @@ def _per_seed(split_runs: Sequence[dict[str, Any]], name: str, metric: str) -> l
     vals = []
     for r in split_runs:
         row = r["methods"][name]
-        vals.append(math.nan if row["diverged"] else float(row[metric]))
+        value = row[metric]
+        bad = value is None or is_diverged(row)
+        vals.append(math.nan if bad else float(value))
     return vals
 
 
@@ -531,7 +575,7 @@ def _aggregate_split(split_runs: Sequence[dict[str, Any]], methods: list[Method]
         curves = np.array([r["methods"][name]["curve"] for r in split_runs], dtype=np.float64)
         rows[name] = {
             **{k: summarize(v).to_dict() for k, v in per.items()},
-            "diverged": sum(r["methods"][name]["diverged"] for r in split_runs),
+            "diverged": sum(is_diverged(r["methods"][name]) for r in split_runs),
             "runs": len(split_runs),
             "rollbacks": int(sum(r["methods"][name]["rollbacks"] for r in split_runs)),
             "ms_per_step": summarize(
@@ -784,8 +828,32 @@ def targets_text(t: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+HEADLINE = ("none", "grbal", REFERENCE, PREREGISTERED, "hybn_1", "hyb_1", "hyb_3", "l2_1",
+            "FO_cont_w0", "J_cont_w0")  # fmt: skip
+
+
+def headline_table(agg: dict[str, Any]) -> str:
+    """One compact table: the key rows of every family, both streams side by side."""
+    cols = [(split, k) for k in ("new", "F_train_fs") for split in SPLITS]
+    head = [f"{'new' if k == 'new' else 'F train few-shot'} ({split})" for split, k in cols]
+    lines = ["| family | method | " + " | ".join(head) + " |", "|---" * (len(head) + 2) + "|"]
+    for family, fam in agg.items():
+        splits = fam["splits"]
+        for name in ("identity", "linear", *HEADLINE):
+            if name not in splits[SPLITS[0]]["rows"]:
+                continue
+            cells = []
+            for split, k in cols:
+                row = splits[split]["rows"][name]
+                cells.append(_cell(row[k]) if k in row else "—")
+            label = "linear LS (best ridge)" if name == "linear" else name
+            lines.append(f"| {family} | {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def report(agg: dict[str, Any], header: str) -> str:
-    parts = [header]
+    parts = [header, "\n## Headline (seed means ± 95% CI; nMSE, forgetting: positive = worse)\n"]
+    parts.append(headline_table(agg))
     for family, fam in agg.items():
         alpha = fam["alpha"]
         parts.append(
@@ -873,6 +941,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs", help="parent folder of the run folder")
     parser.add_argument("--name", default="", help="run folder name (default: evaluate-<profile>)")
     parser.add_argument("--quiet", action="store_true", help="less logging, no progress bars")
+    parser.add_argument(
+        "--rerender",
+        default="",
+        metavar="RUN_DIR",
+        help="rebuild the tables and plots of a finished run from its results.json",
+    )
 
 
 def resolve_profile(args: argparse.Namespace) -> Profile:
@@ -923,6 +997,8 @@ def _jsonable(value: Any) -> Any:
 def run(args: argparse.Namespace) -> int:
     """Run the profile, write the run folder, print the tables; returns the exit code."""
     torch.set_num_threads(1)
+    if args.rerender:
+        return rerender(Path(args.rerender))
     profile = resolve_profile(args)
     run_dir = _new_run(args.out, args.name or f"evaluate-{args.profile}")
     grids = {f: method_grid(profile.level(f)) for f in profile.families}
@@ -938,32 +1014,59 @@ def run(args: argparse.Namespace) -> int:
     )
     t0, load0 = time.perf_counter(), os.getloadavg()[0]
     results = _run_units(units, profile.jobs, args.quiet)
-    wall = time.perf_counter() - t0
-    load = (load0, os.getloadavg()[0])
-    agg = aggregate(results, grids)
+    saved = {
+        "command": command,
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+        "load_average": (load0, os.getloadavg()[0]),
+        "profile": dataclasses.asdict(profile),
+        "units": _jsonable(results),
+    }
+    return render(run_dir, saved)
+
+
+def render(run_dir: RunDir, saved: dict[str, Any]) -> int:
+    """Aggregate saved per-seed results, write results.json/results.md/plots, print them."""
+    profile = saved["profile"]
+    levels = dict(profile["levels"])
+    grids = {f: method_grid(levels.get(f, "core")) for f in profile["families"]}
+    agg = aggregate(saved["units"], grids)
+    wall, load = saved["wall_seconds"], saved["load_average"]
     header = (
-        f"# Evaluation ({args.profile} profile)\n\nCommand: `{command}`  \n"
-        f"Wall time: {wall:.0f} s ({_cpu_note(profile.jobs, load)})"
+        f"# Evaluation\n\nCommand: `{saved['command']}`  \n"
+        f"Wall time: {_seconds(wall)} ({_cpu_note(profile['jobs'], load)})"
     )
     text = report(agg, header)
-    run_dir.write_json(
-        "results.json",
-        _jsonable(
-            {
-                "command": command,
-                "wall_seconds": round(wall, 1),
-                "load_average": load,
-                "profile": dataclasses.asdict(profile),
-                "aggregate": agg,
-                "units": results,
-            }
-        ),
-    )
+    run_dir.write_json("results.json", _jsonable({**saved, "aggregate": agg}))
     (run_dir.path / "results.md").write_text(text)
     make_plots(run_dir, agg)
     print(text)
-    print(f"run folder: {run_dir.path}  ({wall:.0f} s)")
+    print(f"run folder: {run_dir.path}  ({_seconds(wall)})")
     return 0
+
+
+def _seconds(wall: float | None) -> str:
+    return "unknown" if wall is None or not math.isfinite(wall) else f"{wall:.0f} s"
+
+
+def rerender(path: Path) -> int:
+    """Re-aggregate a run folder (no training, no streams) from its results.json, or, for an
+    interrupted run, from config.json and the per-seed work/*/unit.json files."""
+    if (path / "results.json").exists():
+        saved = json.loads((path / "results.json").read_text())
+        saved.pop("aggregate", None)
+        return render(RunDir(path), saved)
+    units = sorted(path.glob("work/*/unit.json"))
+    if not (path / "config.json").exists() or not units:
+        raise FileNotFoundError(f"--rerender: no results.json (nor config.json + units) in {path}")
+    config = json.loads((path / "config.json").read_text())
+    saved = {
+        **config,
+        "command": config["command"] + f"  (interrupted: {len(units)} units)",
+        "wall_seconds": math.nan,
+        "load_average": (math.nan, math.nan),
+        "units": [json.loads(u.read_text()) for u in units],
+    }
+    return render(RunDir(path), saved)
 
 
 def _argv(args: argparse.Namespace) -> list[str]:
@@ -975,10 +1078,11 @@ def _argv(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def _cpu_note(jobs: int, load: tuple[float, float]) -> str:
+def _cpu_note(jobs: int, load: Sequence[float | None]) -> str:
+    start, end = ("?" if v is None or not math.isfinite(v) else f"{v:.1f}" for v in load)
     return (
         f"{os.cpu_count()} CPU cores visible, {jobs} worker process(es) with 1 torch thread "
-        f"each; 1-min load average {load[0]:.1f} at the start, {load[1]:.1f} at the end"
+        f"each; 1-min load average {start} at the start, {end} at the end"
     )
 
 

@@ -11,6 +11,7 @@ do obs_dim, dt target_dim.
 from __future__ import annotations
 
 import collections
+import gc
 from collections.abc import Iterable
 
 import numpy as np
@@ -259,6 +260,24 @@ def test_sample_returns_copies_not_views() -> None:
     obs[:] = -1.0
     target[:] = -1.0
     row_ids(store.obs_view(), store.target_view())  # the store is unchanged
+
+
+def test_sample_memory_is_not_reused_while_referenced() -> None:
+    """A slice of a dropped batch (or a tensor over it) keeps its memory: later samples
+    (which may recycle output buffers) never write into it."""
+    store = filled(60, capacity=64, seed=8)
+    obs, target = store.sample(48)
+    part = obs[:5]
+    expected = part.copy()
+    del obs, target
+    gc.collect()
+    later = [store.sample(48) for _ in range(6)]
+    np.testing.assert_array_equal(part, expected)
+    for batch in later:
+        assert not any(np.shares_memory(part, a) for a in batch)
+    fresh = [store.sample(48)[0] for _ in range(4)]
+    for i, a in enumerate(fresh):
+        assert not any(np.shares_memory(a, b) for b in fresh[i + 1 :])
 
 
 def test_same_seed_same_inserts_same_batches() -> None:

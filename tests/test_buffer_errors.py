@@ -9,6 +9,8 @@ Shape glossary: b batch, do obs_dim (4 here), dt target_dim (2 here).
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -229,6 +231,48 @@ def test_sample_huge_batch(bad: int) -> None:
 @pytest.mark.parametrize("bad", [2**64, 2**70])
 def test_constructor_rejects_huge_capacity(bad: int) -> None:
     expect_error(lambda: RingBuffer(bad, DO, DT), "capacity", "large", "allocate")
+
+
+HUGE_REQUEST = """
+import numpy as np, rust_buffer
+store = rust_buffer.RingBuffer(32, 4, 2, seed=0)
+store.add(np.ones((10, 4)), np.ones((10, 2)), task_id=0, episode_id=0, step=np.arange(10))
+try:
+    store.{call}
+except (ValueError, TypeError) as exc:
+    print("rejected:", exc)
+else:
+    print("accepted")
+"""
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        "sample(10**12)",
+        "sample(2**62, with_meta=True)",
+        "sample_recent(10**12, 3)",
+        "sample_task_rows(0, 10**12)",
+        "sample_sequences(10**12, 5)",
+        "sample_sequences(2, 10**12)",
+        "sample_tasks(10**12, 1, 1)",
+        "sample_tasks(1, 10**12, 1)",
+    ],
+)
+def test_huge_requests_are_rejected_not_crashing(call: str) -> None:
+    """Requests far beyond the rows held: a ValueError before any output is allocated.
+
+    Run in a subprocess: a failed huge allocation aborts the whole interpreter.
+    """
+    proc = subprocess.run(
+        [sys.executable, "-c", HUGE_REQUEST.format(call=call)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, f"{call} crashed the interpreter: {proc.stderr[-500:]}"
+    assert proc.stdout.startswith("rejected:"), proc.stdout
 
 
 @pytest.mark.parametrize("bad", [1.5, "2", None])

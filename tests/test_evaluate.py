@@ -5,6 +5,7 @@ separate command: `python -m eaml_ssm evaluate --profile quick`)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -302,3 +303,53 @@ def test_batched_zero_shot_retention_matches_pair_by_pair_for_a_stateful_model()
     assert protocol.retention(adapter, pairs, M, shots=0) == pytest.approx(
         np.mean(by_hand), rel=1e-5
     )
+
+
+def test_profile_flags_override_and_reject_bad_values() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    evaluate.add_arguments(parser)
+    args = parser.parse_args(
+        ["--profile", "quick", "--families", "Pendulum-v1", "--seeds", "2", "--methods", "all"]
+    )
+    p = evaluate.resolve_profile(args)
+    assert p.families == ("Pendulum-v1",) and p.seeds == 2 and p.level("Pendulum-v1") == "all"
+    assert evaluate.PROFILES["quick"].seeds >= 3 and evaluate.PROFILES["full"].seeds >= 5
+    with pytest.raises(ValueError, match="--seeds must be >= 1"):
+        evaluate.resolve_profile(parser.parse_args(["--seeds", "-1"]))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--methods", "everything"])
+
+
+def test_divergence_rule() -> None:
+    ok = _row(0.5, 0.01)
+    assert not evaluate.is_diverged(ok)
+    assert evaluate.is_diverged({**ok, "curve": [0.1, evaluate.DIVERGED * 1.01]})
+    assert evaluate.is_diverged({**ok, "curve": [0.1, None]})  # NaN as stored in JSON
+    assert evaluate.is_diverged({**ok, "F_train_0": math.inf})
+
+
+def test_rerender_rebuilds_the_report_from_saved_results(tmp_path: Path) -> None:
+    import json
+
+    saved = {
+        "command": "python -m eaml_ssm evaluate --profile quick",
+        "wall_seconds": 12.0,
+        "load_average": [1.0, 2.0],
+        "profile": {"families": ["Toy-v0"], "levels": [["Toy-v0", "core"]], "jobs": 1},
+        "units": [_unit(0, 1.0), _unit(1, 1.2), _unit(2, 0.8)],
+    }
+    for unit in saved["units"]:  # the toy rows stand in for the core methods
+        for split in unit["splits"].values():
+            for name in ("hybn_1", "l2_1"):
+                split["methods"][name] = _row(0.03, 0.004)
+    (tmp_path / "results.json").write_text(json.dumps(saved))
+    assert evaluate.rerender(tmp_path) == 0
+    text = (tmp_path / "results.md").read_text()
+    assert "Wall time: 12 s" in text and "| Toy-v0 | cont_w0 |" in text
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["aggregate"]["Toy-v0"]["splits"]["ood"]["rows"]["hyb_1"]["diverged"] == 1
+    assert (tmp_path / "plots" / "pareto_toy_ood.png").exists()
+    with pytest.raises(FileNotFoundError, match=r"no results\.json"):
+        evaluate.rerender(tmp_path / "missing")

@@ -7,16 +7,24 @@
 //! aarch64. Rows of an even width move as 64-bit words (half the instructions of 32-bit ones);
 //! odd widths use 32-bit words. Either way the memory is densely packed float32, row-major,
 //! so NumPy and DLPack can view it directly.
+//!
+//! Blocks of at least `REP_MOVS_MIN_WORDS` 64-bit words (windows, batched adds) move with one
+//! `rep movsq` on x86-64: one aligned 8-byte load and store per word, each single-copy atomic
+//! on x86-64 and unordered with respect to the others - the same accesses, with the same
+//! (absent) ordering, as a loop of `AtomicU64` Relaxed loads or stores, but moved by the CPU's
+//! fast-string microcode at memcpy speed instead of one scalar move at a time.
 
 use crate::error::BufferError;
 use crate::sync::{zeroed, AtomicU32, AtomicU64, Ordering::Relaxed};
 
 /// Prefetch at most this much of one column per call.
+#[cfg_attr(not(all(target_arch = "x86_64", not(loom))), allow(dead_code))]
 const MAX_PREFETCH_BYTES: usize = 16 * 1024;
 
 /// Hint the CPU to load the cache lines covering `bytes` bytes from `p`. Prefetches never
 /// fault, even for invalid addresses, so no bounds are needed.
 #[inline(always)]
+#[cfg_attr(not(all(target_arch = "x86_64", not(loom))), allow(dead_code))]
 pub(crate) fn prefetch_bytes(p: *const i8, bytes: usize) {
     #[cfg(all(target_arch = "x86_64", not(loom)))]
     {
@@ -39,6 +47,7 @@ pub(crate) fn prefetch_bytes(p: *const i8, bytes: usize) {
 }
 
 /// Below this many words the scalar loop beats `rep movsq`'s start-up cost.
+#[cfg_attr(not(all(target_arch = "x86_64", not(loom))), allow(dead_code))]
 const REP_MOVS_MIN_WORDS: usize = 128;
 
 /// Relaxed copy of `src` words into `dst` (`dst.len() == 2 * src.len()`).
@@ -47,7 +56,7 @@ fn copy_words(src: &[AtomicU64], dst: &mut [f32]) {
     debug_assert_eq!(dst.len(), 2 * src.len());
     #[cfg(all(target_arch = "x86_64", not(loom)))]
     if src.len() >= REP_MOVS_MIN_WORDS {
-        // SAFETY: see the module docs: `rep movsq` performs one aligned 8-byte load per word
+        // SAFETY: (see the module docs) `rep movsq` performs one aligned 8-byte load per word
         // (single-copy atomic on x86-64, i.e. what `AtomicU64::load(Relaxed)` compiles to,
         // with no ordering between words, which Relaxed does not require either) and writes
         // the words to `dst`, which we borrow exclusively and which has room for them.

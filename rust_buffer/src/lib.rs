@@ -28,7 +28,7 @@
 //!
 //! Modules, one idea each: `slots` (the reservation/stamp protocol), `column` (atomic float
 //! columns), `store` (add, clear, single-row reads), `sample` (uniform gathers), `tasks`
-//! (task index and MAML support/query sets), `sequences` (episode windows), [`rng`]
+//! (MAML support/query sets), `index` (the task index), `sequences` (episode windows), [`rng`]
 //! (seeded xoshiro256++), [`error`] (named errors), `sync` (std or loom atomics).
 //!
 //! [`add`]: RingBuffer::add

@@ -155,6 +155,12 @@ impl RingBuffer {
         }
     }
 
+    /// Can `batch` rows be sampled from the store (`sample`, `sample_into`)? The same check
+    /// the samplers make, available before allocating outputs.
+    pub fn check_batch(&self, batch: usize) -> Result<(), BufferError> {
+        Self::check_count(batch, self.len(), || "the store".into())
+    }
+
     /// `batch` rows must fit in `available`.
     pub(crate) fn check_count(
         batch: usize,

@@ -156,6 +156,26 @@ impl RingBuffer {
         }
     }
 
+    /// Can windows of `seq_len` rows exist at all (`1 <= seq_len <= len`)? Checked before
+    /// allocating outputs; whether an episode is long enough is only known when sampling.
+    pub fn check_seq_len(&self, seq_len: usize) -> Result<(), BufferError> {
+        let rows = self.len();
+        if seq_len == 0 {
+            return Err(BufferError::InvalidArgument {
+                name: "seq_len",
+                expected: "at least 1",
+                got: 0,
+            });
+        }
+        if rows == 0 {
+            return Err(BufferError::Empty);
+        }
+        if seq_len > rows {
+            return Err(BufferError::NoValidWindow { seq_len, rows });
+        }
+        Ok(())
+    }
+
     /// `batch` windows of `seq_len` consecutive steps of one episode each, drawn uniformly
     /// among all valid windows (with replacement).
     ///

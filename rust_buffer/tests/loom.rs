@@ -41,7 +41,7 @@ fn check_slot(s: &RingBuffer, slot: usize) -> Option<f32> {
 
 /// Explore `f` exhaustively up to 2 preemptions (seconds; each protocol mutation tried -
 /// dropping a fence, weakening the publish or the first stamp load, skipping validation - is
-/// caught at this bound). `LOOM_MAX_PREEMPTIONS=3 make loom` searches deeper (about a minute).
+/// caught at this bound). `LOOM_MAX_PREEMPTIONS=3 make loom` searches deeper (about 100 s).
 fn model(f: impl Fn() + Sync + Send + 'static) {
     let mut b = loom::model::Builder::new();
     if std::env::var_os("LOOM_MAX_PREEMPTIONS").is_none() {

@@ -163,3 +163,139 @@ fn four_writers_two_samplers_never_see_a_torn_row() {
         "samplers checked nothing"
     );
 }
+
+/// Windows under concurrent writes: 3 writers add episodes in batches while 2 samplers take
+/// `sample_sequences` windows and contiguous `sample_tasks` sets. Each row's obs carries
+/// (writer, episode, step) and a checksum, so a window can be checked row by row.
+#[test]
+fn windows_under_concurrent_writes_are_whole_and_consecutive() {
+    const W: u64 = 3;
+    const ROWS: u64 = 1 << 19;
+    const L: usize = 32; // 32 rows x 4 words: the block-copy path
+    let opts = Options {
+        seed: Some(2),
+        ..Options::default()
+    };
+    let store = Arc::new(RingBuffer::with_options(4096, DO, DT, opts).unwrap());
+    let done = Arc::new(AtomicBool::new(false));
+    let windows = Arc::new(AtomicUsize::new(0));
+
+    let check_window = |obs: &[f32], target: &[f32]| {
+        let rows: Vec<&[f32]> = obs.chunks(DO).collect();
+        for (k, o) in rows.iter().enumerate() {
+            let c = checksum(o);
+            assert_eq!(target[k * DT], c as f32, "torn row in a window: {o:?}");
+            if k > 0 {
+                let p = rows[k - 1];
+                assert_eq!((o[0], o[1]), (p[0], p[1]), "window crosses an episode");
+                assert_eq!(o[2], p[2] + 1.0, "steps not consecutive");
+            }
+        }
+    };
+    let samplers: Vec<_> = (0..2)
+        .map(|k| {
+            let (store, done, windows) = (store.clone(), done.clone(), windows.clone());
+            thread::spawn(move || {
+                // Until the writers stop, then a little longer if few windows were checked
+                // (bounded: the final rows may hold a single task).
+                let (mut mine, mut extra) = (0, 0);
+                while !done.load(Ordering::Acquire) || (mine < 200 && extra < 1000) {
+                    if done.load(Ordering::Acquire) {
+                        extra += 1;
+                    }
+                    if k == 0 {
+                        match store.sample_sequences(16, L) {
+                            Ok(b) => {
+                                for (o, t) in b.obs.chunks(L * DO).zip(b.target.chunks(L * DT)) {
+                                    check_window(o, t);
+                                }
+                                windows.fetch_add(16, Ordering::Relaxed);
+                                mine += 16;
+                            }
+                            Err(
+                                BufferError::NoValidWindow { .. }
+                                | BufferError::Empty
+                                | BufferError::Contended,
+                            ) => {}
+                            Err(e) => panic!("{e}"),
+                        }
+                    } else {
+                        match store.sample_tasks(2, 24, 8, true) {
+                            Ok(b) => {
+                                for i in 0..2 {
+                                    let mut o =
+                                        b.support_obs[i * 24 * DO..(i + 1) * 24 * DO].to_vec();
+                                    o.extend_from_slice(&b.query_obs[i * 8 * DO..(i + 1) * 8 * DO]);
+                                    let mut t =
+                                        b.support_target[i * 24 * DT..(i + 1) * 24 * DT].to_vec();
+                                    t.extend_from_slice(
+                                        &b.query_target[i * 8 * DT..(i + 1) * 8 * DT],
+                                    );
+                                    check_window(&o, &t);
+                                    assert_eq!(b.task_ids[i], o[0] as i64);
+                                }
+                                windows.fetch_add(2, Ordering::Relaxed);
+                                mine += 2;
+                            }
+                            Err(
+                                BufferError::NotEnoughTasks { .. }
+                                | BufferError::Empty
+                                | BufferError::Contended,
+                            ) => {}
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let writers: Vec<_> = (0..W)
+        .map(|w| {
+            let store = store.clone();
+            thread::spawn(move || {
+                let mut rng = Rng::new(200 + w);
+                let (mut episode, mut step, mut written) = (0u64, 0u64, 0u64);
+                let (mut obs, mut target, mut steps) = (Vec::new(), Vec::new(), Vec::new());
+                while written < ROWS {
+                    let n = 16 + rng.below(113) as u64;
+                    obs.clear();
+                    target.clear();
+                    steps.clear();
+                    for _ in 0..n {
+                        let start = obs.len();
+                        obs.extend([w as f32, episode as f32, step as f32]);
+                        obs.extend((0..DO - 3).map(|_| (rng.next_u64() & 0xFFFF) as f32));
+                        let c = checksum(&obs[start..]);
+                        target.extend([c as f32, -(c as f32)]);
+                        steps.push(step as i64);
+                        step += 1;
+                    }
+                    let meta = Meta {
+                        task_id: MetaValues::Scalar(w as i64),
+                        episode_id: MetaValues::Scalar((w << 32 | episode) as i64),
+                        step: MetaValues::PerRow(&steps),
+                    };
+                    store.add(&obs, &target, meta).unwrap();
+                    written += n;
+                    if rng.below(4) == 0 {
+                        episode += 1;
+                        step = 0;
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    done.store(true, Ordering::Release);
+    for s in samplers {
+        s.join().unwrap();
+    }
+    // Quiescent: windows must exist and check out.
+    let b = store.sample_sequences(64, L).unwrap();
+    for (o, t) in b.obs.chunks(L * DO).zip(b.target.chunks(L * DT)) {
+        check_window(o, t);
+    }
+    assert!(windows.load(Ordering::Relaxed) > 0, "no window was checked");
+}

@@ -72,13 +72,18 @@ impl PyRingBuffer {
         F: Send + FnOnce(&mut [f32], &mut [f32], Option<&mut MetaBatch>) -> Result<(), BufferError>,
     {
         let (d_o, d_t) = (self.inner.obs_dim(), self.inner.target_dim());
-        let mut obs = pool::take(batch * d_o);
-        let mut target = pool::take(batch * d_t);
-        let mut meta = with_meta.then(|| MetaBatch {
-            task_id: vec![0; batch],
-            episode_id: vec![0; batch],
-            step: vec![0; batch],
-        });
+        // Every uniform sampler needs batch <= len: check before allocating the outputs.
+        self.inner.check_batch(batch).map_err(to_py_err)?;
+        let mut obs = pool::take(batch, d_o)?;
+        let mut target = pool::take(batch, d_t)?;
+        let mut meta = match with_meta {
+            true => Some(MetaBatch {
+                task_id: pool::ids(batch)?,
+                episode_id: pool::ids(batch)?,
+                step: pool::ids(batch)?,
+            }),
+            false => None,
+        };
         let bytes = if always_detach {
             usize::MAX
         } else {
@@ -289,11 +294,21 @@ impl PyRingBuffer {
         let q = size(n_query, "n_query", 0)?;
         let inner = &self.inner;
         let (d_o, d_t) = (inner.obs_dim(), inner.target_dim());
-        let mut so = pool::take(t * s * d_o);
-        let mut st = pool::take(t * s * d_t);
-        let mut qo = pool::take(t * q * d_o);
-        let mut qt = pool::take(t * q * d_t);
-        let mut ids = vec![0i64; t];
+        // Distinct tasks with distinct rows: more than the store holds can never be satisfied
+        // (checked before allocating, so absurd sizes are a ValueError, not an abort).
+        let rows = t.saturating_mul(s.saturating_add(q));
+        if rows > inner.len() {
+            return Err(PyValueError::new_err(format!(
+                "requested {t} tasks x {} rows each but the store holds only {} rows",
+                s + q,
+                inner.len()
+            )));
+        }
+        let mut so = pool::take(t * s, d_o)?;
+        let mut st = pool::take(t * s, d_t)?;
+        let mut qo = pool::take(t * q, d_o)?;
+        let mut qt = pool::take(t * q, d_t)?;
+        let mut ids = pool::ids(t)?;
         maybe_detach(py, t * (s + q) * self.row_bytes(), || {
             let out = TaskBuffers {
                 support_obs: &mut so,
@@ -329,9 +344,11 @@ impl PyRingBuffer {
         let l = size(seq_len, "seq_len", 1)?;
         let inner = &self.inner;
         let (d_o, d_t) = (inner.obs_dim(), inner.target_dim());
-        let mut obs = pool::take(b * l * d_o);
-        let mut target = pool::take(b * l * d_t);
-        let mut ids = vec![0i64; b];
+        inner.check_seq_len(l).map_err(to_py_err)?;
+        let bl = b.saturating_mul(l);
+        let mut obs = pool::take(bl, d_o)?;
+        let mut target = pool::take(bl, d_t)?;
+        let mut ids = pool::ids(b)?;
         maybe_detach(py, b * l * self.row_bytes(), || {
             inner.sample_sequences_into(l, &mut obs, &mut target, &mut ids)
         })

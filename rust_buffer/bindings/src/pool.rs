@@ -11,6 +11,7 @@ use std::sync::Mutex;
 
 use numpy::ndarray::{ArrayViewD, IxDyn};
 use numpy::PyArrayDyn;
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 /// Buffers smaller than this are not kept (malloc serves them well).
@@ -22,18 +23,44 @@ const MAX_FREE: usize = 16;
 
 static FREE: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
 
-/// A `Vec<f32>` of exactly `n` initialized values, recycled when one of a similar size is free.
-/// Its contents are stale values: callers overwrite every element.
-pub(crate) fn take(n: usize) -> Vec<f32> {
+/// A `Vec<f32>` of `rows x cols` initialized values, recycled when one of a similar size is
+/// free. Its contents are stale values: callers overwrite every element. An absurd size is a
+/// `ValueError`, not an abort.
+pub(crate) fn take(rows: usize, cols: usize) -> PyResult<Vec<f32>> {
+    let n = rows
+        .checked_mul(cols)
+        .filter(|&n| n <= isize::MAX as usize / 4)
+        .ok_or_else(|| too_large(rows))?;
     if n * 4 >= MIN_POOLED_BYTES {
         let mut free = FREE.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(i) = free.iter().position(|v| v.len() >= n && v.len() <= 2 * n) {
             let mut v = free.swap_remove(i);
             v.truncate(n);
-            return v;
+            return Ok(v);
         }
     }
-    vec![0.0; n]
+    zeros(n).map_err(|_| too_large(rows))
+}
+
+/// `n` zeros, or an error when they cannot be allocated.
+pub(crate) fn zeros<T: Clone + Default>(
+    n: usize,
+) -> Result<Vec<T>, std::collections::TryReserveError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n)?;
+    v.resize(n, T::default());
+    Ok(v)
+}
+
+fn too_large(rows: usize) -> PyErr {
+    PyValueError::new_err(format!(
+        "cannot allocate an output of {rows} rows; request fewer"
+    ))
+}
+
+/// `n` int64 zeros for metadata outputs (a `ValueError` when they cannot be allocated).
+pub(crate) fn ids(n: usize) -> PyResult<Vec<i64>> {
+    zeros(n).map_err(|_| too_large(n))
 }
 
 /// Hand a buffer back for reuse.
