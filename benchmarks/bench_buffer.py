@@ -2,8 +2,9 @@
 
 Everything is measured in one process on one machine, one implementation at a time (one large
 store alive at once), single-threaded (torch.set_num_threads(1)). Rows are 64 + 64 float32
-(obs + target, 512 bytes). Each cell is the median wall time of one call after warm-up; add
-rows are reported as GB/s (1024-row batches) and us per row (single rows, timed in blocks).
+(obs + target, 512 bytes). Each cell is the median time of one call after warm-up (wall
+time; min(wall, process CPU) for calls of 150 us or more); add rows are reported as GB/s
+(1024-row batches) and us per row (single rows, timed in blocks).
 
     .venv/bin/python benchmarks/bench_buffer.py                    # one run, markdown tables
     .venv/bin/python benchmarks/bench_buffer.py --repeat 3         # 3 runs (subprocesses), medians
@@ -11,7 +12,9 @@ rows are reported as GB/s (1024-row batches) and us per row (single rows, timed 
     .venv/bin/python benchmarks/bench_buffer.py --aggregate run1.json run2.json ...
 
 Peers (optional; missing ones are skipped and named): rlox, cpprb, stable-baselines3,
-TorchRL ReplayBuffer(LazyTensorStorage) + SliceSampler. Install: `pip install -e .[bench]`.
+TorchRL ReplayBuffer(LazyTensorStorage) + SliceSampler: the `bench` extra's pins, e.g.
+`.venv/bin/pip install -c constraints.txt cpprb==11.0.0 rlox==1.2.0 stable-baselines3==2.9.2
+torchrl==0.14.1 tensordict==0.14.3`.
 The compiled floor is benchmarks/gather_floor.c, built with `cc -O2` at run time.
 
 Shape glossary: b batch rows, l window length (32), n store rows, do obs_dim (64),
@@ -635,6 +638,7 @@ def run_once(sizes: list[int], impls: set[str], budget: float) -> dict:
 
         torch.set_num_threads(1)
     started, load0 = time.time(), os.getloadavg()[0]
+    build = rust_buffer_build()  # before measuring: the file may be rebuilt during the run
     settle_allocator()
     src = Source.make()
     res: Results = {}
@@ -655,7 +659,7 @@ def run_once(sizes: list[int], impls: set[str], budget: float) -> dict:
         try:
             __import__(IMPORT_NAME[peer])
         except Exception as exc:
-            skipped[peer] = f"not importable ({type(exc).__name__}: {exc}); pip install -e .[bench]"
+            skipped[peer] = f"not importable ({type(exc).__name__}: {exc}); see the bench extra"
             log.warning("skipping %s: %s", peer, skipped[peer])
             continue
         log.info("%s ...", peer)
@@ -675,7 +679,7 @@ def run_once(sizes: list[int], impls: set[str], budget: float) -> dict:
             "cores": os.cpu_count(),
             "sizes": sizes,
             "versions": versions(),
-            "rust_buffer_build": rust_buffer_build(),
+            "rust_buffer_build": build,
         },
         "results": res,
         "skipped": skipped,

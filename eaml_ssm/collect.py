@@ -7,7 +7,14 @@ kept) and writes finished episode segments into one `rust_buffer.RingBuffer` wit
 call ``store.add`` at once) or processes (``backend="process"``: each process steps its envs
 and streams segments back to its own writer thread in the parent, so env stepping runs in
 parallel while the writes still arrive from several threads at once; the processes are
-forked where the platform allows, which pays off only for long or expensive collections).
+forked where the platform allows, which pays off only for long or expensive collections),
+or processes that write straight into a file-backed store (``backend="shared"``: each opens
+the memory-mapped file with ``RingBuffer.open`` and adds its own rows; only counts travel
+back to the parent).
+
+Length: ``steps_per_task`` env steps per task (episodes reset and continued), or
+``episodes_per_task`` complete episodes per task (an env stops contributing rows after its
+quota; schedules cover ``episodes * max_episode_steps`` steps, the longest possible run).
 
 Rows follow the layout of `eaml_ssm.features`: ``obs`` = raw ``[state, action_encoding]``,
 ``target`` = raw change of state. One ``add`` call holds one stretch of consecutive steps of
@@ -21,20 +28,21 @@ generator (so results do not depend on how tasks are split between workers):
 ``"repeat"`` holds a uniformly random action for 1..``max_repeat`` steps; ``"ou"`` (Box
 actions only) is an Ornstein-Uhlenbeck process squashed into the action bounds.
 
-Glossary: ``n`` envs in a worker, ``T`` steps per task, ``ds`` state dim, ``da`` action dim,
-``di`` input dim, ``dt`` target dim.
+Glossary: ``n`` envs in a worker, ``T`` steps per task (the schedule length), ``ds`` state
+dim, ``da`` action dim, ``di`` input dim, ``dt`` target dim, ``k`` envs still collecting.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -49,7 +57,7 @@ logger = logging.getLogger(__name__)
 
 EPISODE_STRIDE = 1_000_000  # episode ids of task t are t * EPISODE_STRIDE + k
 POLICIES = ("repeat", "ou", "uniform")
-BACKENDS = ("thread", "process")
+BACKENDS = ("thread", "process", "shared")
 _PROGRESS_EVERY = 64  # steps between progress reports of a worker
 
 
@@ -130,7 +138,8 @@ class _Job:
     task_ids: tuple[int, ...]
     env_seeds: tuple[int, ...]
     policy_seeds: tuple[int, ...]
-    steps: int
+    horizon: int  # env steps each env is stepped at most (the length of its action schedule)
+    episodes: int  # > 0: each env stops contributing rows after this many episodes
     policy: str
     max_repeat: int
     first_episode: int
@@ -144,7 +153,7 @@ def _make_vector_env(tasks: Sequence[Task]) -> SyncVectorEnv:
 
 
 def _run_job(job: _Job) -> Iterator[_Segment | int]:
-    """Step the job's envs for `job.steps` steps; yield segments and progress counts (ints)."""
+    """Step the job's envs (`job.horizon` steps at most); yield segments and progress (ints)."""
     fam = get_family(job.tasks[0].env_id)
     acts = _schedules(job, fam)  # (T, n) or (T, n, da)
     venv = _make_vector_env(job.tasks)
@@ -159,7 +168,7 @@ def _schedules(job: _Job, fam: TaskFamily) -> np.ndarray:
     per_env = [
         exploration_actions(
             fam.action_space,
-            job.steps,
+            job.horizon,
             np.random.default_rng(s),
             kind=job.policy,
             max_repeat=job.max_repeat,
@@ -172,31 +181,52 @@ def _schedules(job: _Job, fam: TaskFamily) -> np.ndarray:
 def _step_loop(
     job: _Job, fam: TaskFamily, venv: SyncVectorEnv, obs: np.ndarray, acts: np.ndarray
 ) -> Iterator[_Segment | int]:
+    """Step all envs together; an env whose episode quota is met stops contributing rows.
+
+    Progress ints count env steps (rows) in steps mode and finished episodes in episodes mode.
+    """
     n = len(job.tasks)
-    pend = _Pending(fam, n, min(job.chunk_rows, job.steps))
+    pend = _Pending(fam, n, min(job.chunk_rows, job.horizon))
     base_eid = np.asarray(job.task_ids, dtype=np.int64) * EPISODE_STRIDE + job.first_episode
     episode = np.zeros(n, dtype=np.int64)  # episodes finished so far, per env
     ep_step = np.zeros(n, dtype=np.int64)  # step index of the current transition, per env
-    for t in range(job.steps):
+    active = np.ones(n, dtype=bool)  # envs still contributing rows
+    unreported = 0
+    for t in range(job.horizon):
         nxt, _, term, trunc, info = venv.step(acts[t])
         nxt = np.array(nxt, dtype=np.float64)  # (n, ds) new obs (the reset obs where done)
         done = np.logical_or(term, trunc)  # (n,)
-        true_next = nxt.copy()  # (n, ds) the real successor states
-        for j in np.flatnonzero(done):
-            true_next[j] = info["final_obs"][j]
-        pend.push(obs, acts[t], true_next)
-        for i in np.flatnonzero(done | (pend.fill == pend.chunk)).tolist():
+        pend.push(obs, acts[t], _true_next(nxt, done, info), active)
+        for i in np.flatnonzero(active & (done | (pend.fill == pend.chunk))).tolist():
             yield pend.pop(
                 i, job.task_ids[i], int(base_eid[i] + episode[i]), int(ep_step[i]), bool(done[i])
             )
+        unreported += int(np.count_nonzero(done & active)) if job.episodes else n
         ep_step = np.where(done, 0, ep_step + 1)
         episode += done
+        if job.episodes:
+            active &= episode < job.episodes
         obs = nxt
-        if (t + 1) % _PROGRESS_EVERY == 0 or t + 1 == job.steps:
-            yield n * ((t % _PROGRESS_EVERY) + 1)  # env steps since the last report
+        if not active.any():
+            break
+        if (t + 1) % _PROGRESS_EVERY == 0:
+            yield unreported
+            unreported = 0
+    if unreported:
+        yield unreported
+    if job.episodes and active.any():  # cannot happen while episodes end within the horizon
+        raise RuntimeError(f"episodes of tasks {job.task_ids} outlasted {job.horizon} steps")
     for i in np.flatnonzero(pend.fill).tolist():
         last = int(ep_step[i]) - 1  # ep_step already counts past the last transition
         yield pend.pop(i, job.task_ids[i], int(base_eid[i] + episode[i]), last, False)
+
+
+def _true_next(nxt: np.ndarray, done: np.ndarray, info: dict[str, Any]) -> np.ndarray:
+    """(n, ds) the real successor states: the final obs where an episode ended."""
+    true_next = nxt.copy()
+    for j in np.flatnonzero(done):
+        true_next[j] = info["final_obs"][j]
+    return true_next
 
 
 class _Pending:
@@ -209,11 +239,13 @@ class _Pending:
         self.fill = np.zeros(n, dtype=np.int64)
         self.chunk = chunk
 
-    def push(self, s: np.ndarray, a: np.ndarray, s2: np.ndarray) -> None:
-        rows = np.arange(s.shape[0])
-        self.x[rows, self.fill] = encode_inputs(self.fam, s, a)  # (n, di)
-        self.y[rows, self.fill] = encode_targets(self.fam, s, s2)  # (n, dt)
-        self.fill += 1
+    def push(self, s: np.ndarray, a: np.ndarray, s2: np.ndarray, mask: np.ndarray) -> None:
+        """Stage the transitions (s, a) -> s2 of the envs where `mask` (n,) is True."""
+        rows = np.flatnonzero(mask)  # (k,)
+        at = self.fill[rows]
+        self.x[rows, at] = encode_inputs(self.fam, s[rows], a[rows])  # (k, di)
+        self.y[rows, at] = encode_targets(self.fam, s[rows], s2[rows])  # (k, dt)
+        self.fill[rows] += 1
 
     def pop(self, i: int, task_id: int, episode_id: int, last_step: int, done: bool) -> _Segment:
         m = int(self.fill[i])
@@ -245,17 +277,28 @@ class CollectStats:
         return self.transitions / self.seconds if self.seconds > 0 else float("inf")
 
 
+class _Written(NamedTuple):
+    """What a worker process that writes into the shared store reports of one segment."""
+
+    rows: int
+    episode_done: bool
+
+    @classmethod
+    def of(cls, seg: _Segment) -> _Written:
+        return cls(int(seg.obs.shape[0]), seg.episode_done)
+
+
 class _Counter:
     def __init__(self, bar: Any) -> None:
         self.lock = threading.Lock()
         self.bar = bar
         self.rows = self.episodes = self.segments = 0
 
-    def segment(self, seg: _Segment) -> None:
+    def segment(self, done: _Written) -> None:
         with self.lock:
-            self.rows += seg.obs.shape[0]
+            self.rows += done.rows
             self.segments += 1
-            self.episodes += int(seg.episode_done)
+            self.episodes += int(done.episode_done)
 
     def progress(self, k: int) -> None:
         if self.bar is not None:
@@ -263,7 +306,7 @@ class _Counter:
                 self.bar.update(k)
 
 
-def _write(store: Any, seg: _Segment) -> None:
+def _write(store: Any, seg: _Segment) -> _Written:
     m = seg.obs.shape[0]
     store.add(
         seg.obs,
@@ -272,30 +315,47 @@ def _write(store: Any, seg: _Segment) -> None:
         episode_id=seg.episode_id,
         step=np.arange(seg.first_step, seg.first_step + m, dtype=np.int64),
     )
+    return _Written.of(seg)
+
+
+def _consume(store: Any, item: _Segment | _Written | int, counter: _Counter) -> None:
+    """Count one item of a worker's stream; a segment is written into `store` first."""
+    if isinstance(item, int):
+        counter.progress(item)
+    else:
+        counter.segment(_write(store, item) if isinstance(item, _Segment) else item)
 
 
 def _thread_worker(store: Any, job: _Job, counter: _Counter, errors: list[BaseException]) -> None:
     try:
         for item in _run_job(job):
-            if isinstance(item, int):
-                counter.progress(item)
-            else:
-                _write(store, item)
-                counter.segment(item)
+            _consume(store, item, counter)
     except BaseException as exc:  # re-raised in the caller's thread
         errors.append(exc)
 
 
-def _process_main(job: _Job, out: Any) -> None:
+def _process_main(job: _Job, out: Any, shared_path: str | None) -> None:
+    """A worker process: stream segments to the parent, or, given `shared_path`, write them
+    into that file-backed store itself and send only their sizes (and progress)."""
     try:
+        store = None if shared_path is None else _open_shared(shared_path)
         for item in _run_job(job):
-            out.put(item)
+            out.put(
+                _write(store, item) if store is not None and isinstance(item, _Segment) else item
+            )
         out.put(None)
     except BaseException as exc:
         out.put(RuntimeError(f"collection worker failed: {exc!r}"))
 
 
-def _process_writer(
+def _open_shared(path: str) -> Any:
+    """Map the file-backed store at `path` in this process (`RingBuffer.open`)."""
+    import rust_buffer
+
+    return rust_buffer.RingBuffer.open(path)
+
+
+def _process_receiver(
     store: Any, out: Any, proc: Any, counter: _Counter, errors: list[BaseException]
 ) -> None:
     try:
@@ -305,26 +365,82 @@ def _process_writer(
             except queue.Empty:
                 if not proc.is_alive():
                     raise RuntimeError(
-                        f"collection worker process died (exit code {proc.exitcode})"
+                        f"collection worker process {proc.pid} died (exit code {proc.exitcode})"
                     ) from None
                 continue
             if item is None:
                 return
             if isinstance(item, BaseException):
                 raise item
-            if isinstance(item, int):
-                counter.progress(item)
-            else:
-                _write(store, item)
-                counter.segment(item)
+            _consume(store, item, counter)
     except BaseException as exc:
         errors.append(exc)
+
+
+@dataclass(frozen=True)
+class _Budget:
+    """How long each task runs: `steps` env steps, or `episodes` complete episodes."""
+
+    steps: int  # > 0 in steps mode, 0 in episodes mode
+    episodes: int  # > 0 in episodes mode, 0 in steps mode
+    horizon: int  # env steps per task at most: the length of each action schedule
+
+    def progress_total(self, n_tasks: int) -> tuple[int, str]:
+        """(total, unit) of the progress bar: env steps, or finished episodes."""
+        if self.episodes:
+            return n_tasks * self.episodes, "episode"
+        return n_tasks * self.steps, "step"
+
+
+def _budget(env_id: str, steps_per_task: int, episodes_per_task: int | None) -> _Budget:
+    """Check the two mutually exclusive lengths; episodes run `max_episode_steps` at most."""
+    if episodes_per_task is None:
+        steps = _positive_int("steps_per_task", steps_per_task)
+        return _Budget(steps=steps, episodes=0, horizon=steps)
+    episodes = _positive_int("episodes_per_task", episodes_per_task)
+    if steps_per_task != 0:
+        raise ValueError(
+            "give steps_per_task or episodes_per_task, not both: got steps_per_task="
+            f"{steps_per_task!r} with episodes_per_task={episodes_per_task!r} "
+            "(pass steps_per_task=0 to collect whole episodes)"
+        )
+    return _Budget(steps=0, episodes=episodes, horizon=episodes * episode_limit(env_id))
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def episode_limit(env_id: str) -> int:
+    """The env's `max_episode_steps`: the longest episode (ValueError if it has none)."""
+    limit = gym.spec(env_id).max_episode_steps
+    if limit is None:
+        raise ValueError(
+            f"{env_id} has no max_episode_steps, so episodes_per_task cannot bound its "
+            "episodes; use steps_per_task"
+        )
+    return int(limit)
+
+
+def max_rows(
+    tasks: Sequence[Task], steps_per_task: int = 0, *, episodes_per_task: int | None = None
+) -> int:
+    """Rows `collect` adds at most: exact with `steps_per_task`, an upper bound with episodes
+    (every episode lasting `max_episode_steps`)."""
+    if not tasks:
+        raise ValueError("need at least one task")
+    env_id = get_family(tasks[0].env_id).env_id  # a clear error for unsupported ids first
+    return len(tasks) * _budget(env_id, steps_per_task, episodes_per_task).horizon
 
 
 def _jobs(
     tasks: Sequence[Task],
     task_ids: Sequence[int],
-    steps: int,
+    budget: _Budget,
     num_workers: int,
     seed: int,
     policy: str,
@@ -342,7 +458,8 @@ def _jobs(
             task_ids=tuple(task_ids[i] for i in g),
             env_seeds=tuple(env_seeds[i] for i in g),
             policy_seeds=tuple(pol_seeds[i] for i in g),
-            steps=steps,
+            horizon=budget.horizon,
+            episodes=budget.episodes,
             policy=policy,
             max_repeat=max_repeat,
             first_episode=first_episode,
@@ -354,7 +471,7 @@ def _jobs(
 
 
 def _validate(
-    tasks: Sequence[Task], task_ids: Sequence[int], store: Any, steps: int, workers: int
+    tasks: Sequence[Task], task_ids: Sequence[int], store: Any, workers: int
 ) -> TaskFamily:
     if not tasks:
         raise ValueError("need at least one task")
@@ -365,8 +482,6 @@ def _validate(
         raise ValueError(f"need {len(tasks)} distinct task ids, got {list(task_ids)}")
     if any(int(t) < 0 for t in task_ids):
         raise ValueError("task ids must be >= 0")
-    if steps < 1:
-        raise ValueError(f"steps_per_task must be >= 1, got {steps}")
     if workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {workers}")
     fam = get_family(tasks[0].env_id)
@@ -378,11 +493,38 @@ def _validate(
     return fam
 
 
+def _check_options(
+    fam: TaskFamily, backend: str, policy: str, max_repeat: int, chunk_rows: int
+) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    exploration_actions(
+        fam.action_space, 1, np.random.default_rng(0), kind=policy, max_repeat=max_repeat
+    )  # fail fast on a bad policy
+
+
+def _shared_path(store: Any, backend: str) -> str | None:
+    """The file of a file-backed store for ``backend="shared"``; None for other backends."""
+    if backend != "shared":
+        return None
+    path = getattr(store, "path", None)
+    if path is None:
+        raise ValueError(
+            "backend='shared' needs a file-backed store made by "
+            "rust_buffer.RingBuffer.create(path, ...) (or build_store(..., path=...)); "
+            "got an in-memory store"
+        )
+    return str(path)
+
+
 def collect(
     tasks: Sequence[Task],
     store: Any,
-    steps_per_task: int,
+    steps_per_task: int = 0,
     *,
+    episodes_per_task: int | None = None,
     task_ids: Sequence[int] | None = None,
     num_workers: int = 1,
     backend: str = "thread",
@@ -393,45 +535,41 @@ def collect(
     chunk_rows: int = 1024,
     progress: bool | None = None,
 ) -> CollectStats:
-    """Step every task for `steps_per_task` env steps and write all transitions to `store`.
+    """Collect every task for `steps_per_task` env steps or `episodes_per_task` whole episodes.
 
-    Exactly ``len(tasks) * steps_per_task`` rows are added (episodes that end are reset and
-    continued). `task_ids` default to ``0..len(tasks)-1``. `progress=None` shows a tqdm bar
-    only on a terminal. The same arguments give the same rows (in an order that may differ
-    between runs when `num_workers > 1`).
+    Give exactly one: with `steps_per_task`, exactly ``len(tasks) * steps_per_task`` rows are
+    added (episodes that end are reset and continued, the last one may be cut); with
+    `episodes_per_task` (and ``steps_per_task=0``), each task adds exactly that many complete
+    episodes (at most ``max_rows(...)`` rows) and then stops contributing rows. `task_ids`
+    default to ``0..len(tasks)-1``. `progress=None` shows a tqdm bar only on a terminal. The
+    same arguments give the same rows (in an order that may differ between runs when
+    `num_workers > 1`), whatever the backend:
+
+    * ``"thread"``: `num_workers` threads step their envs and all call ``store.add``;
+    * ``"process"``: worker processes step their envs and stream segments to writer threads
+      in the parent, which add them to `store`;
+    * ``"shared"``: `store` must be file-backed (``RingBuffer.create(path, ...)``); each
+      worker process opens the file (``RingBuffer.open``) and adds its rows itself, only
+      counts come back to the parent. A worker that dies raises RuntimeError (after the
+      others finish); the rows it had written stay in the store.
     """
     ids = list(range(len(tasks))) if task_ids is None else [int(t) for t in task_ids]
-    _validate(tasks, ids, store, steps_per_task, num_workers)
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if chunk_rows < 1:
-        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
-    jobs = _jobs(
-        tasks,
-        ids,
-        steps_per_task,
-        min(num_workers, len(tasks)),
-        seed,
-        policy,
-        max_repeat,
-        first_episode,
-        chunk_rows,
-    )
-    exploration_actions(
-        tasks[0].family.action_space,
-        1,
-        np.random.default_rng(0),
-        kind=policy,
-        max_repeat=max_repeat,
-    )  # fail fast on a bad policy
-    total = len(tasks) * steps_per_task
+    fam = _validate(tasks, ids, store, num_workers)
+    budget = _budget(fam.env_id, steps_per_task, episodes_per_task)
+    _check_options(fam, backend, policy, max_repeat, chunk_rows)
+    shared = _shared_path(store, backend)
+    workers = min(num_workers, len(tasks))
+    jobs = _jobs(tasks, ids, budget, workers, seed, policy, max_repeat, first_episode, chunk_rows)
+    total, unit = budget.progress_total(len(tasks))
     disable = None if progress is None else not progress
     start = time.perf_counter()
-    with tqdm(total=total, desc=f"collect {tasks[0].env_id}", unit="step", disable=disable) as bar:
+    with tqdm(total=total, desc=f"collect {fam.env_id}", unit=unit, disable=disable) as bar:
         counter = _Counter(bar)
         errors: list[BaseException] = []
-        runner = _run_threads if backend == "thread" else _run_processes
-        runner(store, jobs, counter, errors)
+        if backend == "thread":
+            _run_threads(store, jobs, counter, errors)
+        else:
+            _run_processes(store, jobs, counter, errors, shared)
     if errors:
         raise errors[0]
     seconds = time.perf_counter() - start
@@ -453,26 +591,34 @@ def _run_threads(store: Any, jobs: list[_Job], counter: _Counter, errors: list) 
         th.join()
 
 
-def _run_processes(store: Any, jobs: list[_Job], counter: _Counter, errors: list) -> None:
+def _run_processes(
+    store: Any,
+    jobs: list[_Job],
+    counter: _Counter,
+    errors: list,
+    shared_path: str | None = None,
+) -> None:
+    """One process per job; a receiver thread per process writes its segments into `store`,
+    or, with `shared_path`, only counts what the process wrote into the shared file itself."""
     # fork (as torch's DataLoader does on Linux): the children start at once and only step
     # gymnasium envs; spawn would re-import the caller's __main__ (often torch) in each one.
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
     ctx: Any = mp.get_context(method)
     outs = [ctx.Queue(maxsize=256) for _ in jobs]
     procs = [
-        ctx.Process(target=_process_main, args=(j, q), daemon=True)
+        ctx.Process(target=_process_main, args=(j, q, shared_path), daemon=True)
         for j, q in zip(jobs, outs, strict=True)
     ]
-    writers = [
-        threading.Thread(target=_process_writer, args=(store, q, p, counter, errors), daemon=True)
+    receivers = [
+        threading.Thread(target=_process_receiver, args=(store, q, p, counter, errors), daemon=True)
         for q, p in zip(outs, procs, strict=True)
     ]
     for p in procs:
         p.start()
-    for w in writers:
-        w.start()
-    for w in writers:
-        w.join()
+    for r in receivers:
+        r.start()
+    for r in receivers:
+        r.join()
     for p in procs:
         p.join(timeout=10)
         if p.is_alive():
@@ -484,30 +630,50 @@ def _run_processes(store: Any, jobs: list[_Job], counter: _Counter, errors: list
 
 def build_store(
     tasks: Sequence[Task],
-    steps_per_task: int,
+    steps_per_task: int = 0,
     *,
+    episodes_per_task: int | None = None,
     capacity: int | None = None,
     store_seed: int | None = None,
     retention: str | None = None,
+    path: str | os.PathLike[str] | None = None,
     **collect_kwargs: Any,
 ) -> tuple[Any, CollectStats]:
-    """Make a RingBuffer sized for the tasks (default: exactly all rows) and fill it.
+    """Make a RingBuffer sized for the tasks and fill it; returns ``(store, stats)``.
 
-    Returns ``(store, stats)``. `collect_kwargs` go to `collect` (task_ids, num_workers,
+    The capacity defaults to `max_rows`: exactly all rows with `steps_per_task`, the upper
+    bound (every episode at `max_episode_steps`) with `episodes_per_task`. With `path` the
+    store is file-backed (``RingBuffer.create``; the file must not exist), as
+    ``backend="shared"`` needs. `collect_kwargs` go to `collect` (task_ids, num_workers,
     backend, policy, seed, progress, ...).
     """
+    bound = max_rows(tasks, steps_per_task, episodes_per_task=episodes_per_task)
+    fam = get_family(tasks[0].env_id)
+    cap = bound if capacity is None else int(capacity)
+    store = _new_store(cap, fam, store_seed, retention, path)
+    stats = collect(
+        tasks, store, steps_per_task, episodes_per_task=episodes_per_task, **collect_kwargs
+    )
+    return store, stats
+
+
+def _new_store(
+    capacity: int,
+    fam: TaskFamily,
+    seed: int | None,
+    retention: str | None,
+    path: str | os.PathLike[str] | None,
+) -> Any:
+    """An empty store of the family's widths: in memory, or file-backed at `path`."""
     import rust_buffer
 
-    if not tasks:
-        raise ValueError("need at least one task")
-    fam = get_family(tasks[0].env_id)
-    cap = len(tasks) * steps_per_task if capacity is None else int(capacity)
-    kwargs: dict[str, Any] = {"seed": store_seed}
+    kwargs: dict[str, Any] = {"seed": seed}
     if retention is not None:
         kwargs["retention"] = retention
-    store = rust_buffer.RingBuffer(cap, fam.input_dim, fam.target_dim, **kwargs)
-    stats = collect(tasks, store, steps_per_task, **collect_kwargs)
-    return store, stats
+    shape = (capacity, fam.input_dim, fam.target_dim)
+    if path is None:
+        return rust_buffer.RingBuffer(*shape, **kwargs)
+    return rust_buffer.RingBuffer.create(path, *shape, **kwargs)
 
 
 # --- one task as a stream -------------------------------------------------------------------

@@ -33,8 +33,9 @@ class RunConfig:
     buffer_size: int = _f(200_000, "experience store capacity (rows)")
     workers: int = _f(
         1,
-        "collection worker threads (> 1 is faster, but the store's row order then depends "
-        "on thread scheduling, so runs are no longer bit-reproducible)",
+        "collection workers; > 1 runs worker processes that write straight into a "
+        "file-backed shared store (faster for costly envs; the store's row order then depends "
+        "on scheduling, so runs are no longer bit-reproducible)",
     )
     # --- model ---------------------------------------------------------------------------
     state_dim: int = _f(16, "SSM state size per layer")

@@ -112,7 +112,8 @@ def _stability_grid() -> list[Method]:
     """Step sizes 2x and raw w = 3, each with the default guard and with a tighter one."""
     w0: dict[str, Any] = {"mode": "continual", "experience_weight": 0.0}
     out = []
-    for guard in ({}, {"max_loss_ratio": GUARD}):
+    guards: list[dict[str, Any]] = [{}, {"max_loss_ratio": GUARD}]
+    for guard in guards:
         tag = f"_g{GUARD:g}" if guard else ""
         out += [
             _m(f"cont_w0_lrx2{tag}", lr_scale=2.0, **w0, **guard),

@@ -35,7 +35,7 @@ from eaml_ssm.artifacts import (
     seed_everything,
     set_rng_state,
 )
-from eaml_ssm.collect import build_store, rollout
+from eaml_ssm.collect import build_store, max_rows, rollout
 from eaml_ssm.config import RunConfig, from_dict, to_dict
 from eaml_ssm.features import Normalizer
 from eaml_ssm.maml import MetaMAML, TaskBatch
@@ -46,6 +46,7 @@ from eaml_ssm.tasks import Task, TaskFamily, get_family, sample_tasks
 log = logging.getLogger(__name__)
 
 STORE_FILE = "store.rbuf"
+SHARED_STORE_FILE = "store.shared"  # file-backed store that collection processes write into
 SPLITS = ("heldout", "ood")
 
 
@@ -104,13 +105,22 @@ class Trained:
 def collect_stage(cfg: RunConfig, run: RunDir) -> Data:
     family = get_family(cfg.env_name)
     tasks = sample_tasks(cfg.env_name, cfg.num_tasks, seed=cfg.seed, split="train")
+    episodes = cfg.episodes_per_task or None  # 0: collect steps_per_task env steps instead
+    steps = 0 if episodes else cfg.steps_per_task
+    # several workers: processes writing straight into one file-backed (memory-mapped) store
+    shared = run.path / SHARED_STORE_FILE if cfg.workers > 1 else None
+    if shared is not None:
+        shared.unlink(missing_ok=True)  # RingBuffer.create needs a new file
     t0 = time.perf_counter()
     store, stats = build_store(
         tasks,
-        cfg.steps_per_task,
-        capacity=min(cfg.buffer_size, cfg.num_tasks * cfg.steps_per_task),
+        steps,
+        episodes_per_task=episodes,
+        capacity=min(cfg.buffer_size, max_rows(tasks, steps, episodes_per_task=episodes)),
         store_seed=cfg.seed,
+        path=shared,
         num_workers=cfg.workers,
+        backend="thread" if shared is None else "shared",
         seed=cfg.seed,
         progress=None if not cfg.quiet else False,
     )
@@ -127,7 +137,7 @@ def collect_stage(cfg: RunConfig, run: RunDir) -> Data:
         "collect", transitions=stats.transitions, episodes=stats.episodes, seconds=stats.seconds
     )
     run.write_json("tasks.json", [{"task_id": i, **t.params} for i, t in enumerate(tasks)])
-    if hasattr(store, "save"):
+    if shared is None:  # a file-backed store already lives in the run folder
         store.save(str(run.path / STORE_FILE))
     return Data(family, tasks, store, norm)
 
@@ -398,16 +408,17 @@ def format_table(summary: dict[str, Any]) -> str:
 
 def load_data(cfg: RunConfig, run: RunDir) -> Data:
     """The store of an earlier `collect` in this run folder, or a fresh collection."""
-    path = run.path / STORE_FILE
-    if path.exists():
-        import rust_buffer
+    import rust_buffer
 
-        load = getattr(rust_buffer.RingBuffer, "load", None)
-        if load is not None:
-            store = load(str(path))
-            tasks = sample_tasks(cfg.env_name, cfg.num_tasks, seed=cfg.seed, split="train")
-            return Data(get_family(cfg.env_name), tasks, store, Normalizer.from_store(store))
-    return collect_stage(cfg, run)
+    saved, shared = run.path / STORE_FILE, run.path / SHARED_STORE_FILE
+    if saved.exists():
+        store = rust_buffer.RingBuffer.load(str(saved))
+    elif shared.exists():
+        store = rust_buffer.RingBuffer.open(str(shared))
+    else:
+        return collect_stage(cfg, run)
+    tasks = sample_tasks(cfg.env_name, cfg.num_tasks, seed=cfg.seed, split="train")
+    return Data(get_family(cfg.env_name), tasks, store, Normalizer.from_store(store))
 
 
 def run_stage(command: str, cfg: RunConfig, *, resume: bool = False) -> int:

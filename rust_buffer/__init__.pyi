@@ -4,6 +4,8 @@ Shape glossary: b batch, l sequence length, t tasks, s support rows, q query row
 do obs_dim, dt target_dim.
 """
 
+import os
+from pathlib import Path
 from typing import Literal, TypeAlias, final, overload
 
 import numpy as np
@@ -96,6 +98,31 @@ class RingBuffer:
         """Zero-copy read-only (len,) view of episode_id."""
     def step_view(self) -> _I64:
         """Zero-copy read-only (len,) view of step."""
+    def reseed(self, seed: int) -> None:
+        """Restart the samplers' random streams from seed (rows and counters untouched)."""
+    @staticmethod
+    def create(
+        path: str | os.PathLike[str],
+        capacity: int,
+        obs_dim: int,
+        target_dim: int,
+        *,
+        seed: int | None = None,
+        retention: Literal["fifo", "reservoir"] = "fifo",
+    ) -> RingBuffer:
+        """A file-backed store in a new memory-mapped file, shareable between processes."""
+    @staticmethod
+    def open(path: str | os.PathLike[str], *, seed: int | None = None) -> RingBuffer:
+        """Open a file-backed store made by create (from any process)."""
+    @property
+    def path(self) -> Path | None: ...
+    def reap_dead_writers(self) -> int:
+        """Reset slots left half-written by dead writer processes; returns how many."""
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Save atomically (temp file, fsync, rename) in the documented snapshot format."""
+    @staticmethod
+    def load(path: str | os.PathLike[str]) -> RingBuffer:
+        """Load a snapshot written by save (ValueError if damaged, truncated or foreign)."""
     def clear(self) -> None:
         """Forget every row (total_added keeps counting)."""
     def __len__(self) -> int: ...

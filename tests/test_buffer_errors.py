@@ -191,6 +191,7 @@ def test_add_rejects_non_finite_rows_and_inserts_nothing(value: float, column: s
     assert_unchanged(store, 2)
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
 def test_add_rejects_float64_overflowing_float32() -> None:
     store = store_with(0)
     obs = np.full(DO, 1e300)  # finite in float64, inf once converted to float32

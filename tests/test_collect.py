@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gymnasium as gym
 import numpy as np
 import pytest
 
@@ -11,6 +12,7 @@ from eaml_ssm.collect import (
     build_store,
     collect,
     exploration_actions,
+    max_rows,
     rollout,
 )
 from eaml_ssm.features import encode_targets
@@ -30,6 +32,18 @@ def _rows(store):
     )
 
 
+def _episode_lengths(store) -> dict[int, dict[int, int]]:
+    """{task_id: {episode_id: length}} after checking ids and steps 0, 1, 2, ... per episode."""
+    tid, eid, step, _, _ = _rows(store)
+    np.testing.assert_array_equal(eid // EPISODE_STRIDE, tid)  # episode ids encode the task
+    out: dict[int, dict[int, int]] = {}
+    for e in np.unique(eid):
+        steps = step[eid == e]
+        np.testing.assert_array_equal(steps, np.arange(len(steps)))  # 0, 1, 2, ... no gaps
+        out.setdefault(int(e) // EPISODE_STRIDE, {})[int(e)] = len(steps)
+    return out
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_collect_writes_every_step_with_consistent_metadata(workers):
     tasks = sample_tasks("CartPole-v1", 6, seed=0)
@@ -37,11 +51,8 @@ def test_collect_writes_every_step_with_consistent_metadata(workers):
     assert len(store) == stats.transitions == 6 * 300
     assert store.task_counts() == {t: 300 for t in range(10, 16)}
     assert stats.episodes > 6 * 5  # CartPole episodes are short under random actions
-    tid, eid, step, obs, _ = _rows(store)
-    np.testing.assert_array_equal(eid // EPISODE_STRIDE, tid)  # episode ids encode the task
-    for e in np.unique(eid):
-        steps = step[eid == e]
-        np.testing.assert_array_equal(steps, np.arange(len(steps)))  # 0, 1, 2, ... no gaps
+    _episode_lengths(store)  # episode ids encode the task, steps 0, 1, 2, ... without gaps
+    obs = _rows(store)[3]
     # obs of the next step in an episode is the previous obs + stored delta
     x_all, y_all = store.obs_view(), store.target_view()
     slot_eid, slot_step = store.episode_id_view(), store.step_view()
@@ -160,11 +171,159 @@ def test_rollout_stream():
         rollout(task, 5, policy=3)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("backend", ["thread", "process"])
-def test_worker_errors_reach_the_caller(backend):
+@pytest.mark.parametrize("backend", ["thread", "process", "shared"])
+def test_worker_errors_reach_the_caller(backend, tmp_path):
     from eaml_ssm.tasks import Task
 
     broken = [Task("CartPole-v1", params={}), Task("CartPole-v1", params={})]  # no physics
-    store = rust_buffer.RingBuffer(100, 6, 4)
+    if backend == "shared":
+        store = rust_buffer.RingBuffer.create(tmp_path / "s.rbuf", 100, 6, 4)
+    else:
+        store = rust_buffer.RingBuffer(100, 6, 4)
     with pytest.raises((KeyError, RuntimeError), match="length"):
         collect(broken, store, 10, num_workers=2, backend=backend)
+
+
+@pytest.mark.parametrize(("workers", "backend"), [(1, "thread"), (2, "thread"), (2, "process")])
+def test_episodes_per_task_writes_exactly_that_many_complete_episodes(workers, backend):
+    tasks = sample_tasks("CartPole-v1", 5, seed=0)
+    store, stats = build_store(
+        tasks, episodes_per_task=7, num_workers=workers, backend=backend, seed=2, chunk_rows=8
+    )
+    assert store.capacity == max_rows(tasks, episodes_per_task=7) == 5 * 7 * 500
+    lengths = _episode_lengths(store)
+    assert sorted(lengths) == list(range(5))
+    for t, eps in lengths.items():
+        assert sorted(eps) == [t * EPISODE_STRIDE + k for k in range(7)]  # exactly 7 per task
+    assert stats.episodes == 5 * 7 and stats.transitions == len(store)
+    assert store.task_counts() == {t: sum(eps.values()) for t, eps in lengths.items()}
+    # every episode is complete: its last transition leaves CartPole's bounds
+    _, eid, step, obs, tgt = _rows(store)
+    last = np.r_[eid[1:] != eid[:-1], True]  # (rows,) the final row of each episode
+    final = obs[last, :4] + tgt[last]  # (episodes, 4) the terminal states
+    out = (np.abs(final[:, 0]) > 2.4) | (np.abs(final[:, 2]) > 12 * 2 * np.pi / 360)
+    assert (out | (step[last] == 499)).all()  # terminated, or truncated at 500
+    assert out.sum() > 30
+
+
+def test_episodes_per_task_is_reproducible_across_workers_and_backends():
+    tasks = sample_tasks("Pendulum-v1", 3, seed=0)  # 200-step episodes, no termination
+    a, sa = build_store(tasks, episodes_per_task=2, num_workers=1, seed=4, policy="ou")
+    b, _ = build_store(tasks, episodes_per_task=2, num_workers=2, seed=4, policy="ou")
+    c, _ = build_store(
+        tasks, episodes_per_task=2, num_workers=2, seed=4, policy="ou", backend="process"
+    )
+    assert a.task_counts() == {t: 400 for t in range(3)} and sa.episodes == 6
+    for u, v, w in zip(_rows(a), _rows(b), _rows(c), strict=True):
+        np.testing.assert_array_equal(u, v)
+        np.testing.assert_array_equal(u, w)
+    # the first episode of a task equals a steps-mode collection of the same length
+    d, _ = build_store(tasks, 200, num_workers=1, seed=4, policy="ou")
+    first = _rows(a)[1] % EPISODE_STRIDE == 0
+    np.testing.assert_array_equal(_rows(a)[3][first], _rows(d)[3])
+
+
+def test_episodes_per_task_bad_values():
+    tasks = sample_tasks("CartPole-v1", 2)
+    store = rust_buffer.RingBuffer(100, 6, 4)
+    for bad in (0, -3):
+        with pytest.raises(ValueError, match="episodes_per_task must be >= 1"):
+            collect(tasks, store, episodes_per_task=bad)
+    with pytest.raises(TypeError, match="episodes_per_task must be an int"):
+        collect(tasks, store, episodes_per_task=2.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="not both"):
+        collect(tasks, store, 100, episodes_per_task=3)
+    with pytest.raises(ValueError, match="steps_per_task must be >= 1"):
+        collect(tasks, store)  # neither
+    with pytest.raises(ValueError, match="not both"):
+        build_store(tasks, 100, episodes_per_task=3)
+    gym.register(
+        "EamlNoLimitPendulum-v0",
+        entry_point="gymnasium.envs.classic_control.pendulum:PendulumEnv",
+        max_episode_steps=None,
+    )
+    try:
+        with pytest.raises(ValueError, match="no max_episode_steps"):
+            build_store([sample_task("EamlNoLimitPendulum-v0", 0)], episodes_per_task=1)
+    finally:
+        del gym.envs.registry["EamlNoLimitPendulum-v0"]
+    assert len(store) == 0
+
+
+# --- backend="shared": worker processes write straight into a file-backed store -------------
+
+
+def test_shared_backend_workers_write_into_the_file(tmp_path, monkeypatch):
+    import eaml_ssm.collect as collect_mod
+
+    received = []
+    consume = collect_mod._consume
+
+    def spy(store, item, counter):  # the parent only receives counts, never rows
+        received.append(type(item).__name__)
+        consume(store, item, counter)
+
+    monkeypatch.setattr(collect_mod, "_consume", spy)
+    tasks = sample_tasks("Pendulum-v1", 4, seed=0)
+    path = tmp_path / "store.rbuf"
+    store, stats = build_store(
+        tasks, episodes_per_task=2, path=path, num_workers=2, backend="shared", seed=3
+    )
+    assert "_Segment" not in received and "_Written" in received
+    assert store.path == path and stats.episodes == 8
+    assert len(store) == stats.transitions == store.total_added == 4 * 400
+    assert store.task_counts() == {t: 400 for t in range(4)}
+    ref, _ = build_store(tasks, episodes_per_task=2, num_workers=1, seed=3)
+    for u, v in zip(_rows(store), _rows(ref), strict=True):  # rows and metadata as in memory
+        np.testing.assert_array_equal(u, v)
+    other = rust_buffer.RingBuffer.open(path)  # another handle sees the same file
+    assert len(other) == len(store) and other.task_counts() == store.task_counts()
+    obs, tgt, _ = other.sample_sequences(32, 16)  # windows stay inside intact episodes
+    np.testing.assert_allclose(obs[:, 1:, :3], obs[:, :-1, :3] + tgt[:, :-1], atol=1e-5)
+
+
+class _SigkillEnv(gym.Wrapper):
+    """Kills its own process with SIGKILL at the 60th step (a worker dying mid-run)."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        self.steps = 0
+
+    def step(self, action):
+        import os
+        import signal
+
+        self.steps += 1
+        if self.steps == 60:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.env.step(action)
+
+
+def test_shared_backend_reports_a_dead_worker_and_keeps_the_store_usable(tmp_path):
+    from dataclasses import dataclass
+
+    from eaml_ssm.tasks import Task
+
+    @dataclass(frozen=True)
+    class DyingTask(Task):
+        def make_env(self, **kwargs):
+            return _SigkillEnv(super().make_env(**kwargs))
+
+    good = sample_tasks("CartPole-v1", 1, seed=0)[0]
+    tasks = [good, DyingTask("CartPole-v1", params=dict(good.params))]
+    store = rust_buffer.RingBuffer.create(tmp_path / "s.rbuf", 1000, 6, 4)
+    with pytest.raises(RuntimeError, match=r"worker process \d+ died \(exit code -9\)"):
+        collect(tasks, store, 200, num_workers=2, backend="shared", chunk_rows=16)
+    counts = store.task_counts()
+    assert counts[0] == 200 and 0 < counts.get(1, 0) < 60  # finished segments of the dead one
+    reopened = rust_buffer.RingBuffer.open(tmp_path / "s.rbuf")
+    assert len(reopened) == len(store)
+    _episode_lengths(reopened)  # ids and steps still consistent
+    obs, tgt = reopened.sample(64)
+    assert np.isfinite(obs).all() and np.isfinite(tgt).all()
+
+
+def test_shared_backend_needs_a_file_backed_store():
+    tasks = sample_tasks("CartPole-v1", 2)
+    with pytest.raises(ValueError, match="file-backed store"):
+        collect(tasks, rust_buffer.RingBuffer(100, 6, 4), 10, backend="shared")

@@ -117,3 +117,18 @@ def test_adapt_needs_a_trained_run(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "no run" in proc.stderr or "checkpoint" in proc.stderr
+
+
+def test_stages_run_separately_on_one_folder(tmp_path: Path) -> None:
+    """collect, then train and adapt on the saved store (collected once, by worker processes)."""
+    args = [*TINY, "--out", str(tmp_path), "--workers", "2", "--episodes_per_task", "6"]
+    run_cli("collect", *args, cwd=tmp_path)
+    (folder,) = tmp_path.iterdir()
+    assert (folder / "store.shared").is_file() and (folder / "tasks.json").is_file()
+    run_cli("train", "--resume", *args, cwd=tmp_path)
+    run_cli("adapt", *args, "--experience_weight", "0.3", cwd=tmp_path)
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    collects = [r for r in rows if r["kind"] == "collect"]
+    assert len(collects) == 1 and collects[0]["episodes"] == 4 * 6
+    summary = json.loads((folder / "summary.json").read_text())
+    assert "hybrid (w=0.3)" in summary["methods"]

@@ -15,7 +15,8 @@
 //! fast-string microcode at memcpy speed instead of one scalar move at a time.
 
 use crate::error::BufferError;
-use crate::sync::{zeroed, AtomicU32, AtomicU64, Ordering::Relaxed};
+use crate::region::Region;
+use crate::sync::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
 /// Prefetch at most this much of one column per call.
 #[cfg_attr(not(all(target_arch = "x86_64", not(loom))), allow(dead_code))]
@@ -109,11 +110,11 @@ fn store_words(src: &[f32], dst: &[AtomicU64]) {
     }
 }
 
-enum Words {
+pub(crate) enum Words {
     /// Even widths: two floats per word.
-    W64(Box<[AtomicU64]>),
+    W64(Region<AtomicU64>),
     /// Odd widths: one float per word.
-    W32(Box<[AtomicU32]>),
+    W32(Region<AtomicU32>),
 }
 
 /// One `capacity x dim` float32 column.
@@ -128,11 +129,17 @@ impl FloatColumn {
             elements: usize::MAX,
         })?;
         let words = if dim % 2 == 0 {
-            Words::W64(zeroed(n / 2)?)
+            Words::W64(Region::zeroed(n / 2)?)
         } else {
-            Words::W32(zeroed(n)?)
+            Words::W32(Region::zeroed(n)?)
         };
         Ok(FloatColumn { words, dim })
+    }
+
+    /// A column over existing words (`W64` for even `dim`, `W32` for odd).
+    pub(crate) fn from_words(words: Words, dim: usize) -> Self {
+        debug_assert_eq!(matches!(words, Words::W64(_)), dim % 2 == 0);
+        FloatColumn { words, dim }
     }
 
     /// Copy the row in `slot` into `dst` (`dst.len() == dim`).

@@ -130,6 +130,11 @@ pub enum BufferError {
         /// Rows held.
         rows: usize,
     },
+    /// Every entry of a file-backed store's process table is held by a live process.
+    TooManyHandles {
+        /// Entries in the table.
+        max: usize,
+    },
     /// The store kept changing under a sampler (rows overwritten faster than they could be
     /// read); retrying the call is safe.
     Contended,
@@ -189,6 +194,10 @@ impl fmt::Display for BufferError {
             NoValidWindow { seq_len, rows } => write!(
                 f,
                 "no episode in the store has {seq_len} consecutive steps (rows held: {rows}); use a shorter seq_len or add longer episodes with episode_id/step"
+            ),
+            TooManyHandles { max } => write!(
+                f,
+                "{max} live handles already have this file-backed store open; close some (each RingBuffer.open takes one)"
             ),
             Contended => write!(
                 f,

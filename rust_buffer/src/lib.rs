@@ -38,9 +38,14 @@
 mod column;
 pub mod error;
 mod index;
+#[cfg(not(loom))]
+pub mod persist;
+mod region;
 pub mod rng;
 mod sample;
 mod sequences;
+#[cfg(not(loom))]
+pub mod shared;
 mod slots;
 mod store;
 mod sync;

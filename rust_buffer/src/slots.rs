@@ -21,7 +21,8 @@
 //! visible to the reload (the classic seqlock argument, Boehm 2012).
 
 use crate::error::BufferError;
-use crate::sync::{fence, zeroed, AtomicU64, Backoff, Ordering};
+use crate::region::Region;
+use crate::sync::{fence, AtomicU64, Backoff, Ordering};
 
 /// The row a stable stamp names, or `None` for empty/busy stamps.
 #[inline]
@@ -33,16 +34,85 @@ pub(crate) fn stable_row(stamp: u64) -> Option<u64> {
     }
 }
 
-/// Per-slot sequence stamps.
-pub(crate) struct Stamps {
-    s: Box<[AtomicU64]>,
+/// Bit position of the writer tag in a busy (odd) stamp.
+pub(crate) const TAG_SHIFT: u32 = 56;
+
+/// Decides whether the writer that left a busy stamp is gone (file-backed stores only).
+pub(crate) trait Reaper: Send + Sync {
+    /// True when the writer with `tag` can never finish its write (its process died).
+    fn is_dead(&self, tag: u64) -> bool;
 }
+
+/// Per-slot sequence stamps.
+///
+/// A busy stamp is `2k + 1 | tag << 56`: the tag names the writer (0 in heap stores; in a
+/// file-backed store, the writer's entry in the file's process table), so that a writer
+/// killed mid-write can be recognised and its slot reclaimed (see [`Reaper`]). Stable stamps
+/// carry no tag. Rows are numbered below `2^55`.
+pub(crate) struct Stamps {
+    s: Region<AtomicU64>,
+    /// This handle's writer tag, already shifted (0 for heap stores).
+    tag: std::sync::atomic::AtomicU64,
+    /// Recognises dead writers (file-backed stores).
+    reaper: Option<Box<dyn Reaper>>,
+}
+
+/// Snoozes spent waiting on one busy stamp before asking the reaper about its writer.
+const REAP_AFTER: u32 = 64;
 
 impl Stamps {
     pub(crate) fn new(capacity: usize) -> Result<Self, BufferError> {
         Ok(Stamps {
-            s: zeroed(capacity)?,
+            s: Region::zeroed(capacity)?,
+            tag: std::sync::atomic::AtomicU64::new(0),
+            reaper: None,
         })
+    }
+
+    /// Stamps over an existing region (a shared mapping) with a reaper of dead writers.
+    #[cfg(not(loom))]
+    pub(crate) fn shared(s: Region<AtomicU64>, reaper: Box<dyn Reaper>) -> Self {
+        Stamps {
+            s,
+            tag: std::sync::atomic::AtomicU64::new(0),
+            reaper: Some(reaper),
+        }
+    }
+
+    /// Set this handle's writer tag (the shift is applied here).
+    #[cfg(not(loom))]
+    pub(crate) fn set_tag(&self, tag: u64) {
+        self.tag
+            .store(tag << TAG_SHIFT, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Slots in the store.
+    #[cfg(not(loom))]
+    pub(crate) fn len(&self) -> usize {
+        self.s.len()
+    }
+
+    /// If `slot` is busy with a write by a dead writer (per the reaper, or `tag` when
+    /// given), reset it to empty (0) so readers stop skipping it and writers can claim it.
+    /// Returns whether it was reset.
+    pub(crate) fn reap(&self, slot: usize, only_tag: Option<u64>) -> bool {
+        let Some(reaper) = &self.reaper else {
+            return false;
+        };
+        // SeqCst: the owner's table entry is read after the stamp, so a stamp made by a new
+        // owner of the tag is judged by that (live) owner's entry.
+        let cur = self.s[slot].load(Ordering::SeqCst);
+        if cur & 1 == 0 {
+            return false;
+        }
+        let tag = cur >> TAG_SHIFT;
+        let dead = match only_tag {
+            Some(t) => t == tag,
+            None => tag != 0 && reaper.is_dead(tag),
+        };
+        dead && self.s[slot]
+            .compare_exchange(cur, 0, Ordering::SeqCst, Ordering::Relaxed)
+            .is_ok()
     }
 
     /// Claim `slot` for row `row`. `false`: a newer row holds the slot, so skip the write.
@@ -51,21 +121,22 @@ impl Stamps {
         let stamp = &self.s[slot];
         let mut backoff = Backoff::new();
         let mut cur = stamp.load(Ordering::Relaxed);
+        let mut waited = 0u32;
         loop {
             if cur & 1 == 1 {
                 backoff.snooze();
+                waited += 1;
+                if waited % REAP_AFTER == 0 {
+                    self.reap(slot, None);
+                }
                 cur = stamp.load(Ordering::Relaxed);
                 continue;
             }
             if matches!(stable_row(cur), Some(held) if held > row) {
                 return false;
             }
-            match stamp.compare_exchange_weak(
-                cur,
-                2 * row + 1,
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            ) {
+            let busy = (2 * row + 1) | self.tag.load(std::sync::atomic::Ordering::Relaxed);
+            match stamp.compare_exchange_weak(cur, busy, Ordering::AcqRel, Ordering::Relaxed) {
                 Ok(_) => break,
                 Err(now) => cur = now,
             }
@@ -85,6 +156,12 @@ impl Stamps {
     #[inline]
     pub(crate) fn peek(&self, slot: usize) -> u64 {
         self.s[slot].load(Ordering::Relaxed)
+    }
+
+    /// Set a stamp outright (loading a snapshot into a store no one else sees yet).
+    #[cfg(not(loom))]
+    pub(crate) fn set(&self, slot: usize, stamp: u64) {
+        self.s[slot].store(stamp, Ordering::Relaxed);
     }
 
     /// Address of `slot`'s stamp (for prefetching only).

@@ -3,9 +3,10 @@
 use crate::column::FloatColumn;
 use crate::error::{BufferError, Column};
 use crate::index::IndexSlot;
+use crate::region::Region;
 use crate::rng::{splitmix64, Rng};
 use crate::slots::{stable_row, Stamps};
-use crate::sync::{zeroed, AtomicI64, AtomicU64, Ordering};
+use crate::sync::{AtomicI64, AtomicU64, Ordering};
 
 /// What happens to new rows once the store is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -104,6 +105,11 @@ pub struct RowInfo {
     pub step: i64,
 }
 
+/// Index of the cursor in `RingBuffer::counters`.
+pub(crate) const CURSOR: usize = 0;
+/// Index of the base in `RingBuffer::counters`.
+pub(crate) const BASE: usize = 1;
+
 /// A fixed-capacity, columnar, lock-free experience store. See the crate docs.
 pub struct RingBuffer {
     pub(crate) capacity: usize,
@@ -111,20 +117,27 @@ pub struct RingBuffer {
     pub(crate) target_dim: usize,
     pub(crate) obs: FloatColumn,
     pub(crate) target: FloatColumn,
-    pub(crate) task_id: Box<[AtomicI64]>,
-    pub(crate) episode_id: Box<[AtomicI64]>,
-    pub(crate) step: Box<[AtomicI64]>,
+    pub(crate) task_id: Region<AtomicI64>,
+    pub(crate) episode_id: Region<AtomicI64>,
+    pub(crate) step: Region<AtomicI64>,
     pub(crate) stamps: Stamps,
-    /// Rows reserved since creation (the next row's global index).
-    cursor: AtomicU64,
-    /// Global index of the first row after the last `clear`.
-    base: AtomicU64,
+    /// `[cursor, base]`: rows reserved since creation (the next row's global index), and the
+    /// global index of the first row after the last `clear`. A region, so that a file-backed
+    /// store shares them between processes.
+    pub(crate) counters: Region<AtomicU64>,
     retention: Retention,
-    seed: u64,
-    /// Sampling calls so far: call `n` draws from random stream `n` of the seed.
+    /// Seed of the reservoir's slot choices (fixed at construction).
+    placement_seed: u64,
+    /// Seed of the samplers (construction seed until [`RingBuffer::reseed`]).
+    seed: AtomicU64,
+    /// Sampling calls since construction or the last `reseed`: call `n` draws from random
+    /// stream `n` of the seed.
     calls: AtomicU64,
     /// The task index, kept between task queries (see `index`).
     pub(crate) index: IndexSlot,
+    /// The file and process-table entry of a file-backed store (`None`: heap store).
+    #[cfg(not(loom))]
+    pub(crate) shared: Option<crate::shared::SharedFile>,
 }
 
 impl std::fmt::Debug for RingBuffer {
@@ -186,23 +199,59 @@ impl RingBuffer {
                 column: Column::Target,
             });
         }
-        Ok(RingBuffer {
+        Ok(Self::from_parts(
             capacity,
             obs_dim,
             target_dim,
-            obs: FloatColumn::new(capacity, obs_dim)?,
-            target: FloatColumn::new(capacity, target_dim)?,
-            task_id: zeroed(capacity)?,
-            episode_id: zeroed(capacity)?,
-            step: zeroed(capacity)?,
-            stamps: Stamps::new(capacity)?,
-            cursor: AtomicU64::new(0),
-            base: AtomicU64::new(0),
+            FloatColumn::new(capacity, obs_dim)?,
+            FloatColumn::new(capacity, target_dim)?,
+            [
+                Region::zeroed(capacity)?,
+                Region::zeroed(capacity)?,
+                Region::zeroed(capacity)?,
+            ],
+            Stamps::new(capacity)?,
+            Region::zeroed(2)?,
+            options,
+            None,
+        ))
+    }
+
+    /// A store over existing storage (heap allocations, or regions of a shared mapping).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn from_parts(
+        capacity: usize,
+        obs_dim: usize,
+        target_dim: usize,
+        obs: FloatColumn,
+        target: FloatColumn,
+        [task_id, episode_id, step]: [Region<AtomicI64>; 3],
+        stamps: Stamps,
+        counters: Region<AtomicU64>,
+        options: Options,
+        #[cfg(not(loom))] shared: Option<crate::shared::SharedFile>,
+        #[cfg(loom)] _shared: Option<()>,
+    ) -> Self {
+        let seed = options.seed.unwrap_or_else(Rng::os_seed);
+        RingBuffer {
+            capacity,
+            obs_dim,
+            target_dim,
+            obs,
+            target,
+            task_id,
+            episode_id,
+            step,
+            stamps,
+            counters,
             retention: options.retention,
-            seed: options.seed.unwrap_or_else(Rng::os_seed),
+            placement_seed: seed,
+            seed: AtomicU64::new(seed),
             calls: AtomicU64::new(0),
             index: IndexSlot::default(),
-        })
+            #[cfg(not(loom))]
+            shared,
+        }
     }
 
     /// Maximum number of rows held.
@@ -225,16 +274,47 @@ impl RingBuffer {
         self.retention
     }
 
-    /// The seed of the samplers.
+    /// The seed of the samplers (the last one given to [`reseed`](Self::reseed), else the
+    /// construction seed).
     pub fn seed(&self) -> u64 {
-        self.seed
+        self.seed.load(Ordering::Acquire)
+    }
+
+    /// Seed of the reservoir's slot choices: the construction seed, never changed by
+    /// [`reseed`](Self::reseed), so where kept rows land does not depend on when samplers
+    /// were reseeded.
+    pub fn placement_seed(&self) -> u64 {
+        self.placement_seed
+    }
+
+    /// Sampling calls made since construction or the last [`reseed`](Self::reseed): the
+    /// sampler's position in its random streams (saved by snapshots).
+    pub fn sampler_calls(&self) -> u64 {
+        self.calls.load(Ordering::Acquire)
+    }
+
+    /// Restart the samplers' random streams from `seed`: the next sampling calls draw exactly
+    /// what a fresh store with this seed and the same rows would draw. Rows, counters and
+    /// reservoir placement are untouched. Sampling calls running concurrently with `reseed`
+    /// may draw from either the old or the new streams; for reproducible batches, reseed
+    /// while no sampler runs.
+    pub fn reseed(&self, seed: u64) {
+        self.seed.store(seed, Ordering::Release);
+        self.calls.store(0, Ordering::Release);
+    }
+
+    /// Restore the sampler's state (seed and calls made) from a snapshot.
+    #[cfg(not(loom))]
+    pub(crate) fn restore_sampler(&self, seed: u64, calls: u64) {
+        self.seed.store(seed, Ordering::Release);
+        self.calls.store(calls, Ordering::Release);
     }
 
     /// Rows currently held (reserved ones included: a concurrent `add` counts from the moment
     /// it reserves its slots; samplers skip slots whose write is unfinished).
     pub fn len(&self) -> usize {
-        let c = self.cursor.load(Ordering::Acquire);
-        let b = self.base.load(Ordering::Acquire);
+        let c = self.counters[CURSOR].load(Ordering::Acquire);
+        let b = self.counters[BASE].load(Ordering::Acquire);
         c.saturating_sub(b).min(self.capacity as u64) as usize
     }
 
@@ -245,27 +325,28 @@ impl RingBuffer {
 
     /// Rows ever added since creation (not reset by `clear`; dropped reservoir rows count).
     pub fn total_added(&self) -> u64 {
-        self.cursor.load(Ordering::Acquire)
+        self.counters[CURSOR].load(Ordering::Acquire)
     }
 
     /// Forget every row. Slots are reused from slot 0; later samplers never see old rows.
     /// Rows added concurrently with `clear` may land on either side of it.
     pub fn clear(&self) {
-        let c = self.cursor.load(Ordering::SeqCst);
-        self.base.fetch_max(c, Ordering::SeqCst);
+        let c = self.counters[CURSOR].load(Ordering::SeqCst);
+        self.counters[BASE].fetch_max(c, Ordering::SeqCst);
     }
 
     pub(crate) fn base(&self) -> u64 {
-        self.base.load(Ordering::Acquire)
+        self.counters[BASE].load(Ordering::Acquire)
     }
 
     pub(crate) fn cursor(&self) -> u64 {
-        self.cursor.load(Ordering::Acquire)
+        self.counters[CURSOR].load(Ordering::Acquire)
     }
 
     /// A fresh random stream for one sampling call.
     pub(crate) fn rng(&self) -> Rng {
-        Rng::stream(self.seed, self.calls.fetch_add(1, Ordering::Relaxed))
+        let call = self.calls.fetch_add(1, Ordering::AcqRel);
+        Rng::stream(self.seed.load(Ordering::Acquire), call)
     }
 
     /// The slot row `row` goes to (or went to), or `None` when it is not kept.
@@ -279,8 +360,9 @@ impl RingBuffer {
         match self.retention {
             Retention::Fifo => Some((k % cap) as usize),
             Retention::Reservoir => {
-                let mut st =
-                    self.seed ^ 0xA076_1D64_78BD_642F ^ k.wrapping_mul(0xE703_7ED1_A0B4_28DB);
+                let mut st = self.placement_seed
+                    ^ 0xA076_1D64_78BD_642F
+                    ^ k.wrapping_mul(0xE703_7ED1_A0B4_28DB);
                 let h = splitmix64(&mut st);
                 let j = ((h as u128 * (k as u128 + 1)) >> 64) as u64;
                 (j < cap).then_some(j as usize)
@@ -345,7 +427,11 @@ impl RingBuffer {
         if rows == 0 {
             return Ok(0);
         }
-        let first = self.cursor.fetch_add(rows as u64, Ordering::AcqRel);
+        #[cfg(not(loom))]
+        if let Some(shared) = &self.shared {
+            shared.check_process(&self.stamps)?;
+        }
+        let first = self.counters[CURSOR].fetch_add(rows as u64, Ordering::AcqRel);
         let base = self.base();
         let end = first + rows as u64;
         match self.retention {

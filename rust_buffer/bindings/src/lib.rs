@@ -12,12 +12,21 @@ use numpy::{Element, IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyUntypedA
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
+use rust_buffer::persist::PersistError;
 use rust_buffer::{BufferError, Meta, MetaBatch, Options, Retention, RingBuffer, TaskBuffers};
 
 fn to_py_err(e: BufferError) -> PyErr {
     match e {
         BufferError::Contended => PyRuntimeError::new_err(e.to_string()),
         _ => PyValueError::new_err(e.to_string()),
+    }
+}
+
+fn persist_err(e: PersistError) -> PyErr {
+    match e {
+        PersistError::Io(e) => e.into(),
+        PersistError::Store(e) => to_py_err(e),
+        e @ PersistError::Format(_) => PyValueError::new_err(e.to_string()),
     }
 }
 
@@ -45,6 +54,37 @@ fn maybe_detach<T: Send, F: Send + FnOnce() -> T>(py: Python<'_>, bytes: usize, 
 
 fn vector<'py>(py: Python<'py>, v: Vec<i64>) -> Bound<'py, PyAny> {
     Array1::from_vec(v).into_pyarray(py).into_any()
+}
+
+/// A seed argument: an int in [0, 2**64) (ValueError outside it, TypeError for non-ints).
+fn seed_arg(s: &Bound<'_, PyAny>, expected: &str) -> PyResult<u64> {
+    s.extract::<u64>().map_err(|_| {
+        let msg = format!("seed must be {expected}, got {s}");
+        if s.extract::<i128>().is_ok() || s.is_instance_of::<pyo3::types::PyInt>() {
+            PyValueError::new_err(msg)
+        } else {
+            PyTypeError::new_err(msg)
+        }
+    })
+}
+
+/// `"fifo"` or `"reservoir"`.
+fn retention_arg(retention: &str) -> PyResult<Retention> {
+    match retention {
+        "fifo" => Ok(Retention::Fifo),
+        "reservoir" => Ok(Retention::Reservoir),
+        other => Err(PyValueError::new_err(format!(
+            "retention must be 'fifo' or 'reservoir', got {other:?}"
+        ))),
+    }
+}
+
+/// An optional seed argument (None or an int in [0, 2**64)).
+fn opt_seed(seed: Option<&Bound<'_, PyAny>>) -> PyResult<Option<u64>> {
+    match seed {
+        Some(s) if !s.is_none() => Some(seed_arg(s, "None or an int in [0, 2**64)")).transpose(),
+        _ => Ok(None),
+    }
 }
 
 /// A lock-free ring of float32 `obs`/`target` rows with int64 `task_id`, `episode_id`, `step`.
@@ -152,27 +192,8 @@ impl PyRingBuffer {
         let capacity = size(capacity, "capacity", 1)?;
         let obs_dim = size(obs_dim, "obs_dim", 1)?;
         let target_dim = size(target_dim, "target_dim", 1)?;
-        let retention = match retention {
-            "fifo" => Retention::Fifo,
-            "reservoir" => Retention::Reservoir,
-            other => {
-                return Err(PyValueError::new_err(format!(
-                    "retention must be 'fifo' or 'reservoir', got {other:?}"
-                )))
-            }
-        };
-        let seed = match seed {
-            None => None,
-            Some(s) if s.is_none() => None,
-            Some(s) => Some(s.extract::<u64>().map_err(|_| {
-                let msg = format!("seed must be None or an int in [0, 2**64), got {s}");
-                if s.extract::<i128>().is_ok() || s.is_instance_of::<pyo3::types::PyInt>() {
-                    PyValueError::new_err(msg)
-                } else {
-                    PyTypeError::new_err(msg)
-                }
-            })?),
-        };
+        let retention = retention_arg(retention)?;
+        let seed = opt_seed(seed)?;
         let inner =
             RingBuffer::with_options(capacity, obs_dim, target_dim, Options { seed, retention })
                 .map_err(to_py_err)?;
@@ -495,6 +516,91 @@ impl PyRingBuffer {
     #[getter]
     fn seed(&self) -> u64 {
         self.inner.seed()
+    }
+
+    /// Restart the samplers' random streams from `seed` (an int in [0, 2**64)): the next
+    /// sampling calls draw what a fresh store with this seed and the same rows would draw.
+    /// Rows and counters are untouched.
+    fn reseed(&self, seed: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.inner.reseed(seed_arg(seed, "an int in [0, 2**64)")?);
+        Ok(())
+    }
+
+    /// Save the store to `path` (str or os.PathLike) in the documented snapshot format:
+    /// written to a temporary file beside it, fsynced and renamed over `path`, so a crash
+    /// leaves the old file or the new one. Safe while other threads add or sample.
+    fn save(&self, py: Python<'_>, path: std::path::PathBuf) -> PyResult<()> {
+        py.detach(|| self.inner.save_file(&path))
+            .map(|_| ())
+            .map_err(persist_err)
+    }
+
+    /// Load a store saved by `save`: the same rows, metadata, counters and sampler state
+    /// (the next samples equal those the saved store would have drawn). A damaged, truncated
+    /// or foreign file raises ValueError; a missing one, FileNotFoundError.
+    #[staticmethod]
+    fn load(py: Python<'_>, path: std::path::PathBuf) -> PyResult<PyRingBuffer> {
+        let inner = py
+            .detach(|| RingBuffer::load_file(&path))
+            .map_err(persist_err)?;
+        Ok(PyRingBuffer { inner })
+    }
+
+    /// Create a file-backed store at `path` (which must not exist): the store lives in a
+    /// memory-mapped file that other processes open with `RingBuffer.open(path)` and then
+    /// add to and sample from concurrently, lock-free. The file is sparse: its pages use disk
+    /// and memory only once written, so stores larger than RAM work.
+    #[staticmethod]
+    #[pyo3(signature = (path, capacity, obs_dim, target_dim, *, seed=None, retention="fifo"))]
+    fn create(
+        py: Python<'_>,
+        path: std::path::PathBuf,
+        capacity: &Bound<'_, PyAny>,
+        obs_dim: &Bound<'_, PyAny>,
+        target_dim: &Bound<'_, PyAny>,
+        seed: Option<&Bound<'_, PyAny>>,
+        retention: &str,
+    ) -> PyResult<PyRingBuffer> {
+        let capacity = size(capacity, "capacity", 1)?;
+        let obs_dim = size(obs_dim, "obs_dim", 1)?;
+        let target_dim = size(target_dim, "target_dim", 1)?;
+        let options = Options {
+            seed: opt_seed(seed)?,
+            retention: retention_arg(retention)?,
+        };
+        let inner = py
+            .detach(|| RingBuffer::create_file(&path, capacity, obs_dim, target_dim, options))
+            .map_err(persist_err)?;
+        Ok(PyRingBuffer { inner })
+    }
+
+    /// Open a file-backed store made by `RingBuffer.create`, from this or another process.
+    /// `seed` seeds this handle's samplers (None: the seed given to `create`). Slots left
+    /// half-written by a writer process that died are reclaimed on open.
+    #[staticmethod]
+    #[pyo3(signature = (path, *, seed=None))]
+    fn open(
+        py: Python<'_>,
+        path: std::path::PathBuf,
+        seed: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyRingBuffer> {
+        let seed = opt_seed(seed)?;
+        let inner = py
+            .detach(|| RingBuffer::open_file(&path, seed))
+            .map_err(persist_err)?;
+        Ok(PyRingBuffer { inner })
+    }
+
+    /// The file behind a file-backed store, or None for an in-memory store.
+    #[getter]
+    fn path(&self) -> Option<std::path::PathBuf> {
+        self.inner.path().map(|p| p.to_path_buf())
+    }
+
+    /// Reset slots left half-written by writer processes that died (file-backed stores;
+    /// `open` does this too). Returns how many were reset.
+    fn reap_dead_writers(&self, py: Python<'_>) -> usize {
+        py.detach(|| self.inner.reap_dead_writers())
     }
 
     fn __repr__(&self) -> String {
