@@ -7,10 +7,10 @@ like-for-like comparison), and `RingBuffer.load` against `np.load` of the five f
 cell is the median of `--repeat` runs (wall time). Loads read files that were just written,
 so they come from the page cache for both.
 
-Peak memory: a fresh subprocess builds the store, then saves it, reading its peak RSS
-(`ru_maxrss`) before and after: the growth during save is the save's own buffers (the format
-streams the columns; nothing is copied whole). Another subprocess loads the file and reports
-its peak RSS against the store's size.
+Peak memory: a fresh subprocess builds the store, resets its peak-RSS mark
+(/proc/self/clear_refs) and saves; VmHWM minus the RSS before is what the save itself needed
+(the format streams the columns; nothing is copied whole). Another subprocess does the same
+around a load. Linux only.
 
     .venv/bin/python benchmarks/bench_persistence.py                 # 1 GB, 3 repeats
     .venv/bin/python benchmarks/bench_persistence.py --gb 0.25 --repeat 5 --dir /some/disk
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -115,22 +114,31 @@ def time_all(
     return times
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+def status_mb(field: str) -> float:
+    """A memory field of /proc/self/status (VmRSS, VmHWM), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024 / 1e6  # kB
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def reset_peak_rss() -> None:
+    """Reset VmHWM to the current RSS (Linux >= 4.0), so it measures only what follows."""
+    Path("/proc/self/clear_refs").write_text("5")
 
 
 def memory_probe(mode: str, gb: float, path: str) -> None:
-    """Child process: print peak RSS (MB) around one save or load."""
+    """Child process: print RSS before, peak RSS during one save or load, and the store's
+    size (MB)."""
     n = rows_for(gb)
-    if mode == "save":
-        store = filled_store(n)
-        before = peak_rss_mb()
+    store = filled_store(n) if mode == "save" else None
+    before = status_mb("VmRSS")
+    reset_peak_rss()
+    if store is not None:
         store.save(path)
-        after = peak_rss_mb()
     else:
-        before = peak_rss_mb()
         store = RingBuffer.load(path)
-        after = peak_rss_mb()
+    after = status_mb("VmHWM")
     print(f"{before:.1f} {after:.1f} {n * ROW_BYTES / 1e6:.1f}")
 
 
@@ -192,12 +200,12 @@ def main() -> None:
     sb, sa, size = save_mem
     lb, la, _ = load_mem
     print(
-        f"\npeak RSS during save: {sb:.0f} MB before -> {sa:.0f} MB after "
-        f"(+{sa - sb:.0f} MB for a {size:.0f} MB store; doubling would be +{size:.0f})"
+        f"\nRSS during save: {sb:.0f} MB before, peak {sa:.0f} MB "
+        f"(+{sa - sb:.0f} MB for a {size:.0f} MB store; a full copy would add {size:.0f})"
     )
     print(
-        f"peak RSS of a process that loads it: {la:.0f} MB ({lb:.0f} MB before the load; "
-        f"store {size:.0f} MB)"
+        f"RSS during load: {lb:.0f} MB before, peak {la:.0f} MB (+{la - lb:.0f} MB for a "
+        f"{size:.0f} MB store)"
     )
 
 

@@ -721,7 +721,7 @@ def run(
 def collect_shard(cfg: RunConfig, ctx: DistributedContext, run_dir: RunDir | None) -> Data:
     """Each rank collects its share of the training tasks; returns a ``pipeline.Data``."""
     from eaml_ssm import pipeline
-    from eaml_ssm.collect import build_store
+    from eaml_ssm.collect import build_store, max_rows
     from eaml_ssm.tasks import get_family, sample_tasks
 
     if cfg.num_tasks < ctx.world_size:
@@ -743,12 +743,14 @@ def collect_shard(cfg: RunConfig, ctx: DistributedContext, run_dir: RunDir | Non
         )
     tasks = sample_tasks(cfg.env_name, cfg.num_tasks, seed=cfg.seed, split="train")
     mine = shard_tasks(cfg.num_tasks, ctx.rank, ctx.world_size)
-    rows = len(mine) * cfg.steps_per_task
+    steps, episodes = pipeline.collection_length(cfg)
+    rows = max_rows([tasks[i] for i in mine], steps, episodes_per_task=episodes)
     capacity = min(rows, -(-cfg.buffer_size * len(mine) // cfg.num_tasks))
     t0 = time.perf_counter()
     store, stats = build_store(
         [tasks[i] for i in mine],
-        cfg.steps_per_task,
+        steps,
+        episodes_per_task=episodes,
         capacity=capacity,
         store_seed=cfg.seed + ctx.rank,
         task_ids=mine,

@@ -102,11 +102,16 @@ class Trained:
 # --- collect --------------------------------------------------------------------------------
 
 
+def collection_length(cfg: RunConfig) -> tuple[int, int | None]:
+    """(steps_per_task, episodes_per_task) for `build_store`: episodes win when given."""
+    episodes = cfg.episodes_per_task or None  # 0: collect steps_per_task env steps instead
+    return (0 if episodes else cfg.steps_per_task), episodes
+
+
 def collect_stage(cfg: RunConfig, run: RunDir) -> Data:
     family = get_family(cfg.env_name)
     tasks = sample_tasks(cfg.env_name, cfg.num_tasks, seed=cfg.seed, split="train")
-    episodes = cfg.episodes_per_task or None  # 0: collect steps_per_task env steps instead
-    steps = 0 if episodes else cfg.steps_per_task
+    steps, episodes = collection_length(cfg)
     # several workers: processes writing straight into one file-backed (memory-mapped) store
     shared = run.path / SHARED_STORE_FILE if cfg.workers > 1 else None
     if shared is not None:

@@ -268,7 +268,8 @@ def test_aggregate_tables_and_targets() -> None:
     assert "| 1/3 | 1 |" in hyb
     assert len({line.count("|") for line in lines}) == 1  # every row has every column
     text = evaluate.report(agg, "# toy")
-    assert "MISSED" in text and "hybn_0.3" in text and "Effect sizes" in text
+    assert "not tested at this level" in text  # no 2x step sizes, no w = 3 in the toy grid
+    assert "hybn_0.3" in text and "Effect sizes" in text
 
 
 def test_method_grid_levels() -> None:
@@ -353,3 +354,11 @@ def test_rerender_rebuilds_the_report_from_saved_results(tmp_path: Path) -> None
     assert (tmp_path / "plots" / "pareto_toy_ood.png").exists()
     with pytest.raises(FileNotFoundError, match=r"no results\.json"):
         evaluate.rerender(tmp_path / "missing")
+
+
+def test_steps_level_pairs_every_method_with_nonnegative_step_sizes() -> None:
+    grid = {m.name: m for m in evaluate.method_grid("steps")}
+    for name in ("none", "grbal", "cont_w0", "hybn_0.3", "l2_1"):
+        assert grid[name].model == "maml"
+        twin = grid[f"{name}_pos"]
+        assert twin.model == "maml_pos" and twin.overrides == grid[name].overrides

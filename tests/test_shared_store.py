@@ -213,14 +213,27 @@ def test_create_and_open_errors(tmp_path: Path) -> None:
     assert RingBuffer(5, 1, 1).path is None
 
 
-def test_store_larger_than_the_pages_it_touches_is_sparse(tmp_path: Path) -> None:
+def rss_bytes() -> int:
+    """This process's resident set size (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def test_store_larger_than_ram_is_sparse_and_file_backed(tmp_path: Path) -> None:
     path = tmp_path / "big.rbs"
-    capacity = 10_000_000  # 10M rows x 48 bytes + metadata: a ~760 MB file
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    row_bytes = 4 * (DO + DT) + 4 * 8  # floats + stamp + three int64
+    capacity = int(ram * 1.25) // row_bytes  # a file 25% larger than this machine's RAM
+    rss0 = rss_bytes()
     store = RingBuffer.create(path, capacity, DO, DT, seed=0)
     obs, target = make_rows(1, range(1000))
     store.add(obs, target, task_id=1)
     size, used = path.stat().st_size, path.stat().st_blocks * 512
-    assert size > 700e6 and used < 20e6, (size, used)  # only written pages take disk
+    assert size > ram and used < 50e6, (size, used)  # only written pages take disk
     assert check_rows(*store.sample(500)).all()
+    assert len(RingBuffer.open(path)) == 1000
+    assert rss_bytes() - rss0 < 100e6  # and only touched pages are resident
     del store
     os.remove(path)

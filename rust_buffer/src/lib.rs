@@ -29,7 +29,9 @@
 //! Modules, one idea each: `slots` (the reservation/stamp protocol), `column` (atomic float
 //! columns), `store` (add, clear, single-row reads), `sample` (uniform gathers), `tasks`
 //! (MAML support/query sets), `index` (the task index), `sequences` (episode windows), [`rng`]
-//! (seeded xoshiro256++), [`error`] (named errors), `sync` (std or loom atomics).
+//! (seeded xoshiro256++), [`error`] (named errors), `sync` (std or loom atomics), `region`
+//! (heap or memory-mapped storage), [`persist`] (snapshots), [`shared`] (file-backed stores
+//! shared between processes).
 //!
 //! [`add`]: RingBuffer::add
 

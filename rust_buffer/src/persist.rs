@@ -393,7 +393,12 @@ impl RingBuffer {
     fn snapshot_row(&self, slot: usize, j: usize, blk: &mut Block) {
         let (d_o, d_t) = (self.obs_dim, self.target_dim);
         let mut backoff = Backoff::new();
-        for _ in 0..MAX_SNOOZES {
+        for attempt in 1..=MAX_SNOOZES {
+            // A file-backed store's slot may be busy for good (its writer process died).
+            if attempt % 64 == 0 && self.stamps.reap(slot, None) {
+                blk.stamps[j] = 0;
+                return;
+            }
             let s1 = self.stamps.read_begin(slot);
             if s1 & 1 == 0 {
                 self.obs

@@ -349,7 +349,14 @@ impl RingBuffer {
             f.set_len(layout.len)?;
             f.write_all(&header.encode())?;
             f.sync_all()?;
-            fs::hard_link(&tmp, path)
+            match fs::hard_link(&tmp, path) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists && !path.exists() => {
+                    // Filesystems without hard links: a rename (the existence check just
+                    // before it is the only window in which another file could appear).
+                    fs::rename(&tmp, path).map_err(|_| e)
+                }
+                other => other,
+            }
         })();
         fs::remove_file(&tmp).ok();
         made?;
@@ -429,11 +436,12 @@ impl RingBuffer {
         Ok(store)
     }
 
-    /// Reset every slot left busy by a writer whose process died (file-backed stores; see
-    /// the module docs). Returns how many slots were reset. Cheap to call: one pass over the
-    /// stamps.
+    /// Reset every slot of `0..len()` left busy by a writer whose process died (file-backed
+    /// stores; see the module docs). Returns how many slots were reset. One pass over the
+    /// held slots' stamps. Slots beyond `len()` (only after a `clear`) are reclaimed by the
+    /// writer that next reaches them.
     pub fn reap_dead_writers(&self) -> usize {
-        (0..self.capacity)
+        (0..self.len())
             .filter(|&slot| self.stamps.reap(slot, None))
             .count()
     }
@@ -531,6 +539,24 @@ mod tests {
         // Once the table entry's process is gone, the slot is reclaimed too.
         s.shared.as_ref().unwrap().table[41].store(dead_pid(), Ordering::SeqCst);
         assert_eq!(t.reap_dead_writers(), 1);
+        fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn save_of_a_shared_store_skips_a_dead_writers_slot() {
+        let path = temp("save");
+        let s = RingBuffer::create_file(&path, 8, 2, 1, Options::default()).unwrap();
+        add_ids(&s, 0..8);
+        forge_busy(&s, 40, dead_pid(), 6, 14);
+        let mut bytes = std::io::Cursor::new(Vec::new());
+        s.save_to(&mut bytes).unwrap();
+        let bytes = bytes.into_inner();
+        let t =
+            RingBuffer::load_from(&mut std::io::Cursor::new(&bytes), bytes.len() as u64).unwrap();
+        let mut want: Vec<_> = (0..8).map(Some).collect();
+        want[6] = None;
+        assert_eq!(ids(&t), want);
+        assert_eq!(t.total_added(), 8);
         fs::remove_file(&path).unwrap();
     }
 

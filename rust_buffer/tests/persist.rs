@@ -335,3 +335,39 @@ fn save_while_writers_run_never_tears_rows() {
         w.join().unwrap();
     }
 }
+
+#[test]
+fn multi_block_snapshots_round_trip() {
+    // Rows of 16 KiB: blocks of 255 rows, so 1000 rows take 4 blocks (the threaded path).
+    let (d_o, d_t) = (4096, 2);
+    let s = RingBuffer::with_options(
+        700,
+        d_o,
+        d_t,
+        Options {
+            seed: Some(3),
+            retention: Retention::Fifo,
+        },
+    )
+    .unwrap();
+    for k in 0..10u64 {
+        let obs: Vec<f32> = (0..100 * d_o)
+            .map(|i| (k * 1000) as f32 + i as f32)
+            .collect();
+        let target: Vec<f32> = (0..100 * d_t).map(|i| -(i as f32) - k as f32).collect();
+        let steps: Vec<i64> = (0..100).collect();
+        s.add(&obs, &target, Meta::episode(k as i64 % 3, k as i64, &steps))
+            .unwrap();
+    }
+    let bytes = snapshot(&s);
+    assert_eq!(u32::from_le_bytes(bytes[44..48].try_into().unwrap()), 255);
+    let t = load(&bytes).unwrap();
+    assert_eq!(snapshot(&t), bytes);
+    assert_eq!(s.sample(64, true), t.sample(64, true));
+    assert_eq!(s.sample_sequences(5, 20), t.sample_sequences(5, 20));
+    assert_eq!(s.task_counts(), t.task_counts());
+    let mut b = bytes.clone();
+    let k = b.len() / 2;
+    b[k] ^= 1; // inside the third block
+    assert!(load(&b).is_err());
+}
