@@ -771,6 +771,7 @@ class Adapter:
         x = x.to(self.device, self.dtype)
         if self.stateful:
             h = self._hidden(hidden_state, x.shape[0])
+            reset = None if reset is None else reset.to(self.device)
             return _call(self.model, self._all(self._params), x, h, True, reset)
         return _call(self.model, self._all(self._params), x, None, False)[0]
 
@@ -796,6 +797,7 @@ class Adapter:
         h0 = self._hidden(hidden_state_current, x.shape[0])
         if cfg.mode == "reset":
             self.reset()
+        reset = None if reset is None else reset.to(self.device)
         result = self._run_steps(x, y, h0, reset)
         self.last_update = result
         self.stats["updates"] += 1

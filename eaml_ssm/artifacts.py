@@ -94,7 +94,8 @@ class RunDir:
     def write_json(self, name: str, data: Any) -> Path:
         target = self.path / name
         tmp = target.with_suffix(target.suffix + ".tmp")
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n")
+        text = json.dumps(finite(data), indent=2, sort_keys=True, default=_json_default)
+        tmp.write_text(text + "\n")
         os.replace(tmp, target)
         return target
 
@@ -104,7 +105,7 @@ class RunDir:
     def log_metrics(self, kind: str, **values: Any) -> None:
         row = {"kind": kind, "time": round(time.time(), 3), **values}
         with open(self.path / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(row, default=_json_default) + "\n")
+            fh.write(json.dumps(finite(row), default=_json_default) + "\n")
 
     def read_metrics(self, kind: str | None = None) -> list[dict[str, Any]]:
         path = self.path / "metrics.jsonl"
@@ -125,14 +126,36 @@ class RunDir:
         os.replace(tmp, path)
 
 
+def finite(value: Any) -> Any:
+    """JSON-ready copy: non-finite floats -> None (strict JSON has no NaN/inf), NumPy scalars
+    -> Python, tuples -> lists, keys -> str; recursively."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
+def fresh_run_dir(out: str | os.PathLike[str], name: str) -> RunDir:
+    """A new run folder out/name, or out/name-2, -3, ... if it exists: never overwrites."""
+    base = Path(out) / name
+    path, n = base, 1
+    while path.exists() and any(path.iterdir()):
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return RunDir(path)
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 

@@ -27,14 +27,17 @@ STAGES = {
 
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
+    default = parser.argument_default if parser.argument_default is argparse.SUPPRESS else False
     parser.add_argument(
         "--resume",
         action="store_true",
+        default=default,
         help="continue the run in --out/--name from its checkpoint (same config required)",
     )
     parser.add_argument(
         "--distributed",
         action="store_true",
+        default=default,
         help="meta-train on torch.distributed (train and run); launch with "
         "`torchrun --nproc_per_node=N -m eaml_ssm train --distributed ...`",
     )
@@ -51,7 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", metavar="{run,collect,train,adapt,evaluate,sinusoid}"
     )
     for name, help_text in STAGES.items():
-        sp = sub.add_parser(name, help=help_text, description=help_text)
+        # SUPPRESS: a flag given before the subcommand is not reset by the subcommand's default
+        sp = sub.add_parser(
+            name, help=help_text, description=help_text, argument_default=argparse.SUPPRESS
+        )
         _add_run_flags(sp)
     from eaml_ssm import evaluate, sinusoid
 
@@ -95,16 +101,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             from eaml_ssm import evaluate
 
             return evaluate.run(args)
+        resume = bool(getattr(args, "resume", False))
         cfg: RunConfig = config_from_args(args)
-        if args.distributed:
+        if resume or command == "adapt":  # unspecified flags keep the saved run's values
+            from eaml_ssm.pipeline import existing_run, saved_config
+
+            cfg = config_from_args(args, base=saved_config(existing_run(cfg)))
+        if getattr(args, "distributed", False):
             from eaml_ssm import distributed
 
             try:
-                return distributed.run(command, cfg, resume=bool(args.resume))
+                return distributed.run(command, cfg, resume=resume)
             except distributed.RankFailure as exc:
                 parser.exit(1, f"error: {exc}\n")
         from eaml_ssm import pipeline
 
-        return pipeline.run_stage(command, cfg, resume=bool(args.resume))
+        return pipeline.run_stage(command, cfg, resume=resume)
     except (ValueError, FileNotFoundError) as exc:
         parser.exit(2, f"error: {exc}\n")

@@ -24,7 +24,7 @@ class RunConfig:
     seed: int = _f(0, "seed for tasks, data, initialisation and sampling")
     device: str = _f("auto", "auto|cpu|cuda (auto picks cuda when available)")
     out: str = _f("runs", "parent folder of run folders")
-    name: str = _f("", "run folder name (default: <env>-s<seed>-<time>)")
+    name: str = _f("", "run folder name (default: <env>-seed<seed>, then -2, -3, ...)")
     quiet: bool = _f(False, "less logging, no progress bars")
     # --- collection ----------------------------------------------------------------------
     num_tasks: int = _f(24, "meta-training tasks (physics sampled from the training range)")
@@ -73,14 +73,16 @@ def add_config_arguments(parser: argparse.ArgumentParser, names: list[str] | Non
         if names is not None and f.name not in names:
             continue
         flag = f"--{f.name}"
+        # a subcommand's parser may say SUPPRESS so it does not reset a flag given before it
+        default = parser.argument_default if parser.argument_default is argparse.SUPPRESS else None
         help_text = f"{f.metadata['help']} (default: {f.default})"
         if f.type in ("bool", bool):
             parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
+                flag, action=argparse.BooleanOptionalAction, default=default, help=help_text
             )
         else:
             kind = {"int": int, "float": float, "str": str}[str(f.type)]
-            parser.add_argument(flag, type=kind, default=None, help=help_text)
+            parser.add_argument(flag, type=kind, default=default, help=help_text)
 
 
 def config_from_args(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
@@ -122,6 +124,13 @@ def validate(cfg: RunConfig) -> None:
             raise ValueError(f"--{name} must be > 0, got {getattr(cfg, name)}")
     if cfg.adapt_lr < 0 or cfg.experience_weight < 0:
         raise ValueError("--adapt_lr and --experience_weight must be >= 0")
+    if cfg.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {cfg.seed}")
+    if cfg.stream_steps < 2 * cfg.adapt_every:
+        raise ValueError(
+            f"--stream_steps ({cfg.stream_steps}) must be at least 2 x --adapt_every "
+            f"({cfg.adapt_every}): each scored window follows one the model adapted on"
+        )
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"--device must be auto, cpu or cuda, got {cfg.device!r}")
     if cfg.meta_batch_size > cfg.num_tasks:

@@ -20,8 +20,10 @@ Metrics (nMSE = MSE / store variance of the target, per dimension, averaged):
 Identity and per-window ridge least squares (best ridge, chosen on the stream) are scored on
 the same windows and reported beside every row as ratios (new / identity, new / linear).
 
-Profiles: `quick` (3 seeds, core methods; < 5 min on a 2-core CPU) and `full` (5 seeds, every
-method). Output (run folder): results.json (per-seed values, seed means, 95% CIs, targets),
+Profiles: `quick` (3 seeds; Pendulum core methods, CartPole sanity set; 156 s measured on the
+2-core CPU) and `full` (5 seeds, every method; 48 min measured). `--rerender RUN_DIR` rebuilds
+the tables and plots of a finished (or interrupted) run without recomputing anything.
+Output (run folder): results.json (per-seed values, seed means, 95% CIs, targets),
 results.md (tables), plots/pareto_*.png and plots/curves_*.png.
 """
 
@@ -46,10 +48,10 @@ from tqdm import tqdm  # type: ignore[import-untyped]
 
 from eaml_ssm import pipeline, protocol
 from eaml_ssm.adaptation import Adapter, ExperienceSource
-from eaml_ssm.artifacts import RunDir, seed_everything
+from eaml_ssm.artifacts import RunDir, finite, fresh_run_dir, seed_everything
 from eaml_ssm.collect import build_store
 from eaml_ssm.config import RunConfig
-from eaml_ssm.plots import plot_curves, plot_pareto
+from eaml_ssm.plots import plot_curves
 from eaml_ssm.ssm import SSM
 from eaml_ssm.stats import pass_count, percent, reduction, relative_change, summarize
 from eaml_ssm.tasks import sample_tasks
@@ -546,7 +548,7 @@ def evaluate_unit(unit: Unit) -> dict[str, Any]:
     out["alpha"] = models.alpha
     out["train_seconds"] = models.seconds
     out["seconds"] = round(time.perf_counter() - t0, 1)
-    RunDir(work).write_json("unit.json", _jsonable(out))  # kept if a later unit fails
+    RunDir(work).write_json("unit.json", finite(out))  # kept if a later unit fails
     log.info("%s seed %d done in %.0f s", unit.family, unit.seed, out["seconds"])
     return out
 
@@ -909,24 +911,92 @@ def report(agg: dict[str, Any], header: str) -> str:
 CURVE_METHODS = ("none", "grbal", REFERENCE, PREREGISTERED, "hybn_1", "hyb_1")
 
 
+PARETO_SERIES = ("hybn uniform", "hyb uniform", "hybn task_balanced", "hybn nearest")
+PARETO_POINTS = ("none", "grbal", REFERENCE, "cont_w0_lrx0.3", "l2_0.1", "l2_1")
+PARETO_SPAN = 5.0  # points with a new-task error above 5x that of w = 0 are left out
+
+
+def pareto_series(rows: dict[str, Any]) -> dict[str, list[tuple[float, float, float]]]:
+    """Experience-weight series (w, new-task nMSE, few-shot train forgetting) of the hybrids,
+    starting at continual w = 0; near-divergent points (see PARETO_SPAN) are left out."""
+    ref = rows.get(REFERENCE)
+    if ref is None or not ref["new"]["n"]:
+        return {}
+    limit, ylim = _pareto_limits(rows)
+    start = (0.0, ref["new"]["mean"], ref["F_train_fs"]["mean"])
+    series: dict[str, list[tuple[float, float, float]]] = {}
+    for name, row in rows.items():
+        if row.get("group") not in PARETO_SERIES or "lrx" in name or "_g" in name:
+            continue
+        if name.endswith("_pos") or not row["new"]["n"]:
+            continue
+        x, y = row["new"]["mean"], row["F_train_fs"]["mean"]
+        if math.isfinite(x) and math.isfinite(y) and x <= limit and abs(y) <= ylim:
+            series.setdefault(row["group"], [start]).append((row["weight"], x, y))
+    return {k: sorted(v) for k, v in series.items()}
+
+
+def _pareto_limits(rows: dict[str, Any]) -> tuple[float, float]:
+    """Plot window: new-task error up to PARETO_SPAN x that of w = 0, forgetting up to
+    PARETO_SPAN x |forgetting of w = 0| (at least 0.01)."""
+    ref = rows[REFERENCE]
+    return (
+        PARETO_SPAN * ref["new"]["mean"],
+        PARETO_SPAN * max(abs(ref["F_train_fs"]["mean"]), 0.01),
+    )
+
+
+def plot_pareto_series(path: Path, rows: dict[str, Any], title: str) -> Path | None:
+    """New-task error (x) against few-shot train forgetting (y): one line per hybrid form
+    over experience_weight (labelled with w), plus the reference methods as points."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover - matplotlib is a dependency
+        return None
+    series = pareto_series(rows)
+    if not series:
+        return None
+    limit, ylim = _pareto_limits(rows)
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    for label, pts in series.items():
+        ax.plot([p[1] for p in pts], [p[2] for p in pts], marker="o", ms=4, lw=1.2, label=label)
+        for w, x, y in pts[1:]:
+            ax.annotate(f"{w:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    for name in PARETO_POINTS:
+        row = rows.get(name)
+        if row is None or not row["new"]["n"]:
+            continue
+        x, y = row["new"]["mean"], row["F_train_fs"]["mean"]
+        if math.isfinite(x) and math.isfinite(y) and x <= limit and abs(y) <= ylim:
+            ax.scatter([x], [y], marker="s", s=28, zorder=3)
+            ax.annotate(name, (x, y), fontsize=7, xytext=(3, -9), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.axhline(0.0, color="grey", lw=0.6)
+    ax.set(
+        title=title,
+        xlabel="new-task nMSE (prequential)",
+        ylabel="few-shot forgetting, training tasks",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, title="hybrid, labels = w", title_fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def make_plots(run: RunDir, agg: dict[str, Any]) -> None:
     for family, fam in agg.items():
         short = family.split("-")[0].lower()
         for split, s in fam["splits"].items():
             rows = s["rows"]
-            points = {}
-            for name, row in rows.items():
-                if name in ("identity", "linear") or not row["group"] or row["new"]["n"] == 0:
-                    continue
-                if name.startswith(("FO_", "J_")) or "lrx" in name or row["group"] == "":
-                    continue
-                x, y = row["new"]["mean"], row["F_train_fs"]["mean"]
-                if math.isfinite(x) and math.isfinite(y) and x > 0:
-                    points[name] = (x, y)
-            plot_pareto(
+            plot_pareto_series(
                 run.path / "plots" / f"pareto_{short}_{split}.png",
-                points,
-                title=f"{family} {split} stream (seed means)",
+                rows,
+                title=f"{family} {split}: seed means (outliers > {PARETO_SPAN:g}x w=0 omitted)",
             )
             curves = {
                 n: rows[n]["curve"] for n in (*CURVE_METHODS, "identity", "linear") if n in rows
@@ -1004,34 +1074,13 @@ def resolve_profile(args: argparse.Namespace) -> Profile:
     return dataclasses.replace(p, **changes)
 
 
-def _new_run(out: str, name: str) -> RunDir:
-    base = Path(out) / name
-    path, n = base, 1
-    while path.exists() and any(path.iterdir()):
-        n += 1
-        path = base.with_name(f"{base.name}-{n}")
-    return RunDir(path)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, np.generic):
-        return _jsonable(value.item())
-    return value
-
-
 def run(args: argparse.Namespace) -> int:
     """Run the profile, write the run folder, print the tables; returns the exit code."""
     torch.set_num_threads(1)
     if args.rerender:
         return rerender(Path(args.rerender))
     profile = resolve_profile(args)
-    run_dir = _new_run(args.out, args.name or f"evaluate-{args.profile}")
+    run_dir = fresh_run_dir(args.out, args.name or f"evaluate-{args.profile}")
     grids = {f: method_grid(profile.level(f)) for f in profile.families}
     units = [
         Unit(f, seed, profile, tuple(grids[f]), str(run_dir.path / "work" / f"{f}-seed{seed}"))
@@ -1050,7 +1099,7 @@ def run(args: argparse.Namespace) -> int:
         "wall_seconds": round(time.perf_counter() - t0, 1),
         "load_average": (load0, os.getloadavg()[0]),
         "profile": dataclasses.asdict(profile),
-        "units": _jsonable(results),
+        "units": finite(results),
     }
     return render(run_dir, saved)
 
@@ -1067,7 +1116,7 @@ def render(run_dir: RunDir, saved: dict[str, Any]) -> int:
         f"Wall time: {_seconds(wall)} ({_cpu_note(profile['jobs'], load)})"
     )
     text = report(agg, header)
-    run_dir.write_json("results.json", _jsonable({**saved, "aggregate": agg}))
+    run_dir.write_json("results.json", finite({**saved, "aggregate": agg}))
     (run_dir.path / "results.md").write_text(text)
     make_plots(run_dir, agg)
     print(text)

@@ -29,13 +29,14 @@ from eaml_ssm.adaptation import Adapter
 from eaml_ssm.artifacts import (
     RunDir,
     config_diff,
+    fresh_run_dir,
     load_checkpoint,
     rng_state,
     save_checkpoint,
     seed_everything,
     set_rng_state,
 )
-from eaml_ssm.collect import build_store, max_rows, rollout
+from eaml_ssm.collect import build_store, max_rows
 from eaml_ssm.config import RunConfig, from_dict, to_dict
 from eaml_ssm.features import Normalizer
 from eaml_ssm.maml import MetaMAML, TaskBatch
@@ -62,25 +63,32 @@ def run_name(cfg: RunConfig) -> str:
     return cfg.name or f"{cfg.env_name}-seed{cfg.seed}"
 
 
+def existing_run(cfg: RunConfig) -> Path:
+    """The folder an `adapt` or `--resume` works in: --name, else the newest default-named one."""
+    base = Path(cfg.out) / run_name(cfg)
+    candidates = [base] if cfg.name else [base, *base.parent.glob(f"{base.name}-*")]
+    found = [p for p in candidates if (p / "config.json").exists()]
+    if not found:
+        raise FileNotFoundError(f"no run at {base} (looked for config.json); pass --out/--name")
+    return max(found, key=lambda p: (p / "config.json").stat().st_mtime)
+
+
+def saved_config(path: Path) -> RunConfig:
+    return from_dict(RunDir(path).read_json("config.json"))
+
+
 def open_run(cfg: RunConfig, resume: bool) -> RunDir:
     """The run folder; a fresh run never overwrites an existing one (it picks a new name)."""
-    base = Path(cfg.out) / run_name(cfg)
     if resume:
-        if not (base / "config.json").exists():
-            raise FileNotFoundError(f"--resume: no run at {base} (looked for config.json)")
-        saved = from_dict(RunDir(base).read_json("config.json"))
-        diff = config_diff(to_dict(saved), to_dict(cfg))
+        path = existing_run(cfg)
+        diff = config_diff(to_dict(saved_config(path)), to_dict(cfg))
         if diff:
             raise ValueError(
-                f"--resume: {base} was run with a different config: "
+                f"--resume: {path} was run with a different config: "
                 + ", ".join(f"{k} (saved {a!r}, now {b!r})" for k, a, b in diff)
             )
-        return RunDir(base)
-    path, n = base, 1
-    while path.exists() and any(path.iterdir()):
-        n += 1
-        path = base.with_name(f"{base.name}-{n}")
-    return RunDir(path)
+        return RunDir(path)
+    return fresh_run_dir(cfg.out, run_name(cfg))
 
 
 @dataclass
@@ -203,19 +211,33 @@ def checkpoint_payload(cfg: RunConfig, trained: Trained, data: Data, step: int) 
     }
 
 
-def train_stage(cfg: RunConfig, run: RunDir, data: Data, resume: bool) -> Trained:
+def restore(cfg: RunConfig, run: RunDir, data: Data, trained: Trained) -> int:
+    """Load the run's checkpoint into `trained` and `data.normalizer`; return its step."""
+    ck = load_checkpoint(run.checkpoint_path, to_dict(cfg))
+    trained.model.load_state_dict(ck["model"])
+    trained.maml.load_state_dict(ck["maml"])
+    data.normalizer.load_state_dict(ck["normalizer"])
+    trained.losses = list(ck["losses"])
+    set_rng_state(ck["rng"])
+    return int(ck["step"])
+
+
+def train_stage(
+    cfg: RunConfig, run: RunDir, data: Data, resume: bool, *, train: bool = True
+) -> Trained:
+    """Meta-train (continuing from the checkpoint with `resume`); `train=False` only loads."""
     device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)  # the same initial weights whatever ran before
     model = build_model(cfg, data.family, device)
     maml = build_maml(cfg, model)
     trained = Trained(model, maml, [], 0.0)
     start = 0
     if resume and run.checkpoint_path.exists():
-        ck = load_checkpoint(run.checkpoint_path, to_dict(cfg))
-        model.load_state_dict(ck["model"])
-        maml.load_state_dict(ck["maml"])
-        trained.losses = list(ck["losses"])
-        start = int(ck["step"])
-        set_rng_state(ck["rng"])
+        start = restore(cfg, run, data, trained)
+        if not train:
+            if start < cfg.num_epochs:
+                log.warning("the checkpoint stopped at meta-step %d of %d", start, cfg.num_epochs)
+            return trained
         run.truncate_metrics("train", start)
         log.info("resuming meta-training at step %d of %d", start, cfg.num_epochs)
     every = max(1, cfg.num_epochs // 10)
@@ -246,16 +268,6 @@ def _reseed_sampler(store: Any, seed: int, step: int) -> None:
 
 
 # --- adapt + evaluate -----------------------------------------------------------------------
-
-
-def _streams(cfg: RunConfig, tasks: list[Task], norm: Normalizer, seed: int) -> list[Any]:
-    out = []
-    for i, task in enumerate(tasks):
-        s = rollout(task, cfg.stream_steps, seed=seed + i)
-        x, y = s.transitions()
-        name = ", ".join(f"{k}={v:.3g}" for k, v in task.params.items())
-        out.append(protocol.stream_data(name, x, y, s.starts, norm))
-    return out
 
 
 def base_adapter(cfg: RunConfig, trained: Trained, data: Data) -> Adapter:
@@ -295,7 +307,8 @@ def methods(cfg: RunConfig, base: Adapter) -> dict[str, tuple[Adapter, bool]]:
 def evaluate_stage(cfg: RunConfig, run: RunDir, data: Data, trained: Trained) -> dict[str, Any]:
     """Online adaptation on held-out and out-of-range streams, retention on old tasks."""
     norm, m = data.normalizer, cfg.adapt_every
-    old = _streams(cfg, data.train_tasks[: min(4, len(data.train_tasks))], norm, cfg.seed + 7919)
+    old_tasks = data.train_tasks[: min(4, len(data.train_tasks))]
+    old = protocol.task_streams(old_tasks, cfg.stream_steps, norm, cfg.seed + 7919)
     old_pairs = [p for s in old for p in protocol.window_pairs(s, m, 3)]
     base = base_adapter(cfg, trained, data)
     shots = base.config.num_steps
@@ -308,7 +321,7 @@ def evaluate_stage(cfg: RunConfig, run: RunDir, data: Data, trained: Trained) ->
     per_task: dict[str, dict[str, list[float]]] = {}
     for split in SPLITS:
         test_tasks = sample_tasks(cfg.env_name, cfg.num_test_tasks, seed=cfg.seed, split=split)
-        streams = _streams(cfg, test_tasks, norm, cfg.seed + 104729)
+        streams = protocol.task_streams(test_tasks, cfg.stream_steps, norm, cfg.seed + 104729)
         for name, (adapter, adapts) in methods(cfg, base).items():
             errs: list[float] = []
             task_means = []
@@ -419,7 +432,7 @@ def load_data(cfg: RunConfig, run: RunDir) -> Data:
     if saved.exists():
         store = rust_buffer.RingBuffer.load(str(saved))
     elif shared.exists():
-        store = rust_buffer.RingBuffer.open(str(shared))
+        store = rust_buffer.RingBuffer.open(str(shared), seed=cfg.seed)
     else:
         return collect_stage(cfg, run)
     tasks = sample_tasks(cfg.env_name, cfg.num_tasks, seed=cfg.seed, split="train")
@@ -445,7 +458,7 @@ def run_stage(command: str, cfg: RunConfig, *, resume: bool = False) -> int:
     data = load_data(cfg, run) if existing else collect_stage(cfg, run)
     if command == "collect":
         return 0
-    trained = train_stage(cfg, run, data, resume=existing)
+    trained = train_stage(cfg, run, data, resume=existing, train=command != "adapt")
     if command == "train":
         return 0
     summary = evaluate_stage(cfg, run, data, trained)

@@ -63,7 +63,7 @@ def stream_data(
 
 def nmse(pred: Tensor, target: Tensor) -> float:
     """MSE in normalized target space, averaged over dimensions."""
-    return float(((pred - target) ** 2).mean())
+    return float(((pred - target.to(pred.device)) ** 2).mean())
 
 
 def _seq(t: Tensor) -> Tensor:

@@ -99,3 +99,16 @@ def test_distributed_only_applies_to_train_and_run(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "--distributed applies to" in proc.stderr
+
+
+def test_flags_before_the_subcommand_are_kept() -> None:
+    args = build_parser().parse_args(["--seed", "3", "--resume", "train", "--hidden_dim", "8"])
+    assert (args.command, args.seed, args.resume, args.hidden_dim) == ("train", 3, True, 8)
+    cfg = config_from_args(args)
+    assert (cfg.seed, cfg.hidden_dim) == (3, 8)
+
+
+def test_short_streams_and_negative_seeds_are_refused_up_front() -> None:
+    for argv in (["--stream_steps", "20"], ["--seed", "-1"]):
+        with pytest.raises(ValueError):
+            config_from_args(build_parser().parse_args(argv))

@@ -362,3 +362,18 @@ def test_steps_level_pairs_every_method_with_nonnegative_step_sizes() -> None:
         assert grid[name].model == "maml"
         twin = grid[f"{name}_pos"]
         assert twin.model == "maml_pos" and twin.overrides == grid[name].overrides
+
+
+def test_pareto_series_start_at_w0_and_drop_near_divergent_points() -> None:
+    def row(new: float, f: float, group: str = "", weight: float = math.nan) -> dict:
+        s = {"mean": new, "ci95": 0.0, "n": 3, "n_bad": 0}
+        return {"new": s, "F_train_fs": {**s, "mean": f}, "group": group, "weight": weight}
+
+    rows = {
+        "cont_w0": row(0.01, 0.02),
+        "hybn_0.3": row(0.011, 0.005, "hybn uniform", 0.3),
+        "hybn_3": row(0.04, 0.001, "hybn uniform", 3.0),
+        "hyb_3": row(0.2, 0.5, "hyb uniform", 3.0),  # 20x the new-task error of w = 0
+    }
+    series = evaluate.pareto_series(rows)
+    assert series == {"hybn uniform": [(0.0, 0.01, 0.02), (0.3, 0.011, 0.005), (3.0, 0.04, 0.001)]}

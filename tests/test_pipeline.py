@@ -126,7 +126,10 @@ def test_stages_run_separately_on_one_folder(tmp_path: Path) -> None:
     (folder,) = tmp_path.iterdir()
     assert (folder / "store.shared").is_file() and (folder / "tasks.json").is_file()
     run_cli("train", "--resume", *args, cwd=tmp_path)
-    run_cli("adapt", *args, "--experience_weight", "0.3", cwd=tmp_path)
+    step = torch.load(folder / "checkpoint.pt", weights_only=True)["step"]
+    # adapt finds the run and its config by itself; it evaluates, it does not train further
+    run_cli("adapt", "--out", str(tmp_path), "--experience_weight", "0.3", cwd=tmp_path)
+    assert torch.load(folder / "checkpoint.pt", weights_only=True)["step"] == step
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     collects = [r for r in rows if r["kind"] == "collect"]
     assert len(collects) == 1 and collects[0]["episodes"] == 4 * 6

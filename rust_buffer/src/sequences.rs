@@ -11,6 +11,12 @@
 //! cost per window is therefore independent of the capacity. Only when many random starts in
 //! a row fail (valid windows are rare) does the sampler enumerate every valid start once
 //! (`O(len)`), so "no valid window" is reported exactly rather than guessed.
+//!
+//! The ends-only check is a filter, never the verdict: in a FIFO ring agreeing ends imply an
+//! intact window (absent concurrent writers), but a reservoir store places each later row in a
+//! random slot, so a window's two ends can survive while a slot inside it was replaced. The
+//! enumeration therefore checks every link between neighbouring slots
+//! ([`RingBuffer::valid_starts`]), and per-start fallbacks use [`RingBuffer::window_intact`].
 
 use crate::error::BufferError;
 use crate::slots::stable_row;
@@ -140,12 +146,62 @@ impl RingBuffer {
         }
     }
 
-    /// Every valid start slot (the exact, `O(len)` fallback).
-    fn valid_starts(&self, len: usize, base: u64, n_slots: usize) -> Vec<usize> {
+    /// Like [`window_plausible`](Self::window_plausible), but checks every row of the window
+    /// (`O(len)` metadata reads), so no later row replaced one of its slots. This is exact
+    /// when no writer runs concurrently; [`read_window`](Self::read_window) still re-validates.
+    pub(crate) fn window_intact(
+        &self,
+        start: usize,
+        len: usize,
+        base: u64,
+        n_slots: usize,
+    ) -> Option<RowInfo> {
+        let first = self.window_plausible(start, len, base, n_slots)?;
+        for i in 1..len.saturating_sub(1) {
+            let info = self.read_meta((start + i) % self.capacity, base)?;
+            if !continues(&first, &info, i as u64) {
+                return None;
+            }
+        }
+        Some(first)
+    }
+
+    /// Every valid start slot, in increasing order (the exact, `O(len)` fallback).
+    ///
+    /// One backward scan over the slots keeps `run`, the number of intact consecutive rows
+    /// starting at the current slot (capped at `len`): a slot extends the run of its successor
+    /// when the successor holds the next row of the same episode. Checking every link (not
+    /// only a window's ends) matters for reservoir stores, where a later row can replace a
+    /// slot in the middle of a window. When every slot is filled, windows may wrap from the
+    /// last slot to slot 0, so the scan goes round twice: the first lap only settles `run` at
+    /// slot 0 (exact after one lap, because insertion indices strictly increase along a run, so
+    /// no run can go all the way round), the second collects the starts.
+    pub(crate) fn valid_starts(&self, len: usize, base: u64, n_slots: usize) -> Vec<usize> {
+        let wraps = n_slots == self.capacity;
         let n_starts = self.start_range(len, n_slots);
-        (0..n_starts)
-            .filter(|&s| self.window_plausible(s, len, base, n_slots).is_some())
-            .collect()
+        let laps = if wraps { 2 } else { 1 };
+        let mut starts = Vec::new();
+        let mut run = 0usize;
+        // The row in the slot after the current one (`None` past the last slot on lap one).
+        let mut next: Option<RowInfo> = None;
+        for lap in 0..laps {
+            for slot in (0..n_slots).rev() {
+                let info = self.read_meta(slot, base);
+                run = match (&info, &next) {
+                    (Some(a), _) if a.step < 0 => 0,
+                    (Some(a), Some(b)) if continues(a, b, 1) => (run + 1).min(len),
+                    (Some(_), _) => 1,
+                    (None, _) => 0,
+                };
+                if lap + 1 == laps && run >= len && slot < n_starts {
+                    starts.push(slot);
+                }
+                // After slot 0 this is slot 0's row: the successor of the last slot next lap.
+                next = info;
+            }
+        }
+        starts.reverse();
+        starts
     }
 
     fn start_range(&self, len: usize, n_slots: usize) -> usize {
@@ -287,5 +343,100 @@ impl RingBuffer {
             *task = info.task_id;
         }
         Ok(())
+    }
+}
+
+/// Is `b` the row `offset` rows after `a` in the same episode and task (insertion index and
+/// step both `offset` further)?
+#[inline]
+fn continues(a: &RowInfo, b: &RowInfo, offset: u64) -> bool {
+    b.row == a.row + offset
+        && b.episode_id == a.episode_id
+        && b.task_id == a.task_id
+        && b.step == a.step + offset as i64
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+    use crate::store::{Meta, MetaValues, Options, Retention};
+
+    /// Every start whose whole window holds consecutive steps of one episode, by brute force.
+    fn brute_force(s: &RingBuffer, len: usize) -> Vec<usize> {
+        let (base, n) = (s.base(), s.len());
+        let metas: Vec<Option<RowInfo>> = (0..n).map(|slot| s.read_meta(slot, base)).collect();
+        let n_starts = if n == s.capacity { n } else { n + 1 - len };
+        (0..n_starts)
+            .filter(|&start| {
+                let Some(first) = metas[start] else {
+                    return false;
+                };
+                first.step >= 0
+                    && (1..len).all(|i| {
+                        metas[(start + i) % n].is_some_and(|m| continues(&first, &m, i as u64))
+                    })
+            })
+            .collect()
+    }
+
+    /// Random episodes (lengths 1..12, some with step -1) added in random chunks.
+    fn random_store(cap: usize, rows: usize, reservoir: bool, seed: u64) -> RingBuffer {
+        let retention = if reservoir {
+            Retention::Reservoir
+        } else {
+            Retention::Fifo
+        };
+        let opts = Options {
+            seed: Some(seed),
+            retention,
+        };
+        let s = RingBuffer::with_options(cap, 2, 1, opts).unwrap();
+        let mut rng = Rng::new(seed);
+        let (mut added, mut episode) = (0usize, 0i64);
+        while added < rows {
+            let ep_len = 1 + rng.below(12);
+            let no_steps = rng.below(8) == 0;
+            let steps: Vec<i64> = (0..ep_len as i64)
+                .map(|t| if no_steps { -1 } else { t })
+                .collect();
+            for chunk in steps.chunks(1 + rng.below(ep_len)) {
+                let k = chunk.len();
+                let meta = Meta {
+                    task_id: MetaValues::Scalar(episode % 3),
+                    episode_id: MetaValues::Scalar(episode),
+                    step: MetaValues::PerRow(chunk),
+                };
+                s.add(&vec![0.5; 2 * k], &vec![0.5; k], meta).unwrap();
+            }
+            added += ep_len;
+            episode += 1;
+        }
+        s
+    }
+
+    #[test]
+    fn valid_starts_match_brute_force() {
+        for seed in 0..40u64 {
+            for reservoir in [false, true] {
+                let cap = 5 + (seed as usize * 7) % 60;
+                for rows in [cap / 2, cap, cap + 3, 4 * cap] {
+                    let s = random_store(cap, rows.max(1), reservoir, seed);
+                    let n = s.len();
+                    for len in 1..=n.min(14) {
+                        let want = brute_force(&s, len);
+                        assert_eq!(
+                            s.valid_starts(len, s.base(), n),
+                            want,
+                            "seed {seed} reservoir {reservoir} cap {cap} rows {rows} len {len}"
+                        );
+                        let intact: Vec<usize> = (0..s.start_range(len, n))
+                            .filter(|&st| s.window_intact(st, len, s.base(), n).is_some())
+                            .collect();
+                        assert_eq!(intact, want, "window_intact, seed {seed} len {len}");
+                    }
+                }
+            }
+        }
     }
 }

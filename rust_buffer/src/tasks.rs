@@ -276,7 +276,8 @@ impl RingBuffer {
             .iter()
             .map(|&s| s as usize)
             .filter(|&s| {
-                self.window_plausible(s, len, base, n_slots)
+                // Every row, not only the ends: a reservoir can replace a slot mid-window.
+                self.window_intact(s, len, base, n_slots)
                     .is_some_and(|first| first.task_id == task)
             })
             .collect();
