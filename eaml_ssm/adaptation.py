@@ -86,6 +86,9 @@ class AdaptationConfig:
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
     param_lrs: dict[str, float] | None = None  # per-parameter (learned) step sizes, by name
+    # clamp the step sizes at >= 0: Meta-SGD learns a few negative ones, useful for the steps it
+    # was trained for but gradient *ascent* over a long continual stream (docs/evaluation.md)
+    nonnegative_lrs: bool = False
     seed: int | None = None  # seed of the adapter's own RNG (task choice, nearest candidates)
 
     def __post_init__(self) -> None:
@@ -986,6 +989,10 @@ class Adapter:
                         f"param_lrs[{name!r}] has shape {tuple(lr.shape)}, expected a scalar "
                         f"or {tuple(p.shape)}"
                     )
+                if self.config.nonnegative_lrs:
+                    lr = lr.clamp(min=0.0)
+            elif self.config.nonnegative_lrs:
+                lr = max(float(lr), 0.0)
             out[name] = lr
         return out
 

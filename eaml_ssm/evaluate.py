@@ -320,16 +320,7 @@ class Models:
 
     def _nonnegative_steps(self, base: Adapter) -> Adapter:
         """The second-order weights with every learned step size clamped at >= 0."""
-        maml = self.mamls["maml"]
-        lrs = {k: v.detach().clamp(min=0.0) for k, v in getattr(maml, "inner_lrs", {}).items()}
-        return Adapter(
-            maml.model,
-            base.config,
-            self.data.store,
-            base.device,
-            param_lrs=lrs or None,
-            transform=self.data.normalizer,
-        )
+        return protocol.variant(base, nonnegative_lrs=True)
 
 
 def mean_inner_lr(maml: Any) -> float:

@@ -696,3 +696,20 @@ def test_adapter_on_cuda_leaves_the_cpu_model_alone() -> None:
     assert y_hat.is_cuda and h.is_cuda
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]) and v.device.type == "cpu"
+
+
+def test_nonnegative_lrs_clamps_learned_step_sizes() -> None:
+    model = torch.nn.Linear(2, 1)
+    lrs = {"weight": torch.tensor([[0.1, -0.2]]), "bias": torch.tensor([-0.05])}
+    signed = Adapter(model, AdaptationConfig(num_steps=1, grad_clip_norm=None), param_lrs=lrs)
+    clamped = signed.fork(nonnegative_lrs=True)
+    x, y = torch.ones(4, 2), torch.full((4, 1), 10.0)
+    for adapter in (signed, clamped):
+        adapter.reset()
+        adapter.update_step(x, y)
+    w0 = model.weight.detach()
+    # the clamped adapter never moves an entry whose learned rate is negative
+    assert torch.equal(clamped.params["weight"][0, 1], w0[0, 1])
+    assert torch.equal(clamped.params["bias"], model.bias.detach())
+    assert not torch.equal(signed.params["weight"][0, 1], w0[0, 1])
+    assert not torch.equal(clamped.params["weight"][0, 0], w0[0, 0])
