@@ -29,6 +29,7 @@ lint:
 	cargo clippy --workspace --all-targets -- -D warnings
 	ruff check .
 	ruff format --check .
+	$(PY) -m mypy eaml_ssm
 	$(PY) -m mypy.stubtest rust_buffer
 
 rust-test:

@@ -319,6 +319,7 @@ def evaluate_stage(cfg: RunConfig, run: RunDir, data: Data, trained: Trained) ->
     rows: dict[str, dict[str, float]] = {}
     curves: dict[str, dict[str, list[float]]] = {}
     per_task: dict[str, dict[str, list[float]]] = {}
+    task_names: dict[str, list[str]] = {}
     for split in SPLITS:
         test_tasks = sample_tasks(cfg.env_name, cfg.num_test_tasks, seed=cfg.seed, split=split)
         streams = protocol.task_streams(test_tasks, cfg.stream_steps, norm, cfg.seed + 104729)
@@ -345,7 +346,7 @@ def evaluate_stage(cfg: RunConfig, run: RunDir, data: Data, trained: Trained) ->
             errs = [e for s in streams for e in fn(s)]
             rows.setdefault(name, {})[f"{split} nMSE"] = float(np.mean(errs))
             curves[split][name] = errs
-        per_task.setdefault(split, {})["names"] = [s.name for s in streams]  # type: ignore[assignment]
+        task_names[split] = [s.name for s in streams]
     summary = {
         "env_name": cfg.env_name,
         "seed": cfg.seed,
@@ -359,7 +360,7 @@ def evaluate_stage(cfg: RunConfig, run: RunDir, data: Data, trained: Trained) ->
             "seconds": round(trained.seconds, 2),
         },
     }
-    _plots(run, trained, curves, per_task, cfg)
+    _plots(run, trained, curves, per_task, task_names, cfg)
     return summary
 
 
@@ -367,7 +368,8 @@ def _plots(
     run: RunDir,
     trained: Trained,
     curves: dict[str, dict[str, list[float]]],
-    per_task: dict[str, dict[str, Any]],
+    per_task: dict[str, dict[str, list[float]]],
+    task_names: dict[str, list[str]],
     cfg: RunConfig,
 ) -> None:
     plots = run.path / "plots"
@@ -391,7 +393,7 @@ def _plots(
         tasks = per_task[split]
         plot_before_after(
             plots / f"before_after_{split}.png",
-            tasks["names"],
+            task_names[split],
             tasks["no adaptation"],
             tasks[hybrid],
             title=f"{split}: error before and after hybrid adaptation",
