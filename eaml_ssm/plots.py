@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,13 @@ def _pyplot():  # type: ignore[no-untyped-def]
     return plt
 
 
+def _finish(plt: Any, fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_curve(
     path: Path, xs: Sequence[float], ys: Sequence[float], *, title: str, xlabel: str, ylabel: str
 ) -> Path | None:
@@ -32,10 +40,7 @@ def plot_curve(
     ax.set_yscale("log")
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, path)
 
 
 def plot_curves(
@@ -59,10 +64,7 @@ def plot_curves(
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, path)
 
 
 def plot_before_after(
@@ -80,10 +82,7 @@ def plot_before_after(
     ax.set_yscale("log")
     ax.set(title=title, ylabel="nMSE")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, path)
 
 
 def plot_pareto(
@@ -100,7 +99,4 @@ def plot_pareto(
     ax.set_xscale("log")
     ax.set(title=title, xlabel="new-task nMSE", ylabel="few-shot forgetting (train tasks)")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, path)
