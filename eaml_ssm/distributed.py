@@ -475,10 +475,7 @@ def global_normalizer(store: Any, ctx: DistributedContext) -> Normalizer:
     else:
         table = mine.cpu().unsqueeze(0)  # (1, k)
     in_mean, in_std, t_mean, t_std = _merge_moments(table, di, dt)
-    in_mean[dt:], in_std[dt:] = 0.0, 1.0  # action-encoding columns stay as they are
-    norm = Normalizer(di, dt)
-    norm._set(in_mean, in_std, t_mean, t_std)  # the same std floor as Normalizer.from_arrays
-    return norm
+    return Normalizer.from_moments(in_mean, in_std, t_mean, t_std, state_dim=dt)
 
 
 class ShardedTaskSampler:

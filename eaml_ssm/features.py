@@ -211,11 +211,26 @@ class Normalizer:
         ds = targets.shape[1] if state_dim is None else state_dim
         if not 0 < ds <= inputs.shape[1]:
             raise ValueError(f"state_dim {ds} must be in [1, {inputs.shape[1]}]")
-        norm = cls(inputs.shape[1], targets.shape[1])
         in_mean, in_std = column_moments(inputs, chunk_rows)
         t_mean, t_std = column_moments(targets, chunk_rows)
-        in_mean[ds:], in_std[ds:] = 0.0, 1.0
-        norm._set(in_mean, in_std, t_mean, t_std)
+        return cls.from_moments(in_mean, in_std, t_mean, t_std, state_dim=ds)
+
+    @classmethod
+    def from_moments(
+        cls,
+        input_mean: np.ndarray,
+        input_std: np.ndarray,
+        target_mean: np.ndarray,
+        target_std: np.ndarray,
+        *,
+        state_dim: int,
+    ) -> Normalizer:
+        """From column moments (e.g. merged across ranks): inputs past `state_dim` (the action
+        encoding) keep mean 0 and std 1; near-constant columns get std 1."""
+        norm = cls(len(input_mean), len(target_mean))
+        input_mean, input_std = input_mean.copy(), input_std.copy()
+        input_mean[state_dim:], input_std[state_dim:] = 0.0, 1.0
+        norm._set(input_mean, input_std, target_mean, target_std)
         return norm
 
     @classmethod
