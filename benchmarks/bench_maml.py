@@ -16,31 +16,13 @@ from __future__ import annotations
 
 import argparse
 import functools
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
+from timing import median_seconds
 
 from eaml_ssm.maml import MetaMAML, TaskBatch
 from eaml_ssm.sinusoid import make_mlp, sample_tasks
 from eaml_ssm.ssm import SSM
-
-
-def _time(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    """Median seconds per call over `repeats` calls, after 3 warm-up calls."""
-    for _ in range(3):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
 
 
 def _ssm_tasks(n_tasks: int, device: torch.device) -> TaskBatch:
@@ -62,7 +44,7 @@ def bench(workload: str, n_tasks: int, repeats: int, device: torch.device) -> tu
             model = SSM(16, 5, 4, hidden_dim=32, num_layers=2).to(device)
             batch = _ssm_tasks(n_tasks, device)
         maml = MetaMAML(model, inner_lr=0.01, use_vmap=use_vmap)
-        times.append(_time(functools.partial(maml.meta_update, batch), repeats, device))
+        times.append(median_seconds(functools.partial(maml.meta_update, batch), repeats, device))
     return times[0], times[1]
 
 

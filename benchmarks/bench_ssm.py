@@ -12,28 +12,11 @@ Glossary: b batch, l sequence length, d input features.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
+from timing import median_seconds
 
 from eaml_ssm.ssm import SSM
-
-
-def _time(fn: Callable[[], None], repeats: int, device: torch.device) -> float:
-    """Median seconds of `repeats` calls after one warm-up call."""
-    fn()
-    samples = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
 
 
 def bench(length: int, args: argparse.Namespace, device: torch.device) -> tuple[float, float]:
@@ -55,8 +38,10 @@ def bench(length: int, args: argparse.Namespace, device: torch.device) -> tuple[
             ys.append(y_t)
         (torch.stack(ys, dim=1).square().mean() + h.square().mean()).backward()
 
-    t_scan = _time(scan, args.repeats, device)
-    t_loop = _time(loop, max(1, args.repeats // 3) if length > 256 else args.repeats, device)
+    t_scan = median_seconds(scan, args.repeats, device, warmup=1)
+    t_loop = median_seconds(
+        loop, max(1, args.repeats // 3) if length > 256 else args.repeats, device, warmup=1
+    )
     return t_scan, t_loop
 
 
