@@ -333,6 +333,27 @@ impl RingBuffer {
         Ok(())
     }
 
+    /// Valid windows of `seq_len` rows per task, sorted by task id (tasks with none are
+    /// left out): what `sample_windows` draws among. `O(tasks x log)`.
+    pub fn window_counts(&self, seq_len: usize) -> Result<Vec<(i64, u64)>, BufferError> {
+        if seq_len == 0 {
+            return Err(BufferError::InvalidArgument {
+                name: "seq_len",
+                expected: "at least 1",
+                got: 0,
+            });
+        }
+        let mut counts = self.with_windows(|ix| {
+            ix.tasks
+                .iter()
+                .map(|(&t, e)| (t, e.set.total(seq_len)))
+                .filter(|&(_, n)| n > 0)
+                .collect::<Vec<_>>()
+        })?;
+        counts.sort_unstable();
+        Ok(counts)
+    }
+
     /// For each slot in `anchors`, the window of `seq_len` rows ending at it if valid, else
     /// the one starting at it, into `obs` (`k x seq_len x obs_dim`) and `target`
     /// (`k x seq_len x target_dim`); `valid[i]` says whether either was valid (when neither
