@@ -91,6 +91,8 @@ class RingBuffer:
         seed: int | None = None,
     ) -> _I64:
         """Windows into obs_out (b, l, do) and target_out (b, l, dt); returns task_ids (b,)."""
+    def window_counts(self, length: int) -> dict[int, int]:
+        """Valid windows of ``length`` rows per task id (tasks with none left out)."""
     def windows_at(
         self, anchors: npt.ArrayLike, length: int
     ) -> tuple[_F32, _F32, npt.NDArray[np.bool_]]:

@@ -512,6 +512,23 @@ impl PyRingBuffer {
         Ok(vector(py, ids))
     }
 
+    /// Valid windows of `length` rows held per task id (tasks with none left out): what
+    /// `sample_windows` draws among.
+    fn window_counts<'py>(
+        &self,
+        py: Python<'py>,
+        length: &Bound<'_, PyAny>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let l = size(length, "length", 1)?;
+        let inner = &self.inner;
+        let counts = py.detach(|| inner.window_counts(l)).map_err(to_py_err)?;
+        let d = PyDict::new(py);
+        for (t, n) in counts {
+            d.set_item(t, n)?;
+        }
+        Ok(d)
+    }
+
     /// `(obs, target, valid)`: for each slot in `anchors` (1-D ints in [0, len)), the window
     /// of `length` rows ending at it if valid, else the one starting at it, shaped
     /// (k, l, obs_dim), (k, l, target_dim); `valid` (k,) bool is False where neither is
