@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_buffer import DO, DT, make_rows, row_ids
 
 from rust_buffer import RingBuffer
-
-from test_buffer import DO, DT, make_rows, row_ids
 
 
 def episodes_store(
@@ -80,14 +79,14 @@ def test_task_weights_recent_and_seed() -> None:
     assert row_ids(obs, target).min() >= newest
     a = store.sample_windows(64, 5, seed=9)
     b = store.sample_windows(64, 5, seed=9)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(x, y)
 
 
 def test_seeded_draws_leave_the_shared_generator_alone() -> None:
     s1, s2 = episodes_store(LENGTHS), episodes_store(LENGTHS)
     s1.sample_windows(8, 4, seed=123)
-    for x, y in zip(s1.sample_windows(16, 4), s2.sample_windows(16, 4)):
+    for x, y in zip(s1.sample_windows(16, 4), s2.sample_windows(16, 4), strict=True):
         np.testing.assert_array_equal(x, y)
 
 
@@ -133,7 +132,7 @@ def test_sample_tasks_subset_and_seed() -> None:
         a = store.sample_tasks(3, 8, 8, contiguous=True, tasks=[0, 2, 4, 6], seed=seed)
         b = store.sample_tasks(3, 8, 8, contiguous=True, tasks=np.array([0, 2, 4, 6]), seed=seed)
         assert set(a[4].tolist()) <= {0, 2, 4, 6}
-        for x, y in zip(a, b):
+        for x, y in zip(a, b, strict=True):
             np.testing.assert_array_equal(x, y)
         rows = store.sample_tasks(2, 4, 4, tasks=[1, 3], seed=seed)
         assert set(rows[4].tolist()) == {1, 3}
