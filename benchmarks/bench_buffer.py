@@ -932,6 +932,8 @@ WIN_CASES = [
     "sample_windows(256, 16, task_weights=8 tasks)",
     "sample_windows(256, 16, recent=4096)",
     "sample_tasks(8, 16, 16, contiguous=True)",
+    "C floor: 256 random windows of 32 rows",
+    "C floor: 256 random windows of 8 rows",
 ]
 
 
@@ -984,12 +986,22 @@ def window_calls(store: Any, n_tasks: int) -> dict[str, Callable[[], Any]]:
 def windows_run(sizes: list[int], budget: float) -> dict:
     """{"case|tasks|size": us per call}, plus the build measured."""
     res: dict[str, float] = {}
+    try:
+        floor: GatherFloor | None = GatherFloor()
+    except (OSError, subprocess.CalledProcessError) as exc:
+        log.warning("no C floor: %s", exc)
+        floor = None
     for n in sizes:
         for n_tasks in WIN_TASKS:
             log.info("windows: %s rows, %d tasks", size_label(n), n_tasks)
             store = short_episode_store(n, n_tasks)
             for case, fn in window_calls(store, n_tasks).items():
                 res[f"{case}|{n_tasks}|{n}"] = time_calls(fn, budget)
+            if floor is not None and n_tasks == WIN_TASKS[0]:
+                # The memory floor on the same rows: random windows, plain memcpy, no checks.
+                cols = [store.obs_view(), store.target_view()]
+                for case, span in ((WIN_CASES[5], 32), (WIN_CASES[6], 8)):
+                    res[f"{case}|{n_tasks}|{n}"] = floor.median_us(cols, span, 256, budget)
             del store
             gc.collect()
     return {"results": res, "build": rust_buffer_build(), "sizes": sizes}
@@ -1031,7 +1043,9 @@ def render_windows(run: dict, baseline: dict | None) -> str:
     lines.append(
         "Stores: short episodes (94 % of 8-18 steps, 6 % of 32-48: median 13, about 16 % of "
         f"rows in episodes of 32+ steps), {WIN_OBS} + {WIN_TARGET} float32 per row, tasks = "
-        "episode mod tasks; the 24k block replicated to larger sizes. Wall medians per call "
+        "episode mod tasks; the 24k block replicated to larger sizes. The C floor rows copy "
+        "random windows of the same store's memory with memcpy (benchmarks/gather_floor.c): "
+        "how much of the growth with size is memory, not the sampler. Wall medians per call "
         f"(min(wall, CPU) from {LONG_CALL_US:.0f} us). Build: {run['build']}"
     )
     if baseline:

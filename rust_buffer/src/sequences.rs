@@ -97,6 +97,49 @@ impl RingBuffer {
         unchanged.then_some(first)
     }
 
+    /// Copy the window of `len` rows starting at `start` that the window index certified as
+    /// rows `first_row, first_row + 1, ...` (same split and outputs as
+    /// [`read_window`](Self::read_window)); returns its task, or `None` when any of its slots
+    /// no longer holds exactly that row.
+    ///
+    /// The index checked the window rule between these very rows when they were added, and a
+    /// row never changes once written, so the stamps alone decide: each slot's stamp must name
+    /// the certified row, before the copy (Acquire) and after it (one Acquire fence, then
+    /// Relaxed). Unlike `read_window`, no metadata column is read but the first task id, so a
+    /// window costs two passes over its stamps and the row copies.
+    pub(crate) fn read_certified(
+        &self,
+        start: usize,
+        len: usize,
+        first_row: u64,
+        split: usize,
+        dst: [&mut [f32]; 4],
+    ) -> Option<i64> {
+        let cap = self.capacity;
+        let head = len.min(cap - start);
+        let ranges = [start..start + head, 0..len - head];
+        let expected = ranges.clone().into_iter().flatten().zip(first_row..);
+        for (slot, row) in expected.clone() {
+            if self.stamps.read_begin(slot) != 2 * row + 2 {
+                return None;
+            }
+        }
+        let task = self.task_id[start].load(Ordering::Relaxed);
+        let [a_obs, a_tgt, b_obs, b_tgt] = dst;
+        self.copy_rows(start, a_obs, a_tgt);
+        let second = start + split;
+        self.copy_rows(
+            if second >= cap { second - cap } else { second },
+            b_obs,
+            b_tgt,
+        );
+        fence(Ordering::Acquire);
+        let unchanged = expected
+            .into_iter()
+            .all(|(slot, row)| self.stamps.peek(slot) == 2 * row + 2);
+        unchanged.then_some(task)
+    }
+
     /// Relaxed copy of consecutive rows from `slot` on (wrapping at the end of the ring).
     fn copy_rows(&self, slot: usize, obs: &mut [f32], target: &mut [f32]) {
         let (d_o, d_t) = (self.obs_dim, self.target_dim);

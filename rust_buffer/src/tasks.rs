@@ -351,13 +351,10 @@ impl RingBuffer {
                 .iter()
                 .map(|t| {
                     let set = &ix.tasks[t].set;
-                    ix.start(
-                        set,
-                        per_task,
-                        rng.below(set.total(per_task) as usize) as u64,
-                    )
+                    let u = rng.below(set.total(per_task) as usize) as u64;
+                    ix.drawn(ix.start(set, per_task, u))
                 })
-                .collect::<Vec<usize>>();
+                .collect::<Vec<(usize, u64)>>();
             Ok((chosen, starts))
         })?;
         let (chosen, starts) = picked.map_err(|available| BufferError::NotEnoughTasks {
@@ -375,8 +372,6 @@ impl RingBuffer {
             out.query_obs.len() / n_tasks,
             out.query_target.len() / n_tasks,
         );
-        let base = self.base();
-        let mut stamps = Vec::with_capacity(per_task);
         for (k, (&task, &first)) in chosen.iter().zip(&starts).enumerate() {
             let dst = [
                 &mut out.support_obs[k * so..(k + 1) * so],
@@ -385,18 +380,11 @@ impl RingBuffer {
                 &mut out.query_target[k * qt..(k + 1) * qt],
             ];
             let [a, b, c, d] = dst;
-            let mut start = first;
+            let (mut start, mut first_row) = first;
             let mut tries = 0;
             loop {
-                let got = self.read_window(
-                    start,
-                    per_task,
-                    base,
-                    n_support,
-                    [&mut *a, &mut *b, &mut *c, &mut *d],
-                    &mut stamps,
-                );
-                if got.is_some_and(|info| info.task_id == task) {
+                let dst = [&mut *a, &mut *b, &mut *c, &mut *d];
+                if self.read_certified(start, per_task, first_row, n_support, dst) == Some(task) {
                     break;
                 }
                 // Overwritten since it was drawn: another window of the same task.
@@ -404,10 +392,11 @@ impl RingBuffer {
                 let redraw = self.with_windows(|ix| {
                     let set = &ix.tasks.get(&task)?.set;
                     let total = set.total(per_task);
-                    (total > 0).then(|| ix.start(set, per_task, rng.below(total as usize) as u64))
+                    let u = rng.below(total.max(1) as usize) as u64;
+                    (total > 0).then(|| ix.drawn(ix.start(set, per_task, u)))
                 })?;
                 match redraw {
-                    Some(s) if tries < TASK_RETRIES => start = s,
+                    Some(s) if tries < TASK_RETRIES => (start, first_row) = s,
                     _ => return Err(BufferError::Contended),
                 }
             }

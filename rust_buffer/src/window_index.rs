@@ -194,6 +194,8 @@ pub(crate) struct WindowIndex {
     seg_head: Vec<u32>,
     /// Task of the row in each present slot.
     pub(crate) task: Vec<i64>,
+    /// Global index of the row in each present slot (what a copy checks the stamps against).
+    pub(crate) row: Vec<u64>,
     /// Position of a head in its list in `all` and in its task's set.
     all_pos: Vec<u32>,
     task_pos: Vec<u32>,
@@ -215,6 +217,7 @@ impl WindowIndex {
             seg_len: vec![0; cap],
             seg_head: vec![0; cap],
             task: vec![0; cap],
+            row: vec![0; cap],
             all_pos: vec![0; cap],
             task_pos: vec![0; cap],
             all: LenSet::default(),
@@ -313,9 +316,10 @@ impl WindowIndex {
 
     /// A row of `task` (with `step >= 0`) enters slot `s`, continuing the segment that ends
     /// in the slot before when `joins`.
-    fn insert(&mut self, s: usize, task: i64, joins: bool) {
+    fn insert(&mut self, s: usize, task: i64, row: u64, joins: bool) {
         self.flags[s] = PRESENT;
         self.task[s] = task;
+        self.row[s] = row;
         if joins {
             let p = self.prev(s);
             let head = self.seg_head[p] as usize;
@@ -332,6 +336,11 @@ impl WindowIndex {
     pub(crate) fn start(&self, set: &LenSet, len: usize, u: u64) -> usize {
         let (head, off) = set.nth(len, u);
         (head as usize + off) % self.cap
+    }
+
+    /// A drawn start: its slot and the row the index holds there.
+    pub(crate) fn drawn(&self, slot: usize) -> (usize, u64) {
+        (slot, self.row[slot])
     }
 }
 
@@ -401,7 +410,7 @@ impl RingBuffer {
                     && self
                         .read_meta(p, base)
                         .is_some_and(|prev| links(&prev, &info, 1));
-                c.insert(s, info.task_id, joins);
+                c.insert(s, info.task_id, row, joins);
             }
             row += 1;
         }

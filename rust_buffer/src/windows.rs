@@ -15,7 +15,7 @@ use crate::store::RingBuffer;
 use crate::window_index::{LenSet, WindowIndex};
 
 /// Windows of prefetch look-ahead.
-const WINDOW_LOOKAHEAD: usize = 2;
+const WINDOW_LOOKAHEAD: usize = 4;
 /// Redraws of one window whose rows were overwritten while it was copied.
 const WINDOW_RETRIES: usize = 64;
 /// Re-reads of one row (`gather`) that is being written right now.
@@ -162,28 +162,25 @@ impl RingBuffer {
                 rows: n_slots,
             });
         }
-        let base = self.base();
         let mut rng = self.rng_for(query.seed);
-        let mut starts = vec![0usize; batch];
+        let mut starts = vec![(0usize, 0u64); batch];
         self.draw_starts(seq_len, &query, &mut rng, &mut starts)?;
-        for &s in starts.iter().take(WINDOW_LOOKAHEAD) {
-            self.prefetch::<true>(s, seq_len);
+        for &(s, _) in starts.iter().take(WINDOW_LOOKAHEAD) {
+            self.prefetch_window(s, seq_len);
         }
-        let mut stamps = Vec::with_capacity(seq_len);
         let windows = obs
             .chunks_exact_mut(seq_len * d_o)
             .zip(target.chunks_exact_mut(seq_len * d_t));
         for (w, ((o, t), task)) in windows.zip(task_ids.iter_mut()).enumerate() {
-            if let Some(&ahead) = starts.get(w + WINDOW_LOOKAHEAD) {
-                self.prefetch::<true>(ahead, seq_len);
+            if let Some(&(ahead, _)) = starts.get(w + WINDOW_LOOKAHEAD) {
+                self.prefetch_window(ahead, seq_len);
             }
             let mut tries = 0;
-            let info = loop {
+            *task = loop {
                 let dst = [&mut *o, &mut *t, &mut [], &mut []];
-                if let Some(info) =
-                    self.read_window(starts[w], seq_len, base, seq_len, dst, &mut stamps)
-                {
-                    break info;
+                let (start, first_row) = starts[w];
+                if let Some(task) = self.read_certified(start, seq_len, first_row, seq_len, dst) {
+                    break task;
                 }
                 // Overwritten since it was drawn: draw this one again from the updated index.
                 tries += 1;
@@ -192,18 +189,25 @@ impl RingBuffer {
                 }
                 self.draw_starts(seq_len, &query, &mut rng, &mut starts[w..w + 1])?;
             };
-            *task = info.task_id;
         }
         Ok(())
     }
 
-    /// Fill `out` with window starts drawn as `query` says (under the index's lock).
+    /// Start loading what `read_certified` reads of a window: its rows, stamps and first task id.
+    fn prefetch_window(&self, start: usize, len: usize) {
+        self.prefetch::<false>(start, len);
+        #[cfg(not(loom))]
+        crate::column::prefetch_bytes(self.task_id.as_ptr().wrapping_add(start) as *const i8, 8);
+    }
+
+    /// Fill `out` with window starts (slot, first row) drawn as `query` says (under the
+    /// index's lock).
     fn draw_starts(
         &self,
         len: usize,
         query: &WindowQuery<'_>,
         rng: &mut Rng,
-        out: &mut [usize],
+        out: &mut [(usize, u64)],
     ) -> Result<(), BufferError> {
         self.with_windows(|ix| match query.recent {
             Some(recent) => self.draw_recent(ix, len, recent, query.task_weights, rng, out),
@@ -218,7 +222,7 @@ impl RingBuffer {
         len: usize,
         weights: Option<&[(i64, f64)]>,
         rng: &mut Rng,
-        out: &mut [usize],
+        out: &mut [(usize, u64)],
     ) -> Result<(), BufferError> {
         let Some(weights) = weights else {
             let total = ix.all.total(len);
@@ -229,7 +233,7 @@ impl RingBuffer {
                 });
             }
             for o in out {
-                *o = ix.start(&ix.all, len, rng.below(total as usize) as u64);
+                *o = ix.drawn(ix.start(&ix.all, len, rng.below(total as usize) as u64));
             }
             return Ok(());
         };
@@ -255,7 +259,7 @@ impl RingBuffer {
         }
         for o in out {
             let (set, total) = sets[pick_weighted(&cum, rng)];
-            *o = ix.start(set, len, rng.below(total as usize) as u64);
+            *o = ix.drawn(ix.start(set, len, rng.below(total as usize) as u64));
         }
         Ok(())
     }
@@ -269,7 +273,7 @@ impl RingBuffer {
         recent: usize,
         weights: Option<&[(i64, f64)]>,
         rng: &mut Rng,
-        out: &mut [usize],
+        out: &mut [(usize, u64)],
     ) -> Result<(), BufferError> {
         let base = self.base();
         let lo = base.max(self.cursor().saturating_sub(recent as u64));
@@ -299,7 +303,7 @@ impl RingBuffer {
                 });
             }
             for o in out {
-                *o = candidates[rng.below(candidates.len())];
+                *o = ix.drawn(candidates[rng.below(candidates.len())]);
             }
             return Ok(());
         };
@@ -328,7 +332,7 @@ impl RingBuffer {
         }
         for o in out {
             let list = lists[pick_weighted(&cum, rng)];
-            *o = list[rng.below(list.len())];
+            *o = ix.drawn(list[rng.below(list.len())]);
         }
         Ok(())
     }
