@@ -271,9 +271,13 @@ class ExperienceSource:
         """The store with the RingBuffer API (looked up each time: a facade makes it lazily)."""
         return _find_ring(self.buffer)
 
-    def fork(self, seed: int | None, old_tasks: Any = None) -> ExperienceSource:
-        """The same store with its own draw sequence restarted from ``seed``."""
+    def fork(
+        self, seed: int | None, old_tasks: Any = None, *, buffer: Any = None
+    ) -> ExperienceSource:
+        """The same store (or ``buffer``) with its own draw sequence restarted from ``seed``."""
         other = copy.copy(self)
+        if buffer is not None:
+            other.buffer = buffer
         other.feed = copy.copy(self.feed)
         other.feed._store = lambda: _find_ring(other.buffer)
         other.feed.old_tasks = None if old_tasks is None else frozenset(old_tasks)

@@ -299,14 +299,37 @@ def base_adapter(cfg: RunConfig, trained: Trained, data: Data) -> Adapter:
 
 
 def methods(cfg: RunConfig, base: Adapter) -> dict[str, tuple[Adapter, bool]]:
-    """name -> (adapter at the meta-learned weights, adapts?)."""
+    """name -> (adapter at the meta-learned weights, adapts?).
+
+    The hybrid method runs twice: with the default `replay_live` and with the other choice
+    (replay of old tasks only, or also of the live stream written into the store)."""
     w = cfg.experience_weight
+    live = base.config.replay_live
     return {
         "no adaptation": (protocol.variant(base), False),
         "GrBAL reset (w=0)": (protocol.variant(base, mode="reset", experience_weight=0.0), True),
         "continual (w=0)": (protocol.variant(base, mode="continual", experience_weight=0.0), True),
         f"hybrid (w={w:g})": (protocol.variant(base, mode="continual", experience_weight=w), True),
+        f"hybrid (w={w:g}, replay_live={not live})": (
+            protocol.variant(base, mode="continual", experience_weight=w, replay_live=not live),
+            True,
+        ),
     }
+
+
+LIVE_TASK_BASE = 1_000_000  # task ids of the evaluation's live streams (training: 0..n-1)
+
+
+def live_store(store: Any, where: Path) -> Any:
+    """A private copy of the store for one method's live stream (methods stay independent)."""
+    import rust_buffer
+
+    path = where / "live-store.rbuf"
+    store.save(str(path))
+    try:
+        return rust_buffer.RingBuffer.load(str(path))
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def evaluate_stage(cfg: RunConfig, run: RunDir, data: Data, trained: Trained) -> dict[str, Any]:
@@ -331,8 +354,17 @@ def evaluate_stage(cfg: RunConfig, run: RunDir, data: Data, trained: Trained) ->
         for name, (adapter, adapts) in methods(cfg, base).items():
             errs: list[float] = []
             task_means = []
-            for s in streams:  # A -> B -> C, without resetting between tasks
-                e = protocol.prequential(adapter, s, m, adapt=adapts)
+            # each adapting method writes its stream into its own copy of the store, live
+            store = live_store(data.store, run.path) if adapts else None
+            if store is not None:
+                adapter.experience = adapter.experience.fork(
+                    adapter.config.seed, adapter.experience.feed.old_tasks, buffer=store
+                )
+            for i, s in enumerate(streams):  # A -> B -> C, without resetting between tasks
+                task_id = LIVE_TASK_BASE + 1000 * SPLITS.index(split) + i
+                e = protocol.prequential_run(
+                    adapter, s, m, adapt=adapts, store=store, task_id=task_id
+                ).errors
                 errs += e
                 task_means.append(float(np.mean(e)))
             row = rows.setdefault(name, {})

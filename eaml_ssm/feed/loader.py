@@ -105,8 +105,10 @@ class _DoubleBuffer:
         pool: ThreadPoolExecutor,
         stream: Any,
         first: int,
+        timings: list[tuple[Any, Any, int]] | None = None,
     ) -> None:
         self.cuda = device.type == "cuda"
+        self.timings = timings  # (start event, end event, bytes) per copy, when measured
         self.slots = [
             [torch.empty(shape, dtype=dt, pin_memory=self.cuda) for shape, dt in shapes]
             for _ in range(2)
@@ -129,10 +131,16 @@ class _DoubleBuffer:
         slot = self.slots[k] if used is None else [t[:used] for t in self.slots[k]]
         if not self.cuda:
             return [t.clone() for t in slot], None
+        timed = self.timings is not None
         with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
+            start = torch.cuda.Event(enable_timing=True) if timed else None
+            if start is not None:
+                start.record(self.stream)
             out = [t.to(self.device, non_blocking=True) for t in slot]
-            event = torch.cuda.Event()
+            event = torch.cuda.Event(enable_timing=timed)
             event.record(self.stream)
+        if self.timings is not None:
+            self.timings.append((start, event, sum(t.numel() * t.element_size() for t in slot)))
         self.events[k] = event
         return out, event
 
@@ -180,6 +188,7 @@ class StoreLoader:
         pinned: bool | None = None,
         seed: int | None = None,
         start: int = 0,
+        time_copies: bool = False,
     ) -> None:
         self.store = store
         self.device = resolve_device(device)
@@ -202,6 +211,8 @@ class StoreLoader:
         self._pool: ThreadPoolExecutor | None = None
         self._stream: Any = None
         self._feeds: dict[tuple[Any, ...], _DoubleBuffer] = {}
+        # CUDA: events around each pinned host-to-device copy (benchmarks/gpu_check.py)
+        self._timings: list[tuple[Any, Any, int]] | None = [] if time_copies else None
 
     # -- public batch kinds ----------------------------------------------------------------
 
@@ -269,34 +280,26 @@ class StoreLoader:
         s, length = n_support, n_support + n_query
         key = ("task_windows", n_support, n_query, max_tasks)
 
-        def gather(index: int) -> tuple[list[int], list[tuple[np.ndarray, np.ndarray]]]:
+        def fill(out: list[np.ndarray], index: int) -> int:
+            """The store gathers task i's window straight into row i of the output."""
             ids = [int(t) for t in tasks_of(index)]
             if len(ids) > max_tasks:
                 raise ValueError(f"draw {index} holds {len(ids)} tasks, max_tasks is {max_tasks}")
-            wins = [
-                tuple(task_window(self.store, t, length, draw_seed(seed, index, t))) for t in ids
-            ]
-            return ids, wins  # type: ignore[return-value]
-
-        if not self.pinned:
-            index = self._next_index(key)
-            ids, wins = gather(index)
-            obs = np.stack([w[0] for w in wins]) if wins else self._empty((0, length), True)
-            tgt = np.stack([w[1] for w in wins]) if wins else self._empty((0, length), False)
-            x, y = self._move(obs, tgt)
-            x, y = self._norm(x, y)
-            tid = torch.tensor(ids, dtype=torch.int64, device=self.device)
-            return x[:, :s], y[:, :s], x[:, s:], y[:, s:], tid
-
-        def fill(out: list[np.ndarray], index: int) -> int:
-            ids, wins = gather(index)
-            for i, (o, t) in enumerate(wins):
-                out[0][i], out[1][i] = o, t
+            for i, t in enumerate(ids):
+                task_window_into(
+                    self.store, out[0][i : i + 1], out[1][i : i + 1], t, draw_seed(seed, index, t)
+                )
             out[2][: len(ids)] = ids
             return len(ids)
 
         shapes = [*self._row_shapes((max_tasks, length)), ((max_tasks,), torch.int64)]
-        x, y, tid = self._feed(key, shapes, fill)
+        if self.pinned:
+            x, y, tid = self._feed(key, shapes, fill)
+        else:  # fresh arrays per draw, filled by the store: wrapped without a copy
+            out = [np.empty(shape, dtype=_NUMPY[dt]) for shape, dt in shapes]
+            used = fill(out, self._next_index(key))
+            x, y = self._move(out[0][:used], out[1][:used])
+            tid = self._move_one(out[2][:used])
         x, y = self._norm(x, y)
         return x[:, :s], y[:, :s], x[:, s:], y[:, s:], tid
 
@@ -322,6 +325,15 @@ class StoreLoader:
         x, y, ids = self._feed(key, shapes, fill)
         x, y = self._norm(x, y)
         return x, y, ids
+
+    def copy_rates(self) -> list[float]:
+        """Bytes per second of each timed pinned copy so far (``time_copies=True``; syncs)."""
+        if not self._timings:
+            return []
+        self._timings[-1][1].synchronize()
+        rates = [b / (s.elapsed_time(e) / 1e3) for s, e, b in self._timings]
+        self._timings.clear()
+        return rates
 
     def seek(self, index: int) -> None:
         """Make ``index`` the next draw of every kind (drops prefetched batches)."""
@@ -395,7 +407,9 @@ class StoreLoader:
                 self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-feed")
             if self._stream is None and self.device.type == "cuda":
                 self._stream = torch.cuda.Stream(self.device)  # the loader's copy stream
-            feed = _DoubleBuffer(shapes, fill, self.device, self._pool, self._stream, self._start)
+            feed = _DoubleBuffer(
+                shapes, fill, self.device, self._pool, self._stream, self._start, self._timings
+            )
             self._feeds[key] = feed
         if self.device.type != "cuda":
             return feed.next()
@@ -411,22 +425,30 @@ class StoreLoader:
         )
 
 
-def task_window(store: Any, task: int, length: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """One window of ``length`` steps of task ``task``, drawn by the store with ``seed``.
-
-    -> obs (length, di), target (length, dt). ValueError when the task has no such window.
-    """
-    obs, tgt, _ = seeded(store, "sample_windows", 1, length, task_weights={task: 1.0}, seed=seed)
-    return obs[0], tgt[0]
+def task_window_into(
+    store: Any, obs_out: np.ndarray, target_out: np.ndarray, task: int, seed: int
+) -> None:
+    """One window of task ``task`` drawn by the store with ``seed``, written into
+    ``obs_out`` (1, l, di) and ``target_out`` (1, l, dt). ValueError when the task has none."""
+    length = obs_out.shape[1]
+    seeded(
+        store, "sample_windows_into", obs_out, target_out, length, task_weights={task: 1.0},
+        seed=seed,
+    )  # fmt: skip
 
 
 def has_window(store: Any, task: int, length: int) -> bool:
     """Whether task ``task`` holds a window of ``length`` steps of one episode (store's rule)."""
+    obs = np.empty((1, length, store.obs_dim), dtype=np.float32)
+    tgt = np.empty((1, length, store.target_dim), dtype=np.float32)
     try:
-        task_window(store, task, length, 0)
+        task_window_into(store, obs, tgt, task, 0)
     except ValueError:
         return False
     return True
+
+
+_NUMPY = {torch.float32: np.float32, torch.int64: np.int64}
 
 
 def _positive(**sizes: int) -> None:

@@ -111,15 +111,83 @@ class ReplayFeed:
             cand_x, cand_y, _ = self._candidates(store, candidates, seed)
             idx = _nearest(cand_x, _query(query, cand_x), k)
             return cand_x[idx], cand_y[idx]
-        if strategy == "recent":
-            window = max(1, min(recent, len(store)))
+        window = max(1, min(recent, len(store)))
+        if weights is None and strategy == "recent":
             obs, tgt = seeded(store, "sample_recent", min(k, window), window, seed=seed)
         elif weights is None:
             obs, tgt = seeded(store, "sample", k, seed=seed)
-        else:  # rows of chosen tasks: windows of one row, drawn per task weight
-            obs, tgt, _ = seeded(store, "sample_windows", k, 1, task_weights=weights, seed=seed)
-            obs, tgt = obs[:, 0], tgt[:, 0]
+        else:  # rows of chosen tasks: windows of one row, per task
+            try:
+                obs, tgt = self._weighted(store, strategy, weights, k, 1, window, seed)
+                obs, tgt = obs[:, 0], tgt[:, 0]
+            except ValueError as err:
+                if not _no_window(err):
+                    raise
+                if strategy == "recent":
+                    return None  # no rows of the replayed tasks among the newest
+                obs, tgt = self._task_rows(store, weights, strategy, k, seed)
         return self._pair(obs, tgt)
+
+    def _weighted(
+        self,
+        store: Any,
+        strategy: str,
+        weights: dict[int, float],
+        b: int,
+        length: int,
+        window: int,
+        seed: int,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``b`` windows of the weighted tasks, written by the store into one batch (no copy).
+
+        ``task_balanced``: the b windows are split as evenly as possible over up to b
+        randomly chosen tasks (each task's share drawn among its own windows); otherwise one
+        draw with the task weights (``recent``: within the newest ``window`` rows).
+        """
+        obs = np.empty((b, length, store.obs_dim), dtype=np.float32)
+        tgt = np.empty((b, length, store.target_dim), dtype=np.float32)
+        if strategy != "task_balanced":
+            kwargs: dict[str, Any] = {"recent": window} if strategy == "recent" else {}
+            seeded(store, "sample_windows_into", obs, tgt, length, task_weights=weights,
+                   seed=seed, **kwargs)  # fmt: skip
+            return obs, tgt
+        plan = _balanced_plan(weights, b, np.random.default_rng([seed, 2]))
+        i = 0
+        for task, n in plan:
+            o, t = obs[i : i + n], tgt[i : i + n]
+            try:
+                seeded(store, "sample_windows_into", o, t, length, task_weights={task: 1.0},
+                       seed=draw_seed(seed, task))  # fmt: skip
+            except ValueError as err:  # this task has none: the plan's other tasks fill in
+                if not _no_window(err):
+                    raise
+                others = {t_: 1.0 for t_, _ in plan}
+                seeded(store, "sample_windows_into", o, t, length, task_weights=others,
+                       seed=draw_seed(seed, task, 1))  # fmt: skip
+            i += n
+        return obs, tgt
+
+    def _task_rows(
+        self, store: Any, weights: dict[int, float], strategy: str, k: int, seed: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of the weighted tasks from a store without episodes (the store's per-task
+        row sampler; the parts are joined with one copy)."""
+        rng = np.random.default_rng([seed, 3])
+        if strategy == "task_balanced":
+            plan = _balanced_plan(weights, k, rng)
+        else:
+            tasks = sorted(weights)
+            p = np.array([weights[t] for t in tasks]) / sum(weights.values())
+            plan = [(t, int(n)) for t, n in zip(tasks, rng.multinomial(k, p), strict=True) if n]
+        counts = _counts(store)
+        parts = []
+        for task, n in plan:
+            while n > 0:  # the store refuses more rows per call than the task holds
+                take = min(n, int(counts[task]))
+                parts.append(seeded(store, "sample_task_rows", task, take,
+                                    seed=draw_seed(seed, task, n)))  # fmt: skip
+                n -= take
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     # ---- windows ----------------------------------------------------------------------------
     def windows(
@@ -146,12 +214,12 @@ class ReplayFeed:
         try:
             if strategy == "nearest":
                 return self._nearest_windows(store, b, length, query, candidates, seed)
-            kwargs: dict[str, Any] = {}
-            if strategy == "recent":
-                kwargs["recent"] = max(1, min(recent, len(store)))
+            window = max(1, min(recent, len(store)))
             if weights is not None:
-                kwargs["task_weights"] = weights
-            obs, tgt, _ = seeded(store, "sample_windows", b, length, seed=seed, **kwargs)
+                obs, tgt = self._weighted(store, strategy, weights, b, length, window, seed)
+            else:
+                kwargs: dict[str, Any] = {"recent": window} if strategy == "recent" else {}
+                obs, tgt, _ = seeded(store, "sample_windows", b, length, seed=seed, **kwargs)
         except ValueError as err:
             if not _no_window(err):
                 raise
@@ -233,9 +301,25 @@ class ReplayFeed:
         # CPU: a view of the store's gather (no copy); else one copy to the device
         x = torch.from_numpy(np.asarray(obs)).to(self.device, self.dtype)
         y = torch.from_numpy(np.asarray(tgt)).to(self.device, self.dtype)
+        if isinstance(self.transform, Normalizer):  # the gather is ours: normalize in place
+            return (
+                self.transform.normalize_inputs(x, inplace=True),
+                self.transform.normalize_targets(y, inplace=True),
+            )
         if self.transform is not None:
             x, y = self.transform(x, y)
         return x, y
+
+
+def _balanced_plan(
+    weights: Mapping[int, float], k: int, rng: np.random.Generator
+) -> list[tuple[int, int]]:
+    """(task, count) pairs: ``k`` over up to ``k`` random tasks, as even as possible."""
+    tasks = np.array(sorted(weights))
+    chosen = rng.choice(tasks, size=min(k, len(tasks)), replace=False)
+    per_task = np.full(len(chosen), k // len(chosen))
+    per_task[: k % len(chosen)] += 1
+    return [(int(t), int(n)) for t, n in zip(chosen, per_task, strict=True)]
 
 
 def _counts(store: Any) -> Mapping[int, int]:
@@ -244,7 +328,9 @@ def _counts(store: Any) -> Mapping[int, int]:
 
 
 def _no_window(err: ValueError) -> bool:
-    return "window" in str(err).lower()
+    """The store's "no valid window (in the selection)" / "task holds no episode rows"."""
+    msg = str(err).lower()
+    return any(word in msg for word in ("window", "consecutive steps", "episode", "no rows"))
 
 
 def _check(strategy: str, n: int) -> None:
