@@ -27,6 +27,7 @@ does, so the script cannot rot); it proves nothing about a GPU. Budget: <= 8 min
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -43,6 +44,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 Result = dict[str, Any]
+SECTIONS = ("cuda_tests", "meta_train", "adapt", "h2d", "loader_stress", "torchrun", "resume",
+            "control")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("wheel", nargs="?", help="prebuilt abi3 wheel of rust_buffer to install")
     p.add_argument("--out", default="gpu-check", help="folder for gpu_check.json and .md")
     p.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes, no install")
+    p.add_argument("--skip", nargs="*", default=[], help="sections to leave out (by name)")
     args = p.parse_args(argv)
+    unknown = sorted(set(args.skip) - set(SECTIONS))
+    if unknown:
+        p.error(f"unknown sections {unknown}; expected some of {list(SECTIONS)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Result] = {}
@@ -59,22 +66,27 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if not args.wheel:
             p.error("give the wheel to install (or --dry-run)")
-        report["install"] = _section(lambda: _install(args.wheel))
-        if not torch.cuda.is_available():
+        if not torch.cuda.is_available():  # a GPU check without a GPU fails, never skips
             report["cuda"] = {"ok": False, "error": "CUDA is not available to torch"}
             return _finish(out, report, dry=False)
+        report["install"] = _section(lambda: _install(args.wheel))
         device = torch.device("cuda", torch.cuda.current_device())
     small = args.dry_run
     report["environment"] = _section(lambda: _environment(device))
-    report["cuda_tests"] = _section(lambda: _cuda_tests(out, collect_only=small))
     data = _data(small)
-    report["meta_train"] = _section(lambda: _meta_train(data, device, small))
-    report["adapt"] = _section(lambda: _adapt(data, device, small))
-    report["h2d"] = _section(lambda: _h2d(data, device, small))
-    report["loader_stress"] = _section(lambda: _loader_stress(device, small))
-    report["torchrun"] = _section(lambda: _torchrun(out, device, small))
-    report["resume"] = _section(lambda: _resume(out, device, small))
-    report["control"] = _section(lambda: _control(device))
+    sections: dict[str, Callable[[], Result]] = {
+        "cuda_tests": lambda: _cuda_tests(out, collect_only=small),
+        "meta_train": lambda: _meta_train(data, device, small),
+        "adapt": lambda: _adapt(data, device, small),
+        "h2d": lambda: _h2d(device, small),
+        "loader_stress": lambda: _loader_stress(device, small),
+        "torchrun": lambda: _torchrun(out, device, small),
+        "resume": lambda: _resume(out, device, small),
+        "control": lambda: _control(device),
+    }
+    for name, fn in sections.items():
+        if name not in args.skip:
+            report[name] = _section(fn)
     return _finish(out, report, dry=small)
 
 
@@ -144,7 +156,7 @@ def _cuda_tests(out: Path, *, collect_only: bool) -> Result:
     junit = out / "cuda_tests.xml"
     cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rs", f"--junitxml={junit}"]
     if collect_only:
-        listing = _run([*cmd[:4], "--collect-only", "-q"], 120)
+        listing = _run([sys.executable, "-m", "pytest", "-m", "gpu", "--collect-only", "-q"], 120)
         names = [line for line in listing.splitlines() if "::" in line]
         return {"collected": len(names), "note": "dry run: collected only"}
     try:
@@ -180,7 +192,10 @@ def _data(small: bool) -> _Data:
     from eaml_ssm.features import Normalizer
     from eaml_ssm.tasks import get_family, sample_tasks
 
-    cfg = RunConfig(num_tasks=8 if small else 24, steps_per_task=200 if small else 1000)
+    # the default run's sizes, with enough tasks for the 4x meta-batch
+    cfg = RunConfig(num_tasks=8 if small else 32, steps_per_task=200 if small else 1000)
+    if small:
+        cfg = dataclasses.replace(cfg, meta_batch_size=2)
     tasks = sample_tasks(cfg.env_name, cfg.num_tasks, seed=0, split="train")
     store, _ = build_store(tasks, cfg.steps_per_task, store_seed=0, seed=0, progress=False)
     return _Data(cfg, store, Normalizer.from_store(store), get_family(cfg.env_name))
@@ -208,8 +223,6 @@ def _naive_tasks(data: _Data, device: torch.device, t: int, k: int) -> Any:
 
 
 def _meta_train(data: _Data, device: torch.device, small: bool) -> Result:
-    import dataclasses
-
     from eaml_ssm import pipeline
     from eaml_ssm.feed import StoreLoader
 
@@ -349,20 +362,24 @@ def _adapt(data: _Data, device: torch.device, small: bool) -> Result:
 # --- 4. pinned host-to-device bandwidth ------------------------------------------------------------
 
 
-def _h2d(data: _Data, device: torch.device, small: bool) -> Result:
+def _h2d(device: torch.device, small: bool) -> Result:
+    import rust_buffer
+
     from eaml_ssm.feed import StoreLoader
 
-    rows = 4096 if small else 1 << 18  # 256k rows x 5 floats x 4 B ~ 5 MB per batch
+    rows = 4096 if small else 1 << 18  # 256k rows x (4 + 4) floats x 4 B = 8 MB per batch
+    store = rust_buffer.RingBuffer(rows, 4, 4, seed=0)
+    store.add(np.ones((rows, 4), np.float32), np.ones((rows, 4), np.float32))
     if device.type != "cuda":
-        with StoreLoader(data.store, device, seed=0) as loader:
+        with StoreLoader(store, device, seed=0) as loader:
             loader.batch(rows)
         return {"note": "dry run: no pinned copies on CPU"}
-    with StoreLoader(data.store, device, seed=0, time_copies=True) as loader:
+    with StoreLoader(store, device, seed=0, time_copies=True) as loader:
         for _ in range(12):
             loader.batch(rows)
         _sync(device)
         feed = loader.copy_rates()[2:]
-    src = torch.empty(rows * (data.store.obs_dim + data.store.target_dim), pin_memory=True)
+    src = torch.empty(rows * 8, pin_memory=True)
     torch_rates = []
     for _ in range(10):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -405,7 +422,7 @@ def _loader_stress(device: torch.device, small: bool) -> Result:
                     with torch.cuda.stream(stream):
                         big @ big  # heavy concurrent work on another stream
                 x, y = loader.batch(1024)
-                ok = (x == x[:, :1]).all() & (y[:, 0] == x[:, 0]) & (y[:, 1] == -x[:, 0])
+                ok = (x == x[:, :1]).all() & (y[:, 0] == x[:, 0]).all() & (y[:, 1] == -x[:, 0]).all()
                 bad += int(not bool(ok))
         res[f"{dev} pinned={pinned}"] = {"batches": batches, "bad": bad}
         if bad:

@@ -355,3 +355,53 @@ def test_pinned_cuda_batches_equal_the_cpu_batches_of_the_same_seed():
                 strict=True,
             ):
                 torch.testing.assert_close(b.cpu(), a)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("pinned", [True, False])
+def test_cuda_batches_are_intact_under_a_concurrent_matmul(pinned: bool):
+    """Rows name themselves: a slot refilled mid-copy would show up as a torn row."""
+    n = 50_000
+    idx = np.arange(n, dtype=np.float32)
+    store = rust_buffer.RingBuffer(n, 4, 2, seed=0)
+    store.add(np.repeat(idx[:, None], 4, 1), np.stack([idx, -idx], 1))
+    side = torch.cuda.Stream()
+    big = torch.randn(2048, 2048, device="cuda")
+    with StoreLoader(store, "cuda:0", pinned=pinned, seed=0) as loader:
+        for _ in range(100):
+            with torch.cuda.stream(side):
+                big @ big
+            x, y = loader.batch(2048)
+            assert x.device == torch.device("cuda", 0)
+            assert bool((x == x[:, :1]).all() & (y[:, 0] == x[:, 0]) & (y[:, 1] == -x[:, 0]))
+
+
+@pytest.mark.gpu
+def test_nccl_collectives_wait_through_the_timeout_path(tmp_path, monkeypatch):
+    import torch.distributed as dist
+
+    from eaml_ssm import distributed as D
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29531")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    ctx = D.init_from_env("cuda", timeout_s=30)
+    try:
+        assert ctx.backend == "nccl"
+        t = torch.ones(3, device=ctx.device)
+        assert D.all_reduce_sum(t, ctx).tolist() == [1.0, 1.0, 1.0]
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_collective_that_does_not_finish_in_time_is_a_rank_failure():
+    from eaml_ssm import distributed as D
+
+    class Stuck:
+        def wait(self, timeout):
+            return False  # what Work.wait says when the timeout passed
+
+    ctx = D.DistributedContext(rank=1, world_size=2, backend="nccl", timeout_s=0.5)
+    with pytest.raises(D.RankFailure, match="within 0.5 s"), D._collective(ctx, "all-reduce"):
+        D._wait(ctx, Stuck())
