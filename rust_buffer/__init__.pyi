@@ -56,12 +56,50 @@ class RingBuffer:
     def sample_into(self, obs_out: _F32, target_out: _F32) -> None:
         """Gather obs_out.shape[0] rows into obs_out (b, do) and target_out (b, dt)."""
     def sample_tasks(
-        self, n_tasks: int, n_support: int, n_query: int, *, contiguous: bool = False
+        self,
+        n_tasks: int,
+        n_support: int,
+        n_query: int,
+        *,
+        contiguous: bool = False,
+        tasks: npt.ArrayLike | None = None,
+        seed: int | None = None,
     ) -> tuple[_F32, _F32, _F32, _F32, _I64]:
         """(support_obs (t, s, do), support_target (t, s, dt), query_obs (t, q, do),
-        query_target (t, q, dt), task_ids (t,))."""
+        query_target (t, q, dt), task_ids (t,)); only ``tasks`` when given; ``seed`` draws
+        with its own generator."""
     def sample_sequences(self, batch_size: int, seq_len: int) -> tuple[_F32, _F32, _I64]:
         """(obs (b, l, do), target (b, l, dt), task_ids (b,))."""
+    def sample_windows(
+        self,
+        batch_size: int,
+        length: int,
+        *,
+        task_weights: dict[int, float] | None = None,
+        recent: int | None = None,
+        seed: int | None = None,
+    ) -> tuple[_F32, _F32, _I64]:
+        """(obs (b, l, do), target (b, l, dt), task_ids (b,)): windows of one episode."""
+    def sample_windows_into(
+        self,
+        obs_out: _F32,
+        target_out: _F32,
+        length: int,
+        *,
+        task_weights: dict[int, float] | None = None,
+        recent: int | None = None,
+        seed: int | None = None,
+    ) -> _I64:
+        """Windows into obs_out (b, l, do) and target_out (b, l, dt); returns task_ids (b,)."""
+    def window_counts(self, length: int) -> dict[int, int]:
+        """Valid windows of ``length`` rows per task id (tasks with none left out)."""
+    def windows_at(
+        self, anchors: npt.ArrayLike, length: int
+    ) -> tuple[_F32, _F32, npt.NDArray[np.bool_]]:
+        """(obs (k, l, do), target (k, l, dt), valid (k,)): the window ending at each slot
+        if valid, else the one starting at it."""
+    def gather(self, rows: npt.ArrayLike) -> tuple[_F32, _F32]:
+        """(obs (k, do), target (k, dt)): the rows held in these slots."""
     @overload
     def sample_recent(
         self, batch_size: int, window: int, *, with_meta: Literal[False] = False

@@ -138,6 +138,29 @@ pub enum BufferError {
     /// The store kept changing under a sampler (rows overwritten faster than they could be
     /// read); retrying the call is safe.
     Contended,
+    /// A task weight is negative, NaN or infinite.
+    BadWeight {
+        /// The task the weight is for.
+        task_id: i64,
+        /// The weight given, as text.
+        weight: String,
+    },
+    /// No task weight is positive.
+    NoPositiveWeight,
+    /// A slot index given by the caller is outside the rows held.
+    SlotOutOfRange {
+        /// The slot given.
+        slot: i64,
+        /// Rows held (valid slots are `0..rows`).
+        rows: usize,
+    },
+    /// No valid window within a selection (tasks given weights, or the newest rows).
+    NoValidWindowIn {
+        /// The window length asked for.
+        seq_len: usize,
+        /// The selection, in words.
+        within: String,
+    },
 }
 
 impl fmt::Display for BufferError {
@@ -202,6 +225,22 @@ impl fmt::Display for BufferError {
             Contended => write!(
                 f,
                 "rows were overwritten faster than they could be read; retry the call"
+            ),
+            BadWeight { task_id, weight } => write!(
+                f,
+                "task_weights[{task_id}] is {weight}; weights must be finite and >= 0"
+            ),
+            NoPositiveWeight => write!(
+                f,
+                "task_weights gives no task a positive weight; give at least one task a weight > 0"
+            ),
+            SlotOutOfRange { slot, rows } => write!(
+                f,
+                "slot {slot} is out of range; the store holds {rows} rows, so slots must be in [0, {rows})"
+            ),
+            NoValidWindowIn { seq_len, within } => write!(
+                f,
+                "no valid window of {seq_len} consecutive steps of one episode within {within}; use a shorter length or a wider selection"
             ),
         }
     }

@@ -29,7 +29,8 @@
 //! Modules, one idea each: `slots` (the reservation/stamp protocol), `column` (atomic float
 //! columns), `store` (add, clear, single-row reads), `sample` (uniform gathers), `tasks`
 //! (MAML support/query sets), `index` (the task index), `sequences` (episode windows), [`rng`]
-//! (seeded xoshiro256++), [`error`] (named errors), `sync` (std or loom atomics), `region`
+//! (seeded xoshiro256++), `window_index` (every valid window start, by length and task),
+//! `windows` (weighted, recent and anchored windows, gathers by slot), [`error`] (named errors), `sync` (std or loom atomics), `region`
 //! (heap or memory-mapped storage), [`persist`] (snapshots), [`shared`] (file-backed stores
 //! shared between processes).
 //!
@@ -52,12 +53,15 @@ mod slots;
 mod store;
 mod sync;
 mod tasks;
+mod window_index;
+mod windows;
 
 pub use error::{BufferError, Column};
 pub use sample::{Batch, MetaBatch};
 pub use sequences::SequenceBatch;
 pub use store::{Meta, MetaValues, Options, Retention, RingBuffer, RowInfo};
-pub use tasks::{TaskBatch, TaskBuffers};
+pub use tasks::{TaskBatch, TaskBuffers, TaskQuery};
+pub use windows::WindowQuery;
 
 /// The crate version.
 pub fn version() -> &'static str {

@@ -135,6 +135,8 @@ pub struct RingBuffer {
     calls: AtomicU64,
     /// The task index, kept between task queries (see `index`).
     pub(crate) index: IndexSlot,
+    /// The window index, kept between window queries (see `window_index`).
+    pub(crate) windows: crate::window_index::WindowSlot,
     /// The file and process-table entry of a file-backed store (`None`: heap store).
     #[cfg(not(loom))]
     pub(crate) shared: Option<crate::shared::SharedFile>,
@@ -249,6 +251,7 @@ impl RingBuffer {
             seed: AtomicU64::new(seed),
             calls: AtomicU64::new(0),
             index: IndexSlot::default(),
+            windows: Default::default(),
             #[cfg(not(loom))]
             shared,
         }

@@ -1,9 +1,12 @@
 //! Per-task views of the store: `task_counts`, the rows of one task, and `sample_tasks`, the
 //! MAML primitive (per-task disjoint support and query sets).
 //!
-//! The task index is a scan of the `task_id` column (each slot read under its stamp), so it
-//! costs `O(len)` per call and is exact for a store that is not being written; under
-//! concurrent adds it is a snapshot, and every row is re-checked when it is copied.
+//! Row sets draw from the task index (`index`); contiguous sets draw their tasks and windows
+//! from the window index (`window_index`), so their cost does not grow with the number of
+//! tasks or rows. Under concurrent adds the indexes are snapshots, and every row is re-checked
+//! when it is copied.
+
+use std::collections::HashSet;
 
 use crate::error::BufferError;
 use crate::index::TaskSlots;
@@ -12,8 +15,19 @@ use crate::store::RingBuffer;
 
 /// Attempts to re-draw one task's rows when concurrent writes overwrite them mid-copy.
 const TASK_RETRIES: usize = 16;
-/// Random window starts tried per task before enumerating all of the task's rows.
-const WINDOW_TRIES: usize = 32;
+/// Uniform task draws (per task requested, plus a constant) tried before the contiguous
+/// sampler lists every qualifying task.
+const TASK_DRAWS: usize = 16;
+
+/// Which tasks `sample_tasks` may pick, and with which generator.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TaskQuery<'a> {
+    /// Only these task ids (for example one distributed rank's shard); `None`: every task.
+    pub tasks: Option<&'a [i64]>,
+    /// Draw from a fresh generator seeded with this (deterministic, independent of the
+    /// store's shared generator); `None`: the store's generator.
+    pub seed: Option<u64>,
+}
 
 /// Support and query sets of `n_tasks` tasks, row-major:
 /// `support_*` are `n_tasks x n_support x dim`, `query_*` are `n_tasks x n_query x dim`.
@@ -103,6 +117,47 @@ impl RingBuffer {
         contiguous: bool,
         out: TaskBuffers<'_>,
     ) -> Result<(), BufferError> {
+        self.sample_tasks_query_into(n_support, n_query, contiguous, TaskQuery::default(), out)
+    }
+
+    /// [`sample_tasks`](Self::sample_tasks) restricted to `query.tasks` and/or drawn with
+    /// `query.seed`'s own generator.
+    pub fn sample_tasks_with(
+        &self,
+        n_tasks: usize,
+        n_support: usize,
+        n_query: usize,
+        contiguous: bool,
+        query: TaskQuery<'_>,
+    ) -> Result<TaskBatch, BufferError> {
+        let (d_o, d_t) = (self.obs_dim, self.target_dim);
+        let mut out = TaskBatch {
+            support_obs: vec![0.0; n_tasks * n_support * d_o],
+            support_target: vec![0.0; n_tasks * n_support * d_t],
+            query_obs: vec![0.0; n_tasks * n_query * d_o],
+            query_target: vec![0.0; n_tasks * n_query * d_t],
+            task_ids: vec![0; n_tasks],
+        };
+        let buffers = TaskBuffers {
+            support_obs: &mut out.support_obs,
+            support_target: &mut out.support_target,
+            query_obs: &mut out.query_obs,
+            query_target: &mut out.query_target,
+            task_ids: &mut out.task_ids,
+        };
+        self.sample_tasks_query_into(n_support, n_query, contiguous, query, buffers)?;
+        Ok(out)
+    }
+
+    /// [`sample_tasks_into`](Self::sample_tasks_into) with a [`TaskQuery`].
+    pub fn sample_tasks_query_into(
+        &self,
+        n_support: usize,
+        n_query: usize,
+        contiguous: bool,
+        query: TaskQuery<'_>,
+        out: TaskBuffers<'_>,
+    ) -> Result<(), BufferError> {
         let per_task = n_support + n_query;
         if per_task == 0 {
             return Err(BufferError::InvalidArgument {
@@ -135,64 +190,61 @@ impl RingBuffer {
         if self.is_empty() {
             return Err(BufferError::Empty);
         }
-        self.with_tasks(|index| self.tasks_from(index, n_support, n_query, contiguous, out))
+        let mut rng = self.rng_for(query.seed);
+        if contiguous {
+            return self.tasks_contiguous(n_support, query.tasks, out, &mut rng);
+        }
+        self.with_tasks(|index| {
+            self.tasks_from(index, n_support, n_query, query.tasks, out, &mut rng)
+        })
     }
 
-    /// `sample_tasks_into` on a task index.
+    /// Row sets (`contiguous = false`) on a task index.
     fn tasks_from(
         &self,
         index: &TaskSlots<'_>,
         n_support: usize,
         n_query: usize,
-        contiguous: bool,
+        subset: Option<&[i64]>,
         out: TaskBuffers<'_>,
+        rng: &mut Rng,
     ) -> Result<(), BufferError> {
         let per_task = n_support + n_query;
         let (d_o, d_t) = (self.obs_dim, self.target_dim);
         let n_tasks = out.task_ids.len();
         let (so, st) = (n_support * d_o, n_support * d_t);
         let (qo, qt) = (n_query * d_o, n_query * d_t);
+        let allowed = subset.map(sorted_unique);
         let mut eligible: Vec<usize> = (0..index.tasks.len())
-            .filter(|&i| index.tasks[i].1.len() >= per_task)
+            .filter(|&i| {
+                let (task, slots) = index.tasks[i];
+                slots.len() >= per_task
+                    && allowed
+                        .as_ref()
+                        .map_or(true, |a| a.binary_search(&task).is_ok())
+            })
             .collect();
         let not_enough = |available| BufferError::NotEnoughTasks {
             requested: n_tasks,
             available,
             rows_per_task: per_task,
-            contiguous,
+            contiguous: false,
             tasks_held: index.tasks.len(),
         };
         if eligible.len() < n_tasks {
             return Err(not_enough(eligible.len()));
         }
-        let mut rng = self.rng();
         rng.shuffle(&mut eligible);
-        let mut found = 0;
-        for &e in &eligible {
-            if found == n_tasks {
-                break;
-            }
+        for (k, &e) in eligible.iter().take(n_tasks).enumerate() {
             let (task, slots) = index.tasks[e];
-            let k = found;
             let mut dst = TaskOut {
                 s_obs: &mut out.support_obs[k * so..(k + 1) * so],
                 s_tgt: &mut out.support_target[k * st..(k + 1) * st],
                 q_obs: &mut out.query_obs[k * qo..(k + 1) * qo],
                 q_tgt: &mut out.query_target[k * qt..(k + 1) * qt],
             };
-            let ok = if contiguous {
-                self.task_window(task, slots, n_support, &mut dst, &mut rng)?
-            } else {
-                self.task_rows(task, slots, n_support, &mut dst, &mut rng)?;
-                true
-            };
-            if ok {
-                out.task_ids[k] = task;
-                found += 1;
-            }
-        }
-        if found < n_tasks {
-            return Err(not_enough(found));
+            self.task_rows(task, slots, n_support, &mut dst, rng)?;
+            out.task_ids[k] = task;
         }
         Ok(())
     }
@@ -234,61 +286,141 @@ impl RingBuffer {
         Err(BufferError::Contended)
     }
 
-    /// One window of consecutive steps of one episode of `task` into `dst`; `Ok(false)` when
-    /// the task has none.
-    fn task_window(
+    /// Contiguous sets: `n_tasks` distinct tasks holding a window of `n_support + n_query`
+    /// steps, drawn uniformly from the window index's task list (a task that does not
+    /// qualify is drawn again; only after many misses are the qualifying tasks listed), then
+    /// one uniform window of each.
+    fn tasks_contiguous(
         &self,
-        task: i64,
-        slots: &[u32],
         n_support: usize,
-        dst: &mut TaskOut<'_>,
+        subset: Option<&[i64]>,
+        out: TaskBuffers<'_>,
         rng: &mut Rng,
-    ) -> Result<bool, BufferError> {
-        let len = dst.s_obs.len() / self.obs_dim + dst.q_obs.len() / self.obs_dim;
-        let base = self.base();
-        let n_slots = self.len();
-        let mut stamps = Vec::with_capacity(len);
-        let mut try_start = |start: usize, dst: &mut TaskOut<'_>| -> bool {
-            self.window_plausible(start, len, base, n_slots)
-                .is_some_and(|first| first.task_id == task)
-                && self
-                    .read_window(
-                        start,
-                        len,
-                        base,
-                        n_support,
-                        [
-                            &mut *dst.s_obs,
-                            &mut *dst.s_tgt,
-                            &mut *dst.q_obs,
-                            &mut *dst.q_tgt,
-                        ],
-                        &mut stamps,
+    ) -> Result<(), BufferError> {
+        let d_o = self.obs_dim;
+        let n_tasks = out.task_ids.len();
+        let per_task = (out.support_obs.len() + out.query_obs.len()) / d_o / n_tasks;
+        let picked = self.with_windows(|ix| {
+            let qualifies = |t: &i64| ix.tasks.get(t).is_some_and(|e| e.set.total(per_task) > 0);
+            let mut chosen: Vec<i64> = Vec::with_capacity(n_tasks);
+            match subset {
+                Some(sub) => {
+                    let mut c: Vec<i64> = sorted_unique(sub);
+                    c.retain(qualifies);
+                    if c.len() < n_tasks {
+                        return Err(c.len());
+                    }
+                    rng.shuffle(&mut c);
+                    chosen.extend_from_slice(&c[..n_tasks]);
+                }
+                None => {
+                    let list = &ix.task_list;
+                    let mut seen: HashSet<i64> = HashSet::with_capacity(2 * n_tasks);
+                    let draws = if list.is_empty() {
+                        0
+                    } else {
+                        TASK_DRAWS * (n_tasks + 4)
+                    };
+                    for _ in 0..draws {
+                        if chosen.len() == n_tasks {
+                            break;
+                        }
+                        let t = list[rng.below(list.len())];
+                        if qualifies(&t) && seen.insert(t) {
+                            chosen.push(t);
+                        }
+                    }
+                    if chosen.len() < n_tasks {
+                        // Qualifying tasks are rare: list them (exact, O(tasks)).
+                        let mut rest: Vec<i64> = list
+                            .iter()
+                            .copied()
+                            .filter(|t| !seen.contains(t) && qualifies(t))
+                            .collect();
+                        rest.sort_unstable();
+                        let need = n_tasks - chosen.len();
+                        if rest.len() < need {
+                            return Err(chosen.len() + rest.len());
+                        }
+                        rng.shuffle(&mut rest);
+                        chosen.extend_from_slice(&rest[..need]);
+                    }
+                }
+            }
+            let starts = chosen
+                .iter()
+                .map(|t| {
+                    let set = &ix.tasks[t].set;
+                    ix.start(
+                        set,
+                        per_task,
+                        rng.below(set.total(per_task) as usize) as u64,
                     )
-                    .is_some()
-        };
-        for _ in 0..WINDOW_TRIES {
-            if try_start(slots[rng.below(slots.len())] as usize, dst) {
-                return Ok(true);
+                })
+                .collect::<Vec<usize>>();
+            Ok((chosen, starts))
+        })?;
+        let (chosen, starts) = picked.map_err(|available| BufferError::NotEnoughTasks {
+            requested: n_tasks,
+            available,
+            rows_per_task: per_task,
+            contiguous: true,
+            tasks_held: self.task_counts().len(),
+        })?;
+        let (so, st) = (
+            out.support_obs.len() / n_tasks,
+            out.support_target.len() / n_tasks,
+        );
+        let (qo, qt) = (
+            out.query_obs.len() / n_tasks,
+            out.query_target.len() / n_tasks,
+        );
+        let base = self.base();
+        let mut stamps = Vec::with_capacity(per_task);
+        for (k, (&task, &first)) in chosen.iter().zip(&starts).enumerate() {
+            let dst = [
+                &mut out.support_obs[k * so..(k + 1) * so],
+                &mut out.support_target[k * st..(k + 1) * st],
+                &mut out.query_obs[k * qo..(k + 1) * qo],
+                &mut out.query_target[k * qt..(k + 1) * qt],
+            ];
+            let [a, b, c, d] = dst;
+            let mut start = first;
+            let mut tries = 0;
+            loop {
+                let got = self.read_window(
+                    start,
+                    per_task,
+                    base,
+                    n_support,
+                    [&mut *a, &mut *b, &mut *c, &mut *d],
+                    &mut stamps,
+                );
+                if got.is_some_and(|info| info.task_id == task) {
+                    break;
+                }
+                // Overwritten since it was drawn: another window of the same task.
+                tries += 1;
+                let redraw = self.with_windows(|ix| {
+                    let set = &ix.tasks.get(&task)?.set;
+                    let total = set.total(per_task);
+                    (total > 0).then(|| ix.start(set, per_task, rng.below(total as usize) as u64))
+                })?;
+                match redraw {
+                    Some(s) if tries < TASK_RETRIES => start = s,
+                    _ => return Err(BufferError::Contended),
+                }
             }
+            out.task_ids[k] = task;
         }
-        let starts: Vec<usize> = slots
-            .iter()
-            .map(|&s| s as usize)
-            .filter(|&s| {
-                // Every row, not only the ends: a reservoir can replace a slot mid-window.
-                self.window_intact(s, len, base, n_slots)
-                    .is_some_and(|first| first.task_id == task)
-            })
-            .collect();
-        if starts.is_empty() {
-            return Ok(false);
-        }
-        for _ in 0..TASK_RETRIES {
-            if try_start(starts[rng.below(starts.len())], dst) {
-                return Ok(true);
-            }
-        }
-        Err(BufferError::Contended)
+        Ok(())
     }
+}
+
+/// The ids sorted, without duplicates.
+fn sorted_unique(ids: &[i64]) -> Vec<i64> {
+    let mut v = ids.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    v
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::thread;
 
 use rust_buffer::rng::Rng;
-use rust_buffer::{BufferError, Meta, MetaValues, Options, RingBuffer};
+use rust_buffer::{BufferError, Meta, MetaValues, Options, RingBuffer, WindowQuery};
 
 const DO: usize = 8;
 const DT: usize = 2;
@@ -57,7 +57,7 @@ fn four_writers_two_samplers_never_see_a_torn_row() {
     let done = Arc::new(AtomicBool::new(false));
     let checked = Arc::new(AtomicUsize::new(0));
 
-    let samplers: Vec<_> = (0..2)
+    let samplers: Vec<_> = (0..3)
         .map(|k| {
             let (store, done, checked) = (store.clone(), done.clone(), checked.clone());
             thread::spawn(move || {
@@ -192,7 +192,7 @@ fn windows_under_concurrent_writes_are_whole_and_consecutive() {
             }
         }
     };
-    let samplers: Vec<_> = (0..2)
+    let samplers: Vec<_> = (0..3)
         .map(|k| {
             let (store, done, windows) = (store.clone(), done.clone(), windows.clone());
             thread::spawn(move || {
@@ -203,7 +203,51 @@ fn windows_under_concurrent_writes_are_whole_and_consecutive() {
                     if done.load(Ordering::Acquire) {
                         extra += 1;
                     }
-                    if k == 0 {
+                    if k == 2 {
+                        // Weighted and recent windows, and windows around random slots.
+                        let weights = [(0, 1.0), (1, 2.0), (2, 1.0)];
+                        let q = WindowQuery {
+                            task_weights: Some(&weights),
+                            recent: (mine % 2 == 0).then_some(2048),
+                            seed: None,
+                        };
+                        match store.sample_windows(8, L, q) {
+                            Ok(b) => {
+                                for (o, t) in b.obs.chunks(L * DO).zip(b.target.chunks(L * DT)) {
+                                    check_window(o, t);
+                                }
+                                windows.fetch_add(8, Ordering::Relaxed);
+                                mine += 8;
+                            }
+                            Err(
+                                BufferError::NoValidWindow { .. }
+                                | BufferError::NoValidWindowIn { .. }
+                                | BufferError::UnknownTask { .. }
+                                | BufferError::Empty
+                                | BufferError::Contended,
+                            ) => {}
+                            Err(e) => panic!("{e}"),
+                        }
+                        let n = store.len() as i64;
+                        if n > 0 {
+                            let anchors: Vec<i64> =
+                                (0..8).map(|i| (i * 977 + mine as i64) % n).collect();
+                            let mut o = vec![0.0; 8 * L * DO];
+                            let mut t = vec![0.0; 8 * L * DT];
+                            let mut valid = [false; 8];
+                            store
+                                .windows_at_into(&anchors, L, &mut o, &mut t, &mut valid)
+                                .unwrap();
+                            for (i, ok) in valid.iter().enumerate() {
+                                if *ok {
+                                    check_window(
+                                        &o[i * L * DO..(i + 1) * L * DO],
+                                        &t[i * L * DT..(i + 1) * L * DT],
+                                    );
+                                }
+                            }
+                        }
+                    } else if k == 0 {
                         match store.sample_sequences(16, L) {
                             Ok(b) => {
                                 for (o, t) in b.obs.chunks(L * DO).zip(b.target.chunks(L * DT)) {

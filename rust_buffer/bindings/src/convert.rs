@@ -18,7 +18,7 @@ pub(crate) const DETACH_BYTES: usize = 8 * 1024;
 static REQUIRE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static ASARRAY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
-fn has_flags(arr: &Bound<'_, PyUntypedArray>, flags: i32) -> bool {
+pub(crate) fn has_flags(arr: &Bound<'_, PyUntypedArray>, flags: i32) -> bool {
     // SAFETY: `arr` is a live ndarray; reading its flags field is what PyArray_FLAGS does.
     unsafe { (*_PyArray_GET_ITEM_DATA(arr.as_array_ptr())).flags & flags == flags }
 }

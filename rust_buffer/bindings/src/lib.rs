@@ -4,6 +4,7 @@
 
 mod convert;
 mod pool;
+mod select;
 
 use convert::{float_rows, meta_arg, out_rows, size, DETACH_BYTES};
 use numpy::ndarray::{Array1, ArrayView1, ArrayView2};
@@ -13,7 +14,10 @@ use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use rust_buffer::persist::PersistError;
-use rust_buffer::{BufferError, Meta, MetaBatch, Options, Retention, RingBuffer, TaskBuffers};
+use rust_buffer::{
+    BufferError, Meta, MetaBatch, Options, Retention, RingBuffer, TaskBuffers, TaskQuery,
+    WindowQuery,
+};
 
 fn to_py_err(e: BufferError) -> PyErr {
     match e {
@@ -83,6 +87,14 @@ fn retention_arg(retention: &str) -> PyResult<Retention> {
 fn opt_seed(seed: Option<&Bound<'_, PyAny>>) -> PyResult<Option<u64>> {
     match seed {
         Some(s) if !s.is_none() => Some(seed_arg(s, "None or an int in [0, 2**64)")).transpose(),
+        _ => Ok(None),
+    }
+}
+
+/// An optional size argument (None or an int >= 1).
+fn opt_size(v: Option<&Bound<'_, PyAny>>, name: &str) -> PyResult<Option<usize>> {
+    match v {
+        Some(v) if !v.is_none() => Ok(Some(size(v, name, 1)?)),
         _ => Ok(None),
     }
 }
@@ -301,7 +313,10 @@ impl PyRingBuffer {
     /// `(support_obs, support_target, query_obs, query_target, task_ids)`: `n_tasks` distinct
     /// tasks, each with disjoint support (n_support rows) and query (n_query rows) sets;
     /// `contiguous=True` takes one stretch of consecutive steps of one episode per task.
-    #[pyo3(signature = (n_tasks, n_support, n_query, *, contiguous=false))]
+    /// `tasks` restricts the draw to these task ids (a rank's shard); `seed` draws with a
+    /// fresh generator seeded with it instead of the store's.
+    #[pyo3(signature = (n_tasks, n_support, n_query, *, contiguous=false, tasks=None, seed=None))]
+    #[allow(clippy::too_many_arguments)]
     fn sample_tasks<'py>(
         &self,
         py: Python<'py>,
@@ -309,10 +324,17 @@ impl PyRingBuffer {
         n_support: &Bound<'_, PyAny>,
         n_query: &Bound<'_, PyAny>,
         contiguous: bool,
+        tasks: Option<&Bound<'_, PyAny>>,
+        seed: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let t = size(n_tasks, "n_tasks", 1)?;
         let s = size(n_support, "n_support", 0)?;
         let q = size(n_query, "n_query", 0)?;
+        let subset = match tasks {
+            Some(v) if !v.is_none() => Some(select::int_list(v, "tasks")?),
+            _ => None,
+        };
+        let seed = opt_seed(seed)?;
         let inner = &self.inner;
         let (d_o, d_t) = (inner.obs_dim(), inner.target_dim());
         // Distinct tasks with distinct rows: more than the store holds can never be satisfied
@@ -338,7 +360,11 @@ impl PyRingBuffer {
                 query_target: &mut qt,
                 task_ids: &mut ids,
             };
-            inner.sample_tasks_into(s, q, contiguous, out)
+            let query = TaskQuery {
+                tasks: subset.as_deref(),
+                seed,
+            };
+            inner.sample_tasks_query_into(s, q, contiguous, query, out)
         })
         .map_err(to_py_err)?;
         PyTuple::new(
@@ -380,6 +406,185 @@ impl PyRingBuffer {
                 pool::array(py, obs, &[b, l, d_o])?,
                 pool::array(py, target, &[b, l, d_t])?,
                 vector(py, ids),
+            ],
+        )
+    }
+
+    /// `(obs, target, task_ids)`: `batch_size` windows of `length` consecutive steps of one
+    /// episode, shaped (b, l, obs_dim), (b, l, target_dim), (b,). Uniform over all valid
+    /// windows, or: `task_weights` (dict task id -> weight) draws a task by weight among the
+    /// given tasks holding a valid window, then a window of it uniformly; `recent` keeps only
+    /// windows within the newest `recent` rows; `seed` draws with a fresh generator seeded
+    /// with it instead of the store's.
+    #[pyo3(signature = (batch_size, length, *, task_weights=None, recent=None, seed=None))]
+    fn sample_windows<'py>(
+        &self,
+        py: Python<'py>,
+        batch_size: &Bound<'_, PyAny>,
+        length: &Bound<'_, PyAny>,
+        task_weights: Option<&Bound<'_, PyAny>>,
+        recent: Option<&Bound<'_, PyAny>>,
+        seed: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let b = size(batch_size, "batch_size", 0)?;
+        let l = size(length, "length", 1)?;
+        let weights = select::task_weights(task_weights)?;
+        let recent = opt_size(recent, "recent")?;
+        let seed = opt_seed(seed)?;
+        let inner = &self.inner;
+        let (d_o, d_t) = (inner.obs_dim(), inner.target_dim());
+        let query = WindowQuery {
+            task_weights: weights.as_deref(),
+            recent,
+            seed,
+        };
+        inner.check_windows(l, &query).map_err(to_py_err)?;
+        let bl = b.saturating_mul(l);
+        let mut obs = pool::take(bl, d_o)?;
+        let mut target = pool::take(bl, d_t)?;
+        let mut ids = pool::ids(b)?;
+        maybe_detach(py, bl.saturating_mul(self.row_bytes()), || {
+            inner.sample_windows_into(l, query, &mut obs, &mut target, &mut ids)
+        })
+        .map_err(to_py_err)?;
+        PyTuple::new(
+            py,
+            [
+                pool::array(py, obs, &[b, l, d_o])?,
+                pool::array(py, target, &[b, l, d_t])?,
+                vector(py, ids),
+            ],
+        )
+    }
+
+    /// Like `sample_windows`, into the caller's C-contiguous, writable float32 arrays
+    /// `obs_out` (b, l, obs_dim) and `target_out` (b, l, target_dim), with the GIL released;
+    /// returns task_ids (b,).
+    #[pyo3(signature = (obs_out, target_out, length, *, task_weights=None, recent=None, seed=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn sample_windows_into<'py>(
+        &self,
+        py: Python<'py>,
+        obs_out: &Bound<'_, PyAny>,
+        target_out: &Bound<'_, PyAny>,
+        length: &Bound<'_, PyAny>,
+        task_weights: Option<&Bound<'_, PyAny>>,
+        recent: Option<&Bound<'_, PyAny>>,
+        seed: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let l = size(length, "length", 1)?;
+        let (o, b, lo) = select::out_windows(obs_out, "obs_out", self.inner.obs_dim())?;
+        let (t, bt, lt) = select::out_windows(target_out, "target_out", self.inner.target_dim())?;
+        if (b, lo) != (bt, l) || lt != l {
+            return Err(PyValueError::new_err(format!(
+                "obs_out is ({b}, {lo}, ...) and target_out is ({bt}, {lt}, ...); both must be (batch_size, length={l}, dim)"
+            )));
+        }
+        let weights = select::task_weights(task_weights)?;
+        let recent = opt_size(recent, "recent")?;
+        let seed = opt_seed(seed)?;
+        let (op, tp) = (o.data(), t.data());
+        let (ol, tl) = (o.len(), t.len());
+        let (o_end, t_end) = (op.wrapping_add(ol) as usize, tp.wrapping_add(tl) as usize);
+        if ol > 0 && tl > 0 && (op as usize) < t_end && (tp as usize) < o_end {
+            return Err(PyValueError::new_err(
+                "obs_out and target_out overlap; pass separate arrays",
+            ));
+        }
+        // SAFETY: both arrays are C-contiguous, aligned, writable, non-overlapping and kept
+        // alive by `o`/`t` for the call. Like NumPy's own GIL-free loops, other Python threads
+        // touching them during the call see unspecified values.
+        let (os, ts) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(op, ol),
+                std::slice::from_raw_parts_mut(tp, tl),
+            )
+        };
+        let mut ids = pool::ids(b)?;
+        let inner = &self.inner;
+        let query = WindowQuery {
+            task_weights: weights.as_deref(),
+            recent,
+            seed,
+        };
+        py.detach(|| inner.sample_windows_into(l, query, os, ts, &mut ids))
+            .map_err(to_py_err)?;
+        Ok(vector(py, ids))
+    }
+
+    /// Valid windows of `length` rows held per task id (tasks with none left out): what
+    /// `sample_windows` draws among.
+    fn window_counts<'py>(
+        &self,
+        py: Python<'py>,
+        length: &Bound<'_, PyAny>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let l = size(length, "length", 1)?;
+        let inner = &self.inner;
+        let counts = py.detach(|| inner.window_counts(l)).map_err(to_py_err)?;
+        let d = PyDict::new(py);
+        for (t, n) in counts {
+            d.set_item(t, n)?;
+        }
+        Ok(d)
+    }
+
+    /// `(obs, target, valid)`: for each slot in `anchors` (1-D ints in [0, len)), the window
+    /// of `length` rows ending at it if valid, else the one starting at it, shaped
+    /// (k, l, obs_dim), (k, l, target_dim); `valid` (k,) bool is False where neither is
+    /// valid (those windows are zero-filled).
+    fn windows_at<'py>(
+        &self,
+        py: Python<'py>,
+        anchors: &Bound<'_, PyAny>,
+        length: &Bound<'_, PyAny>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let anchors = select::int_list(anchors, "anchors")?;
+        let l = size(length, "length", 1)?;
+        let inner = &self.inner;
+        let (d_o, d_t) = (inner.obs_dim(), inner.target_dim());
+        let k = anchors.len();
+        let kl = k.saturating_mul(l);
+        let mut obs = pool::take(kl, d_o)?;
+        let mut target = pool::take(kl, d_t)?;
+        let mut valid = pool::zeros::<bool>(k)
+            .map_err(|_| PyValueError::new_err("cannot allocate the output; pass fewer anchors"))?;
+        maybe_detach(py, kl.saturating_mul(self.row_bytes()), || {
+            inner.windows_at_into(&anchors, l, &mut obs, &mut target, &mut valid)
+        })
+        .map_err(to_py_err)?;
+        PyTuple::new(
+            py,
+            [
+                pool::array(py, obs, &[k, l, d_o])?,
+                pool::array(py, target, &[k, l, d_t])?,
+                Array1::from_vec(valid).into_pyarray(py).into_any(),
+            ],
+        )
+    }
+
+    /// `(obs, target)`: the rows held in the slots `rows` (1-D ints in [0, len)), shaped
+    /// (k, obs_dim), (k, target_dim), each copied under its stamp (never torn).
+    fn gather<'py>(
+        &self,
+        py: Python<'py>,
+        rows: &Bound<'_, PyAny>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let slots = select::int_list(rows, "rows")?;
+        let inner = &self.inner;
+        let (d_o, d_t) = (inner.obs_dim(), inner.target_dim());
+        let k = slots.len();
+        let mut obs = pool::take(k, d_o)?;
+        let mut target = pool::take(k, d_t)?;
+        maybe_detach(py, k.saturating_mul(self.row_bytes()), || {
+            inner.gather_into(&slots, &mut obs, &mut target)
+        })
+        .map_err(to_py_err)?;
+        PyTuple::new(
+            py,
+            [
+                pool::array(py, obs, &[k, d_o])?,
+                pool::array(py, target, &[k, d_t])?,
             ],
         )
     }
