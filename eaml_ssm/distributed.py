@@ -497,7 +497,7 @@ class ShardedTaskSampler:
     """Meta-batches whose content depends on (seed, step) only, served from a rank's shard.
 
     A task is *eligible* when it has at least one window of ``L = S + Q`` consecutive steps of
-    one episode (the store's rule, asked through `eaml_ssm.feed.has_window`; tasks without
+    one episode (the store's rule, asked through `eaml_ssm.feed.windowed_tasks`; tasks without
     one are never drawn). With several ranks, each rank knows its own tasks only: call
     :meth:`share_eligibility` (a collective) or :meth:`set_eligible` before sampling.
 
@@ -527,7 +527,7 @@ class ShardedTaskSampler:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        from eaml_ssm.feed import has_window
+        from eaml_ssm.feed import windowed_tasks
 
         if support_len < 1 or query_len < 1:
             raise ValueError(f"need support_len, query_len >= 1, got {support_len}, {query_len}")
@@ -542,7 +542,8 @@ class ShardedTaskSampler:
                 raise ValueError(f"rank {self.rank}: the store holds no rows of task {task}")
         length = self.support_len + self.query_len
         self._local = np.zeros(self.num_tasks, dtype=bool)  # (num_tasks,) my eligible tasks
-        self._local[[t for t in self.task_ids if has_window(store, t, length)]] = True
+        windowed = windowed_tasks(store, length)
+        self._local[[t for t in self.task_ids if t in windowed]] = True
         self.eligible: np.ndarray | None = self._local.copy() if world_size == 1 else None
 
     def local_eligibility(self) -> np.ndarray:

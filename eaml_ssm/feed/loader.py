@@ -310,17 +310,16 @@ class StoreLoader:
         _positive(batch_size=batch_size, seq_len=seq_len)
         key = ("seq", batch_size, seq_len)
         if not self.pinned:
-            obs, tgt, ids = self._draw(key, "sample_sequences", batch_size, seq_len)
+            obs, tgt, ids = self._draw(key, "sample_windows", batch_size, seq_len)
             x, y = self._norm(*self._move(obs, tgt))
             return x, y, self._move_one(ids)
         shapes = [*self._row_shapes((batch_size, seq_len)), ((batch_size,), torch.int64)]
 
-        def fill(out: list[np.ndarray], index: int) -> None:
-            res = seeded(
-                self.store, "sample_sequences", batch_size, seq_len, seed=self._seed_of(index)
-            )
-            for dst, src in zip(out, res, strict=True):
-                np.copyto(dst, src)
+        def fill(out: list[np.ndarray], index: int) -> None:  # straight into the slot
+            out[2][:] = seeded(
+                self.store, "sample_windows_into", out[0], out[1], seq_len,
+                seed=self._seed_of(index),
+            )  # fmt: skip
 
         x, y, ids = self._feed(key, shapes, fill)
         x, y = self._norm(x, y)
@@ -437,15 +436,9 @@ def task_window_into(
     )  # fmt: skip
 
 
-def has_window(store: Any, task: int, length: int) -> bool:
-    """Whether task ``task`` holds a window of ``length`` steps of one episode (store's rule)."""
-    obs = np.empty((1, length, store.obs_dim), dtype=np.float32)
-    tgt = np.empty((1, length, store.target_dim), dtype=np.float32)
-    try:
-        task_window_into(store, obs, tgt, task, 0)
-    except ValueError:
-        return False
-    return True
+def windowed_tasks(store: Any, length: int) -> set[int]:
+    """Task ids holding a window of ``length`` steps of one episode (the store's own rule)."""
+    return {int(t) for t, n in store.window_counts(length).items() if int(n) > 0}
 
 
 _NUMPY = {torch.float32: np.float32, torch.int64: np.int64}
