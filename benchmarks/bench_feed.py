@@ -18,15 +18,13 @@ absolute numbers noisy, the ratios within one run are the figures to read.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
+import statistics
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import median_seconds  # noqa: E402
 
 from eaml_ssm import pipeline  # noqa: E402
 from eaml_ssm.collect import build_store  # noqa: E402
@@ -97,6 +95,21 @@ class FormerReplay:
         return self.norm(x, y)
 
 
+def paired(
+    new: Callable[[], object], old: Callable[[], object], repeats: int
+) -> tuple[float, float]:
+    """Median seconds of `new` and `old`, called alternately (drift hits both alike)."""
+    for _ in range(3):
+        new(), old()
+    t_new, t_old = [], []
+    for _ in range(repeats):
+        for fn, out in ((new, t_new), (old, t_old)):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    return statistics.median(t_new), statistics.median(t_old)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer tasks and repeats (smoke run)")
@@ -136,20 +149,21 @@ def main(argv: list[str] | None = None) -> None:
         ("meta-step (batch + update)", feed_step, former_step),
         ("meta-batch alone", feed_batch, former_batch),
     ):
-        t_old = median_seconds(old, repeats, cpu)
-        t_new = median_seconds(new, repeats, cpu)
-        rows.append((what, t_new, t_old))
+        rows.append((what, *paired(new, old, repeats)))
 
     # 2. replay gather
     b, length = 32, cfg.support_len + cfg.query_len
     feed = ReplayFeed(store, cpu, transform=norm, seed=0)
     former = FormerReplay(store, norm, seed=0)
     for strategy in ("uniform", "task_balanced", "recent"):
-        t_old = median_seconds(lambda s=strategy: former.windows(s, b, length), 5 * repeats, cpu)
-        t_new = median_seconds(lambda s=strategy: feed.windows(s, b, length), 5 * repeats, cpu)
+        t_new, t_old = paired(
+            lambda s=strategy: feed.windows(s, b, length),  # type: ignore[misc]
+            lambda s=strategy: former.windows(s, b, length),  # type: ignore[misc]
+            5 * repeats,
+        )
         rows.append((f"replay {b}x{length} windows, {strategy}", t_new, t_old))
 
-    print(f"\n| what | feed (us) | former (us) | feed / former |\n|---|---|---|---|")
+    print("\n| what | feed (us) | former (us) | feed / former |\n|---|---|---|---|")
     for what, new, old in rows:
         print(f"| {what} | {1e6 * new:.0f} | {1e6 * old:.0f} | {new / old:.2f} |")
 
