@@ -26,13 +26,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from eaml_ssm import pipeline  # noqa: E402
-from eaml_ssm.collect import build_store  # noqa: E402
-from eaml_ssm.config import RunConfig  # noqa: E402
-from eaml_ssm.features import Normalizer  # noqa: E402
-from eaml_ssm.feed import ReplayFeed, StoreLoader, draw_seed  # noqa: E402
-from eaml_ssm.maml import TaskBatch  # noqa: E402
-from eaml_ssm.tasks import get_family, sample_tasks  # noqa: E402
+from eaml_ssm import pipeline
+from eaml_ssm.collect import build_store
+from eaml_ssm.config import RunConfig
+from eaml_ssm.features import Normalizer
+from eaml_ssm.feed import ReplayFeed, StoreLoader, draw_seed
+from eaml_ssm.maml import TaskBatch
+from eaml_ssm.tasks import get_family, sample_tasks
 
 
 def former_meta_batch(cfg: RunConfig, store: Any, norm: Normalizer, step: int) -> TaskBatch:
@@ -82,7 +82,9 @@ class FormerReplay:
             idx = start[:, None] + offsets[None, :]
             inside = (idx[:, 0] >= 0) & (idx[:, -1] < n)
             idx = idx % n
-            ok = (episode[idx] == episode[idx[:, :1]]).all(1) & (task[idx] == task[idx[:, :1]]).all(1)
+            ok = (episode[idx] == episode[idx[:, :1]]).all(1) & (task[idx] == task[idx[:, :1]]).all(
+                1
+            )
             ok &= (np.diff(step[idx], axis=1) == 1).all(1) & (step[idx[:, 0]] >= 0)
             ok &= inside & (chosen_start < 0)
             chosen_start[ok] = start[ok] % n

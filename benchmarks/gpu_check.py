@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     return _finish(out, report, dry=small)
 
 
-# --- plumbing ----------------------------------------------------------------------------------
+# --- plumbing ---------------------------------------------------------------------------------
 
 
 def _section(fn: Callable[[], Result]) -> Result:
@@ -112,7 +112,9 @@ def _finish(out: Path, report: dict[str, Result], *, dry: bool) -> int:
     for name, res in report.items():
         status = "ok" if res.get("ok") else "FAIL"
         body = {k: v for k, v in res.items() if k not in ("ok",)}
-        lines.append(f"## {name}: {status}\n\n```\n{json.dumps(body, indent=1, default=str)}\n```\n")
+        lines.append(
+            f"## {name}: {status}\n\n```\n{json.dumps(body, indent=1, default=str)}\n```\n"
+        )
     (out / "gpu_check.md").write_text("\n".join(lines))
     print("\n".join(lines))
     return 0 if ok else 1
@@ -149,7 +151,7 @@ def _environment(device: torch.device) -> Result:
     return env
 
 
-# --- 1. CUDA tests -------------------------------------------------------------------------------
+# --- 1. CUDA tests ----------------------------------------------------------------------------
 
 
 def _cuda_tests(out: Path, *, collect_only: bool) -> Result:
@@ -178,7 +180,7 @@ def _junit_counts(path: Path) -> dict[str, int]:
     return {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
 
 
-# --- shared data ---------------------------------------------------------------------------------
+# --- shared data ------------------------------------------------------------------------------
 
 
 class _Data:
@@ -219,7 +221,7 @@ def _naive_tasks(data: _Data, device: torch.device, t: int, k: int) -> Any:
     return TaskBatch(seq(so, False), seq(st, True), seq(qo, False), seq(qt, True))
 
 
-# --- 2. meta-training ------------------------------------------------------------------------------
+# --- 2. meta-training -------------------------------------------------------------------------
 
 
 def _meta_train(data: _Data, device: torch.device, small: bool) -> Result:
@@ -295,7 +297,7 @@ class _marks:
         return b - a, c - a
 
 
-# --- 3. adaptation latency ---------------------------------------------------------------------------
+# --- 3. adaptation latency --------------------------------------------------------------------
 
 
 class _NaiveReplay:
@@ -359,12 +361,11 @@ def _adapt(data: _Data, device: torch.device, small: bool) -> Result:
     return res
 
 
-# --- 4. pinned host-to-device bandwidth ------------------------------------------------------------
+# --- 4. pinned host-to-device bandwidth -------------------------------------------------------
 
 
 def _h2d(device: torch.device, small: bool) -> Result:
     import rust_buffer
-
     from eaml_ssm.feed import StoreLoader
 
     rows = 4096 if small else 1 << 18  # 256k rows x (4 + 4) floats x 4 B = 8 MB per batch
@@ -397,12 +398,11 @@ def _h2d(device: torch.device, small: bool) -> Result:
     }
 
 
-# --- 5. loader stress ------------------------------------------------------------------------------
+# --- 5. loader stress -------------------------------------------------------------------------
 
 
 def _loader_stress(device: torch.device, small: bool) -> Result:
     import rust_buffer
-
     from eaml_ssm.feed import StoreLoader
 
     n = 10_000 if small else 200_000
@@ -422,7 +422,9 @@ def _loader_stress(device: torch.device, small: bool) -> Result:
                     with torch.cuda.stream(stream):
                         big @ big  # heavy concurrent work on another stream
                 x, y = loader.batch(1024)
-                ok = (x == x[:, :1]).all() & (y[:, 0] == x[:, 0]).all() & (y[:, 1] == -x[:, 0]).all()
+                ok = (
+                    (x == x[:, :1]).all() & (y[:, 0] == x[:, 0]).all() & (y[:, 1] == -x[:, 0]).all()
+                )
                 bad += int(not bool(ok))
         res[f"{dev} pinned={pinned}"] = {"batches": batches, "bad": bad}
         if bad:
@@ -430,7 +432,7 @@ def _loader_stress(device: torch.device, small: bool) -> Result:
     return res
 
 
-# --- 6. torchrun (NCCL) and 7. resume across devices -------------------------------------------------
+# --- 6. torchrun (NCCL) and 7. resume across devices ------------------------------------------
 
 
 def _train_cmd(out: Path, name: str, device: str, epochs: int, *extra: str) -> list[str]:
@@ -446,7 +448,7 @@ def _torchrun(out: Path, device: torch.device, small: bool) -> Result:
         return {"note": "dry run: NCCL needs CUDA; not run"}
     runs = out / "runs"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1"]
-    _run([*cmd, *_train_cmd(runs, "nccl", "cuda", 3, "--distributed")[1:]], 180)
+    _run([*cmd, *_train_cmd(runs, "nccl", "cuda", 3, "--distributed")], 180)  # -m eaml_ssm
     info = json.loads((runs / "nccl" / "distributed.json").read_text())
     return {"backend": info["backend"], "device": info["device"], "ok": info["backend"] == "nccl"}
 
@@ -468,7 +470,7 @@ def _resume(out: Path, device: torch.device, small: bool) -> Result:
     return res
 
 
-# --- 8. control (optional) ------------------------------------------------------------------------
+# --- 8. control (optional) --------------------------------------------------------------------
 
 
 def _control(device: torch.device) -> Result:

@@ -36,7 +36,6 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
@@ -91,7 +90,8 @@ class AdaptationConfig:
     nonnegative_lrs: bool = False
     seed: int | None = None  # seed of the adapter's replay draws (one store seed per draw)
     # replay also the live stream written into the store (True), or only the tasks the store
-    # held when the adapter was built (False); measured in docs/data-path.md
+    # held when the adapter was built (False; an empty store then: no restriction); measured
+    # in docs/data-path.md
     replay_live: bool = False
 
     def __post_init__(self) -> None:
@@ -312,9 +312,7 @@ class ExperienceSource:
         rows when the store has no episode structure (logged once); None: nothing to draw."""
         if self.ring is None:
             return self._facade_rows(strategy, b)
-        return self.feed.windows(
-            strategy, b, seq_len, query, recent=recent, candidates=candidates
-        )
+        return self.feed.windows(strategy, b, seq_len, query, recent=recent, candidates=candidates)
 
     # the strategies by name, for rows (kept for callers of the former API)
     def uniform(self, k: int) -> tuple[Tensor, Tensor]:
@@ -365,6 +363,7 @@ def _find_ring(buffer: Any) -> Any:
         if _is_ring(inner):
             return inner
     return None
+
 
 # --------------------------------------------------------------------------------------------
 # Model calls (stateful SSM or stateless module)

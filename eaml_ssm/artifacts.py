@@ -75,7 +75,9 @@ def restore_cuda_rng(states: list[Any], visible: int) -> int:
     for i in range(n):
         torch.cuda.set_rng_state(states[i], i)
     if len(states) != visible:
-        log.info("CUDA RNG: %d saved states, %d devices visible; restored %d", len(states), visible, n)
+        log.info(
+            "CUDA RNG: %d saved states, %d devices visible; restored %d", len(states), visible, n
+        )
     return n
 
 

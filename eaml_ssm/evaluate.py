@@ -48,10 +48,10 @@ from tqdm import tqdm  # type: ignore[import-untyped]
 
 from eaml_ssm import pipeline, protocol
 from eaml_ssm.adaptation import Adapter, ExperienceSource
-from eaml_ssm.feed import StoreLoader, draw_seed
 from eaml_ssm.artifacts import RunDir, finite, fresh_run_dir, seed_everything
 from eaml_ssm.collect import build_store
 from eaml_ssm.config import RunConfig
+from eaml_ssm.feed import StoreLoader, draw_seed
 from eaml_ssm.plots import plot_curves
 from eaml_ssm.ssm import SSM
 from eaml_ssm.stats import pass_count, percent, reduction, relative_change, summarize

@@ -403,5 +403,5 @@ def test_a_collective_that_does_not_finish_in_time_is_a_rank_failure():
             return False  # what Work.wait says when the timeout passed
 
     ctx = D.DistributedContext(rank=1, world_size=2, backend="nccl", timeout_s=0.5)
-    with pytest.raises(D.RankFailure, match="within 0.5 s"), D._collective(ctx, "all-reduce"):
+    with pytest.raises(D.RankFailure, match=r"within 0\.5 s"), D._collective(ctx, "all-reduce"):
         D._wait(ctx, Stuck())

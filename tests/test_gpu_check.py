@@ -10,7 +10,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import gpu_check  # noqa: E402
+import gpu_check
 
 
 def test_dry_run_runs_every_section_on_the_cpu(tmp_path: Path) -> None:

@@ -54,7 +54,9 @@ def draw_seed(seed: int, index: int, *tags: int) -> int:
     ``draw_seed(seed, step)`` is the seed meta-training always used for step ``step``
     (``SeedSequence([seed, step])``), so the batches of a seed did not change with the feed.
     """
-    return int(np.random.SeedSequence([int(seed), int(index), *map(int, tags)]).generate_state(1)[0])
+    return int(
+        np.random.SeedSequence([int(seed), int(index), *map(int, tags)]).generate_state(1)[0]
+    )
 
 
 def seeded(store: Any, method: str, *args: Any, seed: int | None = None, **kwargs: Any) -> Any:
@@ -329,10 +331,10 @@ class StoreLoader:
         """Bytes per second of each timed pinned copy so far (``time_copies=True``; syncs)."""
         if not self._timings:
             return []
-        self._timings[-1][1].synchronize()
-        rates = [b / (s.elapsed_time(e) / 1e3) for s, e, b in self._timings]
-        self._timings.clear()
-        return rates
+        done = self._timings[:]  # the worker may append the prefetched copy meanwhile
+        del self._timings[: len(done)]
+        done[-1][1].synchronize()
+        return [b / (s.elapsed_time(e) / 1e3) for s, e, b in done]
 
     def seek(self, index: int) -> None:
         """Make ``index`` the next draw of every kind (drops prefetched batches)."""
