@@ -103,9 +103,11 @@ def paired(
     """Median seconds of `new` and `old`, called alternately (drift hits both alike)."""
     for _ in range(3):
         new(), old()
-    t_new, t_old = [], []
-    for _ in range(repeats):
-        for fn, out in ((new, t_new), (old, t_old)):
+    t_new: list[float] = []
+    t_old: list[float] = []
+    for i in range(repeats):
+        pair = ((new, t_new), (old, t_old))
+        for fn, out in pair if i % 2 else pair[::-1]:  # alternate who goes first
             t0 = time.perf_counter()
             fn()
             out.append(time.perf_counter() - t0)
