@@ -231,6 +231,13 @@ def test_window_replay_falls_back_to_rows_once_logged(caplog):
     assert len(said) == 1
 
 
+def test_uniform_row_replay_is_capped_at_the_rows_held():
+    buf = ExperienceBuffer(100, seed=0)
+    buf.add(np.arange(10.0).reshape(5, 2), np.zeros((5, 1)))
+    x, _ = ExperienceSource(buf, seed=0).rows("uniform", 32)
+    assert x.shape == (5, 2)
+
+
 def test_default_sequence_replay_of_an_experience_buffer_adapts():
     from eaml_ssm.ssm import SSM
 

@@ -114,8 +114,8 @@ class ReplayFeed:
         window = max(1, min(recent, len(store)))
         if weights is None and strategy == "recent":
             obs, tgt = seeded(store, "sample_recent", min(k, window), window, seed=seed)
-        elif weights is None:
-            obs, tgt = seeded(store, "sample", k, seed=seed)
+        elif weights is None:  # at most the rows held (the store refuses more)
+            obs, tgt = seeded(store, "sample", min(k, len(store)), seed=seed)
         else:  # rows of chosen tasks: windows of one row, per task
             try:
                 obs, tgt = self._weighted(store, strategy, weights, k, 1, window, seed)
