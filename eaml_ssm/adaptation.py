@@ -888,10 +888,19 @@ class OnlineAdapter:
     the true ``y_t``; after every ``adapt_every`` recorded steps it adapts on the latest
     ``window`` steps, starting from the hidden state that preceded that window, and
     recomputes the carried state through the window with the new weights. Continual or
-    GrBAL-style reset follows ``adapter.config.mode``.
+    GrBAL-style reset follows ``adapter.config.mode``. With ``live`` (an
+    ``eaml_ssm.feed.LiveWriter``, one stream) every observed transition is written into the
+    store as it arrives, before any adaptation that could replay it.
     """
 
-    def __init__(self, adapter: Adapter, window: int = 16, adapt_every: int | None = None) -> None:
+    def __init__(
+        self,
+        adapter: Adapter,
+        window: int = 16,
+        adapt_every: int | None = None,
+        *,
+        live: Any = None,
+    ) -> None:
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         self.adapter = adapter
@@ -905,6 +914,8 @@ class OnlineAdapter:
         self.hidden: Tensor | None = None
         self.t = 0
         self.losses: list[tuple[int, float, int]] = []  # (t, loss before update, steps)
+        # an eaml_ssm.feed.LiveWriter: each observed transition goes into the store at once
+        self.live = live
 
     def start(self, batch_size: int = 1) -> None:
         """Forget the history and zero the carried state (weights are kept)."""
@@ -925,6 +936,11 @@ class OnlineAdapter:
         else:
             y_hat = ad.predict(x_t)
         self._hist.append((x_t.detach(), y_t.detach(), h_before, reset))
+        if self.live is not None:
+            if x_t.shape[0] != 1:
+                raise ValueError(f"live writing needs one stream (b = 1), got b = {x_t.shape[0]}")
+            start = reset is not None and bool(reset.reshape(-1)[0])
+            self.live.add(x_t[0], y_t[0], episode_start=start)
         self.t += 1
         if self.t % self.adapt_every == 0:
             self.adapt_now()

@@ -412,3 +412,20 @@ def test_a_collective_that_does_not_finish_in_time_is_a_rank_failure():
     ctx = D.DistributedContext(rank=1, world_size=2, backend="nccl", timeout_s=0.5)
     with pytest.raises(D.RankFailure, match=r"within 0\.5 s"), D._collective(ctx, "all-reduce"):
         D._wait(ctx, Stuck())
+
+
+def test_an_online_adapter_writes_each_observed_transition_live():
+    from eaml_ssm.adaptation import OnlineAdapter
+
+    store = _episodes_store(tasks=1, episodes=2)
+    adapter = Adapter(torch.nn.Linear(2, 1), AdaptationConfig(seed=0, replay_live=True), store)
+    online = OnlineAdapter(adapter, window=4, live=LiveWriter(store, task_id=5))
+    xs = torch.arange(20.0).reshape(10, 1, 2)
+    for t in range(10):
+        online.step(xs[t], -xs[t, :, :1], reset=torch.tensor([t == 6]))
+    assert store.task_counts()[5] == 10
+    live = store.task_id_view() == 5
+    np.testing.assert_array_equal(store.obs_view()[live], xs[:, 0].numpy())
+    np.testing.assert_array_equal(store.step_view()[live], [0, 1, 2, 3, 4, 5, 0, 1, 2, 3])
+    with pytest.raises(ValueError, match="one stream"):
+        online.step(torch.zeros(2, 2), torch.zeros(2, 1))
