@@ -30,6 +30,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -70,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             report["cuda"] = {"ok": False, "error": "CUDA is not available to torch"}
             return _finish(out, report, dry=False)
         report["install"] = _section(lambda: _install(args.wheel))
+        if not report["install"]["ok"]:
+            return _finish(out, report, dry=False)
         device = torch.device("cuda", torch.cuda.current_device())
     small = args.dry_run
     report["environment"] = _section(lambda: _environment(device))
@@ -120,10 +123,12 @@ def _finish(out: Path, report: dict[str, Result], *, dry: bool) -> int:
     return 0 if ok else 1
 
 
-def _run(cmd: list[str], timeout: float, env: dict[str, str] | None = None) -> str:
+def _run(
+    cmd: list[str], timeout: float, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> str:
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     res = subprocess.run(
-        cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env
+        cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
     )
     if res.returncode != 0:
         tail = (res.stdout + res.stderr)[-2000:]
@@ -137,10 +142,23 @@ def _sync(device: torch.device) -> None:
 
 
 def _install(wheel: str) -> Result:
-    _run([sys.executable, "-m", "pip", "install", "--no-deps", "--force-reinstall", wheel], 120)
+    """pip install --no-deps the wheel, and make its extension the one this checkout uses.
+
+    Commands run from the repository root, where the source package ``rust_buffer/`` (Python
+    files only: the built extension is not committed) shadows the installed one; the wheel's
+    compiled ``_rust_buffer`` is copied next to it, so tests and runs use the wheel's binary.
+    """
+    wheel_path = str(Path(wheel).resolve())
+    with tempfile.TemporaryDirectory() as tmp:  # away from the checkout's rust_buffer/
+        cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--force-reinstall"]
+        _run([*cmd, wheel_path], 180, cwd=Path(tmp))
+        where = "import rust_buffer._rust_buffer as m; print(m.__file__)"
+        origin = Path(_run([sys.executable, "-c", where], 60, cwd=Path(tmp)).strip())
+    shutil.copy2(origin, ROOT / "rust_buffer" / origin.name)
+    sys.path.insert(0, str(ROOT))  # eaml_ssm from this checkout, for this process too
     import rust_buffer
 
-    return {"wheel": wheel, "rust_buffer": rust_buffer.__version__}
+    return {"wheel": wheel_path, "extension": origin.name, "rust_buffer": rust_buffer.__version__}
 
 
 def _environment(device: torch.device) -> Result:
