@@ -915,6 +915,130 @@ def render_cuda(runs: list[dict]) -> list[str]:
     return out
 
 
+# ------------------------------------------------------------------------ window samplers
+# `--windows`: the window samplers' cost at 24k / 240k / 2.4M rows of short episodes, like
+# the default CartPole run's (median 13 steps, about 16 % of rows in episodes of 32 steps or
+# more), with 24 and 2,400 tasks. Rows are CartPole-sized (obs 5, target 4 floats): this
+# measures finding windows, not copying bandwidth. `--baseline-python` runs the same cases
+# in another interpreter (e.g. the main checkout's venv, the code before the window index)
+# and prints the speed-up beside each size.
+
+WIN_SIZES = [24_000, 240_000, 2_400_000]
+WIN_OBS, WIN_TARGET = 5, 4
+WIN_TASKS = (24, 2400)
+WIN_CASES = [
+    "sample_sequences(256, 32)",
+    "sample_sequences(256, 8)",
+    "sample_windows(256, 16, task_weights=8 tasks)",
+    "sample_windows(256, 16, recent=4096)",
+    "sample_tasks(8, 16, 16, contiguous=True)",
+]
+
+
+def short_episode_lengths(rows: int, seed: int = 0) -> np.ndarray:
+    """Episode lengths covering `rows` rows: 94 % of episodes 8-18 steps, 6 % 32-48 (median
+    13 steps; about 16 % of rows in episodes of 32 steps or more)."""
+    rng = np.random.default_rng(seed)
+    n = rows // 8 + 16
+    long = rng.random(n) < 0.058
+    lengths = np.where(long, rng.integers(32, 49, n), rng.integers(8, 19, n))
+    cut = int(np.searchsorted(np.cumsum(lengths), rows)) + 1
+    return lengths[:cut]
+
+
+def short_episode_store(n: int, n_tasks: int) -> Any:
+    """A store of `n` rows: the 24k-row block of episodes replicated (new episode ids)."""
+    from rust_buffer import RingBuffer
+
+    block = short_episode_lengths(WIN_SIZES[0])
+    block_rows = int(block.sum())
+    step = np.concatenate([np.arange(k) for k in block])  # (block_rows,)
+    ep_in_block = np.repeat(np.arange(len(block)), block)  # (block_rows,)
+    store = RingBuffer(n, WIN_OBS, WIN_TARGET, seed=0)
+    rng = np.random.default_rng(1)
+    obs = rng.standard_normal((block_rows, WIN_OBS), dtype=np.float32)  # (m, do)
+    target = rng.standard_normal((block_rows, WIN_TARGET), dtype=np.float32)  # (m, dt)
+    added, rep = 0, 0
+    while added < n:
+        m = min(block_rows, n - added)
+        episode = ep_in_block[:m] + rep * len(block)
+        store.add(obs[:m], target[:m], task_id=episode % n_tasks, episode_id=episode, step=step[:m])
+        added, rep = added + m, rep + 1
+    return store
+
+
+def window_calls(store: Any, n_tasks: int) -> dict[str, Callable[[], Any]]:
+    """The cases this store's version supports (older builds lack the new samplers)."""
+    calls: dict[str, Callable[[], Any]] = {
+        WIN_CASES[0]: lambda: store.sample_sequences(256, 32),
+        WIN_CASES[1]: lambda: store.sample_sequences(256, 8),
+        WIN_CASES[4]: lambda: store.sample_tasks(8, 16, 16, contiguous=True),
+    }
+    if hasattr(store, "sample_windows"):
+        weights = {t: 1.0 for t in range(8)}
+        calls[WIN_CASES[2]] = lambda: store.sample_windows(256, 16, task_weights=weights)
+        calls[WIN_CASES[3]] = lambda: store.sample_windows(256, 16, recent=4096)
+    return calls
+
+
+def windows_run(sizes: list[int], budget: float) -> dict:
+    """{"case|tasks|size": us per call}, plus the build measured."""
+    res: dict[str, float] = {}
+    for n in sizes:
+        for n_tasks in WIN_TASKS:
+            log.info("windows: %s rows, %d tasks", size_label(n), n_tasks)
+            store = short_episode_store(n, n_tasks)
+            for case, fn in window_calls(store, n_tasks).items():
+                res[f"{case}|{n_tasks}|{n}"] = time_calls(fn, budget)
+            del store
+            gc.collect()
+    return {"results": res, "build": rust_buffer_build(), "sizes": sizes}
+
+
+def windows_baseline(python: str, sizes: list[int], budget: float) -> dict:
+    """`windows_run` in another interpreter (its own rust_buffer build)."""
+    with tempfile.TemporaryDirectory(prefix="bench_windows_") as tmp:
+        out = Path(tmp) / "baseline.json"
+        cmd = [python, "-B", __file__, "--windows", "--json", str(out), "--quiet"]
+        cmd += ["--sizes", ",".join(map(str, sizes)), "--budget", str(budget)]
+        subprocess.run(cmd, check=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+        return json.loads(out.read_text())
+
+
+def render_windows(run: dict, baseline: dict | None) -> str:
+    sizes = run["sizes"]
+    lo, hi = min(sizes), max(sizes)
+    cols = [size_label(n) for n in sizes]
+    head = f"| operation | tasks | {' | '.join(cols)} | {size_label(hi)}/{size_label(lo)} |"
+    rule = "|---|---|" + "---|" * (len(sizes) + 1)
+    if baseline:
+        head += " " + " | ".join(f"before {c} | speed-up {c}" for c in cols) + " |"
+        rule += "---|---|" * len(sizes)
+    lines = ["### Window samplers, us per call (one run)\n", head, rule]
+    for case in WIN_CASES:
+        for n_tasks in WIN_TASKS:
+            now = [run["results"].get(f"{case}|{n_tasks}|{n}") for n in sizes]
+            if all(v is None for v in now):
+                continue
+            growth = now[-1] / now[0] if now[0] and now[-1] else None
+            cells = [fmt(v) for v in now] + [times(growth)]
+            if baseline:
+                for n, v in zip(sizes, now, strict=True):
+                    old = baseline["results"].get(f"{case}|{n_tasks}|{n}")
+                    cells += [fmt(old), times(old / v if old and v else None)]
+            lines.append(f"| {case} | {n_tasks} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(
+        "Stores: short episodes (94 % of 8-18 steps, 6 % of 32-48: median 13, about 16 % of "
+        f"rows in episodes of 32+ steps), {WIN_OBS} + {WIN_TARGET} float32 per row, tasks = "
+        "episode mod tasks; the 24k block replicated to larger sizes. Wall medians per call "
+        f"(min(wall, CPU) from {LONG_CALL_US:.0f} us). Build: {run['build']}"
+    )
+    if baseline:
+        lines.append(f"Before: {baseline['build']}")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------------- main
 
 
@@ -937,6 +1061,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"comma-separated subset of: {','.join(IMPLS)}",
     )
     p.add_argument("--quiet", action="store_true", help="no tables (with --json)")
+    p.add_argument(
+        "--windows",
+        action="store_true",
+        help="window samplers at 24k/240k/2.4M rows of short episodes (default --sizes "
+        "24000,240000,2400000) instead of the main comparison",
+    )
+    p.add_argument(
+        "--baseline-python",
+        help="with --windows: also run the cases in this interpreter (another rust_buffer "
+        "build, e.g. /work/main/.venv/bin/python) and print the speed-ups",
+    )
     return p.parse_args(argv)
 
 
@@ -951,6 +1086,17 @@ def load_runs(paths: list[Path]) -> list[dict]:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     args = parse_args(argv)
+    if args.windows:
+        sizes = WIN_SIZES if args.sizes == parse_args([]).sizes else args.sizes
+        run = windows_run(sizes, args.budget)
+        if args.json:
+            args.json.write_text(json.dumps(run, indent=1))
+        base = None
+        if args.baseline_python:
+            base = windows_baseline(args.baseline_python, sizes, args.budget)
+        if not args.quiet:
+            print(render_windows(run, base))
+        return
     if any(n < EP_LEN or n % EP_LEN for n in args.sizes):
         raise SystemExit(f"--sizes must be multiples of {EP_LEN}")
     if "rb sample_into" in args.only:

@@ -110,6 +110,52 @@ fn store_words(src: &[f32], dst: &[AtomicU64]) {
     }
 }
 
+/// From this many 64-bit words on (32 KiB), a block store bypasses the cache (see
+/// `stream_words`).
+#[cfg_attr(not(all(target_arch = "x86_64", not(loom))), allow(dead_code))]
+const STREAM_MIN_WORDS: usize = 4096;
+
+/// Store `src` into `dst` words with non-temporal `movnti` stores; true when it did (the
+/// caller must then `store_fence` before publishing), false for short blocks or other CPUs.
+///
+/// A batched add writes rows that are not in any cache (the ring's oldest). Ordinary stores
+/// first read each line from memory, then write it back later; `movnti` writes whole lines
+/// straight to memory, so the copy moves half the bytes and leaves the caches (and the
+/// caller's batch in them) alone. Each `movnti` is one aligned 8-byte store, single-copy
+/// atomic like `AtomicU64::store(Relaxed)`; its weaker ordering is why `store_fence` follows.
+#[inline]
+fn stream_words(src: &[f32], dst: &[AtomicU64]) -> bool {
+    debug_assert_eq!(src.len(), 2 * dst.len());
+    #[cfg(all(target_arch = "x86_64", not(loom)))]
+    if dst.len() >= STREAM_MIN_WORDS {
+        let words = src.as_ptr() as *const u64;
+        for (k, word) in dst.iter().enumerate() {
+            // SAFETY: `src` holds `2 * dst.len()` floats, so word `k` (8 bytes at 8 * k) is
+            // inside it (read unaligned: `src` is only 4-byte aligned). The store goes to
+            // `word`, an aligned `AtomicU64` of the column (see above for why a non-atomic
+            // instruction is the same access as a relaxed atomic store here).
+            unsafe {
+                let v = std::ptr::read_unaligned(words.add(k));
+                std::arch::x86_64::_mm_stream_si64(word.as_ptr() as *mut i64, v as i64);
+            }
+        }
+        return true;
+    }
+    let _ = (src, dst);
+    false
+}
+
+/// Order every earlier non-temporal store before later stores (`sfence`): after
+/// `store_rows_streaming` and before the rows' stamps are published.
+#[inline]
+pub(crate) fn store_fence() {
+    #[cfg(all(target_arch = "x86_64", not(loom)))]
+    // SAFETY: `sfence` has no operands and no effect beyond ordering stores.
+    unsafe {
+        std::arch::x86_64::_mm_sfence()
+    };
+}
+
 pub(crate) enum Words {
     /// Even widths: two floats per word.
     W64(Region<AtomicU64>),
@@ -201,6 +247,20 @@ impl FloatColumn {
                 }
             }
         }
+    }
+
+    /// Like [`store_rows`](Self::store_rows), with non-temporal stores for long blocks of
+    /// even-width rows. Returns true when it streamed: call [`store_fence`] before publishing.
+    #[inline]
+    pub(crate) fn store_rows_streaming(&self, slot: usize, src: &[f32]) -> bool {
+        if let Words::W64(w) = &self.words {
+            let start = slot * self.dim / 2;
+            if stream_words(src, &w[start..start + src.len() / 2]) {
+                return true;
+            }
+        }
+        self.store_rows(slot, src);
+        false
     }
 
     /// Copy `src` (`src.len() == dim`) into the row in `slot`.

@@ -155,24 +155,61 @@ impl std::fmt::Debug for RingBuffer {
     }
 }
 
-/// Index of the first non-finite value of `v`, if any. Checks blocks branch-free so the
-/// common all-finite case vectorizes.
+/// Index of the first non-finite value of `v`, if any. The all-finite case (every accepted
+/// `add`) is one branch-free pass at vector width; only a batch with a bad value is searched.
 fn first_non_finite(v: &[f32]) -> Option<usize> {
-    const EXP: u32 = 0x7f80_0000;
-    let mut offset = 0;
-    for block in v.chunks(256) {
-        let bad = block
-            .iter()
-            .fold(0u32, |acc, x| acc | u32::from(x.to_bits() & EXP == EXP));
-        if bad != 0 {
-            return block
-                .iter()
-                .position(|x| !x.is_finite())
-                .map(|i| offset + i);
-        }
-        offset += block.len();
+    if !any_non_finite(v) {
+        return None;
     }
-    None
+    v.iter().position(|x| !x.is_finite())
+}
+
+/// True when some value of `v` is NaN or infinite: the widest vector unit the CPU has
+/// (checked once per process by std), since this pass reads every byte of a batched add.
+fn any_non_finite(v: &[f32]) -> bool {
+    #[cfg(all(target_arch = "x86_64", not(loom)))]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F (checked just above).
+            return unsafe { any_non_finite_avx512(v) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { any_non_finite_avx2(v) };
+        }
+    }
+    any_non_finite_lanes::<16>(v)
+}
+
+#[cfg(all(target_arch = "x86_64", not(loom)))]
+#[target_feature(enable = "avx512f")]
+unsafe fn any_non_finite_avx512(v: &[f32]) -> bool {
+    any_non_finite_lanes::<64>(v)
+}
+
+#[cfg(all(target_arch = "x86_64", not(loom)))]
+#[target_feature(enable = "avx2")]
+unsafe fn any_non_finite_avx2(v: &[f32]) -> bool {
+    any_non_finite_lanes::<32>(v)
+}
+
+/// A float is NaN or infinite exactly when its bits without the sign are at least those of
+/// infinity, so one running maximum over `N` lanes (an unrolled vector `max`) decides a
+/// whole batch. Inlined into each `target_feature` wrapper so it compiles at that width.
+#[inline(always)]
+fn any_non_finite_lanes<const N: usize>(v: &[f32]) -> bool {
+    const ABS: u32 = 0x7fff_ffff;
+    const INF: u32 = 0x7f80_0000;
+    let mut lanes = [0u32; N];
+    let blocks = v.chunks_exact(N);
+    let rest = blocks.remainder();
+    for block in blocks {
+        for (m, x) in lanes.iter_mut().zip(block) {
+            *m = (*m).max(x.to_bits() & ABS);
+        }
+    }
+    let tail = rest.iter().fold(0, |m: u32, x| m.max(x.to_bits() & ABS));
+    lanes.iter().fold(tail, |m, &x| m.max(x)) >= INF
 }
 
 impl RingBuffer {
@@ -463,9 +500,12 @@ impl RingBuffer {
 
     /// Write rows `begin..end` (row `r` is row `r - first` of the call) into consecutive
     /// slots from `slot` on, in chunks of up to `CHUNK` rows: claim the chunk's stamps in slot
-    /// order, copy its obs and target rows as two contiguous blocks, then publish. Claiming in
-    /// increasing slot order (and releasing a chunk before claiming the next) means writers
-    /// that meet can only wait on each other in one direction, so they cannot deadlock.
+    /// order, copy its obs and target rows as two contiguous blocks (non-temporal when long:
+    /// see `column::stream_words`), then publish. Claiming in increasing slot order (and
+    /// releasing a chunk before claiming the next; a chunk never wraps round the ring) means
+    /// writers that meet can only wait on each other in one direction, so they cannot
+    /// deadlock. Chunks of 1024 rows make a typical batched add one chunk: one fence and two
+    /// block copies per call.
     #[allow(clippy::too_many_arguments)]
     fn write_run(
         &self,
@@ -477,7 +517,8 @@ impl RingBuffer {
         target: &[f32],
         meta: &Meta<'_>,
     ) {
-        const CHUNK: usize = 64;
+        const CHUNK: usize = 1024;
+        const WORDS: usize = CHUNK / 64;
         let (d_o, d_t) = (self.obs_dim, self.target_dim);
         let mut row = begin;
         while row < end {
@@ -487,29 +528,38 @@ impl RingBuffer {
             } else {
                 slot + n
             };
-            // A store to a line that is not in cache first waits to read it, and scalar atomic
-            // stores cannot stream: fetch the next chunk's lines while this one is written.
-            self.prefetch::<true>(next, CHUNK.min((end - row) as usize - n));
-            let mut claimed: u64 = 0;
+            let mut claimed = [0u64; WORDS];
+            let mut all = true;
             for j in 0..n {
                 if self.stamps.begin_write(slot + j, row + j as u64) {
-                    claimed |= 1 << j;
+                    claimed[j / 64] |= 1 << (j % 64);
+                } else {
+                    all = false;
                 }
             }
+            let is_claimed = |j: usize| claimed[j / 64] & (1 << (j % 64)) != 0;
             let i0 = (row - first) as usize;
-            if claimed == u64::MAX >> (64 - n) {
-                self.obs.store_rows(slot, &obs[i0 * d_o..(i0 + n) * d_o]);
-                self.target
-                    .store_rows(slot, &target[i0 * d_t..(i0 + n) * d_t]);
+            if all {
+                let a = self
+                    .obs
+                    .store_rows_streaming(slot, &obs[i0 * d_o..(i0 + n) * d_o]);
+                let b = self
+                    .target
+                    .store_rows_streaming(slot, &target[i0 * d_t..(i0 + n) * d_t]);
+                if a || b {
+                    // Non-temporal stores are weakly ordered: complete them before any stamp
+                    // says the rows are written.
+                    crate::column::store_fence();
+                }
             } else {
-                for j in (0..n).filter(|j| claimed & (1 << j) != 0) {
+                for j in (0..n).filter(|&j| is_claimed(j)) {
                     let i = i0 + j;
                     self.obs.store_row(slot + j, &obs[i * d_o..(i + 1) * d_o]);
                     self.target
                         .store_row(slot + j, &target[i * d_t..(i + 1) * d_t]);
                 }
             }
-            for j in (0..n).filter(|j| claimed & (1 << j) != 0) {
+            for j in (0..n).filter(|&j| is_claimed(j)) {
                 let (s, i) = (slot + j, i0 + j);
                 self.task_id[s].store(meta.task_id.get(i), Ordering::Relaxed);
                 self.episode_id[s].store(meta.episode_id.get(i), Ordering::Relaxed);

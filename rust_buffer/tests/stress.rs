@@ -343,3 +343,59 @@ fn windows_under_concurrent_writes_are_whole_and_consecutive() {
     }
     assert!(windows.load(Ordering::Relaxed) > 0, "no window was checked");
 }
+
+/// Wide batched adds (1024 rows x 64 + 64 floats: the non-temporal copy path) from 2 writers
+/// that lap each other in a small ring, while a sampler checks every row it copies: the
+/// streamed rows must be fenced before their stamps say they are written.
+#[test]
+fn streamed_batches_are_never_torn() {
+    const D: usize = 64;
+    const BATCH: usize = 1024;
+    let opts = Options {
+        seed: Some(4),
+        ..Options::default()
+    };
+    let store = Arc::new(RingBuffer::with_options(3000, D, D, opts).unwrap());
+    let done = Arc::new(AtomicBool::new(false));
+    let checked = Arc::new(AtomicUsize::new(0));
+    let sampler = {
+        let (store, done, checked) = (store.clone(), done.clone(), checked.clone());
+        thread::spawn(move || {
+            while !done.load(Ordering::Acquire) {
+                let b = match store.sample(256, false) {
+                    Ok(b) => b,
+                    Err(BufferError::Empty | BufferError::NotEnoughRows { .. }) => continue,
+                    Err(e) => panic!("{e}"),
+                };
+                for (o, t) in b.obs.chunks(D).zip(b.target.chunks(D)) {
+                    // Every value of a row is its batch number; target is its negation.
+                    assert!(o.iter().all(|&v| v == o[0]), "torn obs row");
+                    assert!(t.iter().all(|&v| v == -o[0]), "torn target row");
+                }
+                checked.fetch_add(256, Ordering::Relaxed);
+            }
+        })
+    };
+    let writers: Vec<_> = (0..2u32)
+        .map(|w| {
+            let store = store.clone();
+            thread::spawn(move || {
+                for k in 0..400u32 {
+                    let v = (k * 2 + w) as f32;
+                    let obs = vec![v; BATCH * D];
+                    let target = vec![-v; BATCH * D];
+                    store.add(&obs, &target, Meta::default()).unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    done.store(true, Ordering::Release);
+    sampler.join().unwrap();
+    assert!(
+        checked.load(Ordering::Relaxed) > 0,
+        "the sampler checked nothing"
+    );
+}
