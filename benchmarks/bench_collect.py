@@ -37,7 +37,7 @@ import torch
 
 from eaml_ssm.collect import _make_vector_env, build_store, collect, exploration_actions
 from eaml_ssm.features import Normalizer
-from eaml_ssm.loader import StoreLoader
+from eaml_ssm.feed import StoreLoader
 from eaml_ssm.tasks import get_family, sample_tasks
 
 log = logging.getLogger("bench_collect")

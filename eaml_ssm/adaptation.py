@@ -36,7 +36,6 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
@@ -89,7 +88,11 @@ class AdaptationConfig:
     # clamp the step sizes at >= 0: Meta-SGD learns a few negative ones, useful for the steps it
     # was trained for but gradient *ascent* over a long continual stream (docs/evaluation.md)
     nonnegative_lrs: bool = False
-    seed: int | None = None  # seed of the adapter's own RNG (task choice, nearest candidates)
+    seed: int | None = None  # seed of the adapter's replay draws (one store seed per draw)
+    # replay also the live stream written into the store (True), or only the tasks the store
+    # held when the adapter was built (False; an empty store then: no restriction); measured
+    # in docs/data-path.md
+    replay_live: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("optimizer", self.optimizer, _OPTIMIZERS)
@@ -211,25 +214,28 @@ def learned_inner_lrs(maml: Any) -> dict[str, float | Tensor]:
 
 
 # --------------------------------------------------------------------------------------------
-# Experience sources (duck-typed over rust_buffer.RingBuffer and eaml_ssm.buffer.ExperienceBuffer)
+# Experience sources (a rust_buffer.RingBuffer or an eaml_ssm.buffer.ExperienceBuffer)
 # --------------------------------------------------------------------------------------------
 
 
 Transform = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
-_VIEW_METHODS = ("obs_view", "target_view", "episode_id_view", "step_view")
 
 
 class ExperienceSource:
-    """Uniform sampling interface over whatever experience store the caller has.
+    """The adapter's replay: a `eaml_ssm.feed.ReplayFeed` over whatever store the caller has.
 
-    Accepts a ``rust_buffer.RingBuffer`` (``sample``, ``sample_task_rows``, ``sample_recent``,
-    ``sample_sequences``, ``task_counts``, ``obs_view``/``target_view``/``task_id_view``/
-    ``episode_id_view``/``step_view``), an ``eaml_ssm.buffer.ExperienceBuffer`` (``get_batch(k)``;
-    its ring store is used for the other strategies when it exposes one as ``store``/``ring``/
-    ``buffer``), ``None``, or any object with the same methods. Every sampler returns float
+    Accepts a ``rust_buffer.RingBuffer``, an ``eaml_ssm.buffer.ExperienceBuffer`` (its ring
+    store, made at its first ``add``, is replayed through the feed with the facade's
+    normalizer), another object exposing a RingBuffer as ``store``/``ring``/``buffer``, a
+    facade with ``get_batch(k)`` only (uniform rows through it), or ``None``. Every batch is
+    chosen and gathered by the store (see `eaml_ssm.feed.replay`) and returned as float
     tensors on ``device``, passed through ``transform(obs, target)`` (e.g. the pipeline's
     ``Normalizer``: the store holds raw rows, the model sees normalized ones):
     rows ``(n, d)``, ``(n, o)``; windows ``(b, l, d)``, ``(b, l, o)``.
+
+    ``old_tasks``: replay only these task ids (``AdaptationConfig.replay_live=False``: the
+    adapter snapshots the store's tasks when it is built, so the live stream written into
+    the store is not replayed); ``None`` replays everything the store holds.
     """
 
     def __init__(
@@ -239,26 +245,23 @@ class ExperienceSource:
         dtype: torch.dtype = torch.float32,
         seed: int | None = None,
         transform: Transform | None = None,
+        old_tasks: Any = None,
     ) -> None:
+        from eaml_ssm.feed import ReplayFeed
+
         self.buffer = buffer
         self.device = torch.device(device)
         self.dtype = dtype
-        self.rng = np.random.default_rng(seed)
-        # A facade (ExperienceBuffer) samples uniformly through get_batch, which applies its
-        # own normalizer; rows read from its inner store get that normalizer as transform.
-        self._facade = buffer is not None and not hasattr(buffer, "sample")
-        facade_norm = getattr(buffer, "normalizer", None) if self._facade else None
+        facade_norm = getattr(buffer, "normalizer", None) if not _is_ring(buffer) else None
         if facade_norm is not None and transform is not None:
             raise ValueError(
                 "the experience buffer already normalizes its rows (buffer.normalizer); "
                 "pass transform=None, or pass the raw rust_buffer.RingBuffer with transform"
             )
-        self._batch_normalized = facade_norm is not None
-        transform = facade_norm if facade_norm is not None else transform
-        if isinstance(transform, nn.Module):  # a private copy on our device
-            transform = copy.deepcopy(transform).to(self.device)
-        self.transform = transform
-        self._task_index: tuple[tuple[int, int], dict[int, np.ndarray]] | None = None
+        self.transform = facade_norm if facade_norm is not None else transform
+        self.feed = ReplayFeed(
+            lambda: _find_ring(self.buffer), self.device, dtype, self.transform, seed, old_tasks
+        )
 
     def __len__(self) -> int:
         return 0 if self.buffer is None else len(self.buffer)
@@ -268,7 +271,19 @@ class ExperienceSource:
         """The store with the RingBuffer API (looked up each time: a facade makes it lazily)."""
         return _find_ring(self.buffer)
 
-    # ---- rows -------------------------------------------------------------------------------
+    def fork(
+        self, seed: int | None, old_tasks: Any = None, *, buffer: Any = None
+    ) -> ExperienceSource:
+        """The same store (or ``buffer``) with its own draw sequence restarted from ``seed``."""
+        other = copy.copy(self)
+        if buffer is not None:
+            other.buffer = buffer
+        other.feed = copy.copy(self.feed)
+        other.feed._store = lambda: _find_ring(other.buffer)
+        other.feed.old_tasks = None if old_tasks is None else frozenset(old_tasks)
+        other.feed.restart(seed)
+        return other
+
     def rows(
         self,
         strategy: SamplingName,
@@ -277,90 +292,12 @@ class ExperienceSource:
         *,
         recent: int = 4096,
         candidates: int = 4096,
-    ) -> tuple[Tensor, Tensor]:
-        """``k`` rows by ``strategy`` -> obs ``(k, d)``, target ``(k, o)``."""
-        if strategy == "uniform":
-            return self.uniform(k)
-        if strategy == "task_balanced":
-            return self.task_balanced(k)
-        if strategy == "recent":
-            return self.recent(k, recent)
-        if strategy == "nearest":
-            if query is None:
-                raise ValueError("sampling='nearest' needs the current inputs as query")
-            return self.nearest(k, query, candidates)
-        raise ValueError(f"unknown sampling strategy {strategy!r}; expected one of {_SAMPLINGS}")
+    ) -> tuple[Tensor, Tensor] | None:
+        """``k`` rows by ``strategy`` -> obs ``(k, d)``, target ``(k, o)`` (None: nothing)."""
+        if self.ring is None:
+            return self._facade_rows(strategy, k)
+        return self.feed.rows(strategy, k, query, recent=recent, candidates=candidates)
 
-    def uniform(self, k: int) -> tuple[Tensor, Tensor]:
-        """``k`` rows uniformly at random, with replacement.
-
-        With views, the rows are drawn with the source's own RNG (reproducible per adapter and
-        independent of other users of the store), else by the store's ``sample`` (or a
-        facade's ``get_batch``); ``k`` is capped at the rows held (the store refuses more).
-        """
-        k = max(1, min(k, len(self)))
-        ring = self.ring
-        if _has(ring, "obs_view", "target_view"):  # our own RNG: reproducible per adapter
-            idx = self.rng.integers(0, len(ring.obs_view()), size=k)  # (k,)
-            return self._pair(ring.obs_view()[idx], ring.target_view()[idx])
-        if self._facade and hasattr(self.buffer, "get_batch"):
-            batch = self.buffer.get_batch(k)
-            if batch is None:
-                raise ValueError("the experience buffer holds no rows")
-            obs, tgt = batch[:2]
-            if self._batch_normalized:  # get_batch normalized them already
-                return self._tensor(obs), self._tensor(tgt)
-            return self._pair(obs, tgt)
-        if ring is None:
-            raise TypeError(
-                f"{type(self.buffer).__name__} has neither sample(k) nor get_batch(k); expected "
-                "a rust_buffer.RingBuffer or an eaml_ssm.buffer.ExperienceBuffer"
-            )
-        obs, tgt = ring.sample(k)[:2]
-        return self._pair(obs, tgt)
-
-    def task_balanced(self, k: int) -> tuple[Tensor, Tensor]:
-        """``k`` rows spread evenly over up to ``k`` randomly chosen stored tasks.
-
-        With views, rows are gathered from them through a cached task -> rows index (one
-        ``sample_task_rows`` call per task costs a scan of the store); else through the store.
-        """
-        ring = self._need("task_balanced", "task_counts", "sample_task_rows")
-        if all(hasattr(ring, m) for m in ("obs_view", "target_view", "task_id_view")):
-            idx = self._balanced_anchors(ring, k)  # (k,) physical rows
-            return self._pair(ring.obs_view()[idx], ring.target_view()[idx])
-        counts = _task_counts(ring)
-        obs_parts, tgt_parts = [], []
-        for task_id, n in self._balanced_plan(ring, k):
-            while n > 0:  # the store refuses more rows per call than the task holds
-                take = min(n, counts[task_id])
-                obs, tgt = ring.sample_task_rows(task_id, take)[:2]
-                obs_parts.append(np.asarray(obs))
-                tgt_parts.append(np.asarray(tgt))
-                n -= take
-        return self._pair(np.concatenate(obs_parts), np.concatenate(tgt_parts))
-
-    def recent(self, k: int, window: int) -> tuple[Tensor, Tensor]:
-        """``k`` rows uniformly among the newest ``window`` rows."""
-        ring = self._need("recent", "sample_recent")
-        window = max(1, min(window, len(ring)))
-        obs, tgt = ring.sample_recent(min(k, window), window)[:2]
-        return self._pair(obs, tgt)
-
-    def nearest(self, k: int, query: Tensor, candidates: int) -> tuple[Tensor, Tensor]:
-        """The ``k`` stored rows closest to the current inputs ``query`` ``(n, d)``.
-
-        Distance: Euclidean, after ``transform``, in input space z-normalised with the
-        candidates' mean and std, to the nearest query row. Candidates: a random subset of
-        ``candidates`` rows of the zero-copy ``obs_view()`` (all rows if fewer), or
-        ``candidates`` uniform samples when the store has no views. A concurrent writer may
-        replace candidate rows while they are gathered; the gather copies each row once.
-        """
-        cand_obs, cand_tgt, _ = self._candidates(candidates)  # (c, d), (c, o)
-        idx = self._nearest_index(cand_obs, query, k)  # (k,)
-        return cand_obs[idx], cand_tgt[idx]
-
-    # ---- sequence windows -------------------------------------------------------------------
     def windows(
         self,
         strategy: SamplingName,
@@ -370,185 +307,60 @@ class ExperienceSource:
         *,
         recent: int = 4096,
         candidates: int = 4096,
-    ) -> tuple[Tensor, Tensor]:
-        """``b`` windows of ``seq_len`` consecutive steps of one episode, chosen by ``strategy``.
+    ) -> tuple[Tensor, Tensor] | None:
+        """``b`` windows of ``seq_len`` steps of one episode -> ``(b, l, d)``, ``(b, l, o)``;
+        rows when the store has no episode structure (logged once); None: nothing to draw."""
+        if self.ring is None:
+            return self._facade_rows(strategy, b)
+        return self.feed.windows(strategy, b, seq_len, query, recent=recent, candidates=candidates)
 
-        Each strategy picks anchor rows (uniform, per task, newest, or nearest to ``query``)
-        with the source's own RNG and reads the window that ends at each anchor from the
-        zero-copy views, keeping only windows whose rows share one task and episode id with
-        consecutive steps (else the window that starts at the anchor). Stores without views
-        support ``uniform`` only, through ``sample_sequences``.
-        Returns ``(b, l, d)``, ``(b, l, o)``.
-        """
-        if strategy == "uniform" and not _has(self.ring, *_VIEW_METHODS):
-            return self.sequences(b, seq_len)
-        ring = self._need(f"sequence replay with sampling={strategy!r}", *_VIEW_METHODS)
-        if strategy == "uniform":
-            anchors = self.rng.integers(0, len(ring.obs_view()), size=b)
-        elif strategy == "nearest":
-            if query is None:
-                raise ValueError("sampling='nearest' needs the current inputs as query")
-            cand_obs, _, cand_idx = self._candidates(candidates)
-            anchors = cand_idx[self._nearest_index(cand_obs, query, b).cpu().numpy()]
-        elif strategy == "task_balanced":
-            anchors = self._balanced_anchors(ring, b)
-        elif strategy == "recent":
-            anchors = self._recent_anchors(ring, b, recent)
-        else:
-            raise ValueError(f"unknown sampling strategy {strategy!r}; expected {_SAMPLINGS}")
-        return self._windows_at(ring, anchors, seq_len)
+    # the strategies by name, for rows (kept for callers of the former API)
+    def uniform(self, k: int) -> tuple[Tensor, Tensor]:
+        return _some(self.rows("uniform", k))
 
-    def sequences(self, b: int, seq_len: int) -> tuple[Tensor, Tensor]:
-        """``b`` uniform windows of ``seq_len`` steps -> ``(b, l, d)``, ``(b, l, o)``."""
-        ring = self._need("sequence replay", "sample_sequences")
-        try:
-            obs, tgt = ring.sample_sequences(b, seq_len)[:2]
-        except (ValueError, RuntimeError) as err:
+    def task_balanced(self, k: int) -> tuple[Tensor, Tensor]:
+        return _some(self.rows("task_balanced", k))
+
+    def recent(self, k: int, window: int) -> tuple[Tensor, Tensor]:
+        return _some(self.rows("recent", k, recent=window))
+
+    def nearest(self, k: int, query: Tensor, candidates: int) -> tuple[Tensor, Tensor]:
+        return _some(self.rows("nearest", k, query, candidates=candidates))
+
+    def _facade_rows(self, strategy: str, k: int) -> tuple[Tensor, Tensor]:
+        """Uniform rows through a facade's own ``get_batch`` (it has no store to sample)."""
+        get_batch = getattr(self.buffer, "get_batch", None)
+        if strategy != "uniform" or get_batch is None:
             raise ValueError(
-                f"sequence replay of {seq_len}-step windows failed ({err}); lower "
-                "sequence_length or use replay='rows'"
-            ) from err
-        return self._pair(obs, tgt)
-
-    def _windows_at(self, ring: Any, anchors: np.ndarray, seq_len: int) -> tuple[Tensor, Tensor]:
-        n = len(ring.obs_view())
-        episode, step = ring.episode_id_view(), ring.step_view()  # (len,), (len,)
-        task = ring.task_id_view() if hasattr(ring, "task_id_view") else None  # (len,)
-        wrap = n == getattr(ring, "capacity", -1)  # a full ring: windows may wrap around
-        offsets = np.arange(seq_len)
-        chosen = np.full(len(anchors), -1, dtype=np.int64)
-        for start in (anchors - seq_len + 1, anchors):  # window ending / starting at the anchor
-            idx = start[:, None] + offsets[None, :]  # (m, l)
-            inside = np.ones(len(anchors), bool) if wrap else (idx[:, 0] >= 0) & (idx[:, -1] < n)
-            idx = idx % n
-            same_ep = (episode[idx] == episode[idx[:, :1]]).all(axis=1)
-            if task is not None:
-                same_ep &= (task[idx] == task[idx[:, :1]]).all(axis=1)
-            steps_ok = (np.diff(step[idx], axis=1) == 1).all(axis=1) & (step[idx[:, 0]] >= 0)
-            ok = inside & same_ep & steps_ok & (chosen < 0)
-            chosen[ok] = start[ok] % n
-        valid = chosen[chosen >= 0]
-        if len(valid) == 0:
-            logger.warning(
-                "no %d-step windows around the chosen rows; falling back to uniform windows",
-                seq_len,
+                f"{strategy} replay needs a store with the RingBuffer samplers (a "
+                f"rust_buffer.RingBuffer or an ExperienceBuffer); got {type(self.buffer).__name__}"
             )
-            return self.sequences(len(anchors), seq_len)
-        if len(valid) < len(anchors):  # fill with repeats of valid windows (keeps the mix)
-            valid = np.concatenate([valid, self.rng.choice(valid, len(anchors) - len(valid))])
-        idx = (valid[:, None] + offsets[None, :]) % n  # (b, l)
-        return self._pair(ring.obs_view()[idx], ring.target_view()[idx])
-
-    def _balanced_anchors(self, ring: Any, b: int) -> np.ndarray:
-        index = self._tasks_to_rows(ring)
-        parts = [self.rng.choice(index[t], size=n) for t, n in self._balanced_plan(ring, b)]
-        return np.concatenate(parts)
-
-    def _recent_anchors(self, ring: Any, b: int, window: int) -> np.ndarray:
-        n = len(ring.obs_view())
-        window = max(1, min(window, n))
-        newest = (int(getattr(ring, "total_added", n)) - 1) % n  # FIFO slot of the newest row
-        return (newest - self.rng.integers(0, window, size=b)) % n
-
-    def _tasks_to_rows(self, ring: Any) -> dict[int, np.ndarray]:
-        """task id -> physical rows, cached until the store changes."""
-        key = (int(getattr(ring, "total_added", -1)), len(ring))
-        if self._task_index is None or self._task_index[0] != key:
-            tasks = np.asarray(ring.task_id_view())  # (len,)
-            order = np.argsort(tasks, kind="stable")
-            ids, starts = np.unique(tasks[order], return_index=True)
-            groups = np.split(order, starts[1:])
-            self._task_index = (key, {int(t): g for t, g in zip(ids, groups, strict=True)})
-        return self._task_index[1]
-
-    def _balanced_plan(self, ring: Any, k: int) -> list[tuple[int, int]]:
-        """(task id, rows) pairs: ``k`` rows over up to ``k`` random tasks, as even as possible."""
-        counts = {int(t): int(c) for t, c in _task_counts(ring).items() if int(c) > 0}
-        if not counts:
-            raise ValueError("the experience store holds no rows")
-        tasks = np.array(sorted(counts))
-        chosen = self.rng.choice(tasks, size=min(k, len(tasks)), replace=False)
-        per_task = np.full(len(chosen), k // len(chosen))
-        per_task[: k % len(chosen)] += 1
-        return [(int(t), int(n)) for t, n in zip(chosen, per_task, strict=True)]
-
-    # ---- nearest helpers --------------------------------------------------------------------
-    def _candidates(self, candidates: int) -> tuple[Tensor, Tensor, np.ndarray]:
-        """Candidate rows (transformed) and their physical indices (-1 when sampled)."""
-        ring = self.ring
-        if ring is not None and hasattr(ring, "obs_view") and hasattr(ring, "target_view"):
-            obs_view, tgt_view = ring.obs_view(), ring.target_view()  # (len, d), (len, o)
-            n = min(len(obs_view), len(tgt_view))
-            if n == 0:
-                raise ValueError("the experience store holds no rows")
-            if n <= candidates:
-                idx = np.arange(n)
-            else:
-                idx = np.sort(self.rng.choice(n, size=candidates, replace=False))
-            obs, tgt = self._pair(obs_view[idx], tgt_view[idx])
-            return obs, tgt, idx
-        obs, tgt = self.uniform(candidates)
-        return obs, tgt, np.full(len(obs), -1, dtype=np.int64)
-
-    def _nearest_index(self, cand_obs: Tensor, query: Tensor, k: int) -> Tensor:
-        query = query.reshape(-1, query.shape[-1]).to(self.device, self.dtype)  # (n, d)
-        if query.shape[-1] != cand_obs.shape[-1]:
-            raise ValueError(
-                f"nearest: query has {query.shape[-1]} features, the store's obs has "
-                f"{cand_obs.shape[-1]}"
-            )
-        mean = cand_obs.mean(dim=0)
-        std = cand_obs.std(dim=0, correction=0).clamp_min(1e-6)
-        dist = torch.cdist((cand_obs - mean) / std, (query - mean) / std)  # (c, n)
-        score = dist.min(dim=1).values  # (c,)
-        k_eff = min(k, score.shape[0])
-        idx = torch.topk(score, k_eff, largest=False).indices  # (k_eff,)
-        if k_eff < k:  # fewer stored rows than asked for: repeat the nearest ones
-            idx = idx[torch.arange(k, device=idx.device) % k_eff]
-        return idx
-
-    # ---- helpers ----------------------------------------------------------------------------
-    def _need(self, what: str, *methods: str) -> Any:
-        ring = self.ring
-        if ring is None or not all(hasattr(ring, m) for m in methods):
-            raise ValueError(
-                f"{what} needs a store with {', '.join(methods)} (a rust_buffer.RingBuffer); "
-                f"got {type(self.buffer).__name__}"
-            )
-        return ring
-
-    def _pair(self, obs: Any, tgt: Any) -> tuple[Tensor, Tensor]:
-        obs_t, tgt_t = self._tensor(obs), self._tensor(tgt)
+        batch = get_batch(k)
+        if batch is None:
+            raise ValueError("the experience buffer holds no rows")
+        obs, tgt = (t.to(self.device, self.dtype) for t in batch[:2])
         if self.transform is not None:
-            obs_t, tgt_t = self.transform(obs_t, tgt_t)
-        return obs_t, tgt_t
-
-    def _tensor(self, array: Any) -> Tensor:
-        if isinstance(array, Tensor):
-            return array.to(self.device, self.dtype)
-        return torch.as_tensor(np.asarray(array), dtype=self.dtype, device=self.device)
+            obs, tgt = self.transform(obs, tgt)
+        return obs, tgt
 
 
-def _has(obj: Any, *methods: str) -> bool:
-    return obj is not None and all(hasattr(obj, m) for m in methods)
+def _some(batch: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
+    if batch is None:
+        raise ValueError("no experience may be replayed (no rows of the replayed tasks)")
+    return batch
 
 
-def _task_counts(ring: Any) -> dict[int, int]:
-    """``task_counts()`` as a dict (the store may return a dict or (task, count) pairs)."""
-    counts = ring.task_counts()
-    items = counts.items() if isinstance(counts, Mapping) else counts
-    return {int(t): int(c) for t, c in items}
+def _is_ring(obj: Any) -> bool:
+    return obj is not None and hasattr(obj, "sample") and hasattr(obj, "task_counts")
 
 
 def _find_ring(buffer: Any) -> Any:
     """The object that implements the RingBuffer sampling API, if any."""
-    if buffer is None:
-        return None
-    if hasattr(buffer, "sample"):
+    if buffer is None or _is_ring(buffer):
         return buffer
     for attr in ("store", "ring", "buffer", "_store", "_ring", "_buffer"):
         inner = getattr(buffer, attr, None)
-        if inner is not None and hasattr(inner, "sample"):
+        if _is_ring(inner):
             return inner
     return None
 
@@ -643,7 +455,12 @@ class Adapter:
         self.stateful = is_stateful(model) if stateful is None else bool(stateful)
         self.loss_fn: LossFn = loss_fn if loss_fn is not None else nn.functional.mse_loss
         self.experience = ExperienceSource(
-            experience_buffer, self.device, self.dtype, self.config.seed, transform
+            experience_buffer,
+            self.device,
+            self.dtype,
+            self.config.seed,
+            transform,
+            old_tasks=self._old_tasks(experience_buffer),
         )
         # theta*: a detached snapshot on `device`; `model` itself is never written to.
         self._meta: ParamDict = {
@@ -724,7 +541,7 @@ class Adapter:
         """
         other = copy.copy(self)
         other._params = {n: p.clone() for n, p in self._params.items()}
-        other.experience = copy.copy(self.experience)  # same store, its own random stream
+        # same store, its own draw sequence (restarted from config.seed below)
         other.stats = _zero_stats()
         other.last_update = None
         if overrides:
@@ -732,8 +549,20 @@ class Adapter:
             if "param_lrs" in overrides:  # replaces the learned per-parameter rates as well
                 other._given_lrs = {}
             other._lrs = other._resolve_lrs(other._given_lrs)
-        other.experience.rng = np.random.default_rng(other.config.seed)
+        other.experience = self.experience.fork(
+            other.config.seed, other._old_tasks(self.experience.buffer)
+        )
         return other
+
+    def _old_tasks(self, buffer: Any) -> frozenset[int] | None:
+        """The task ids replay is limited to (``replay_live=False``), else None (all)."""
+        ring = _find_ring(buffer)
+        if self.config.replay_live or ring is None or len(ring) == 0:
+            return None
+        old = getattr(self, "experience", None)
+        if old is not None and old.ring is ring and old.feed.old_tasks is not None:
+            return old.feed.old_tasks  # a fork keeps the snapshot of the adapter it came from
+        return frozenset(int(t) for t, c in ring.task_counts().items() if int(c) > 0)
 
     def load_params(self, params: Mapping[str, Tensor]) -> None:
         """Set the adapted weights (e.g. a saved adaptation); names must match."""
@@ -844,9 +673,10 @@ class Adapter:
             final = step == cfg.num_steps
             with torch.set_grad_enabled(not final):
                 total, current = self._objective(params, x, y, h0, reset, batch)
-            value = float(total.detach())
+            # one device-to-host read per inner step (both losses at once)
+            value, value_current = torch.stack([total.detach(), current.detach()]).tolist()
             result.losses.append(value)
-            result.current_losses.append(float(current.detach()))
+            result.current_losses.append(value_current)
             if step == 0:
                 result.loss, ref = value, value
             bad = self._diverged(value, ref)
@@ -863,7 +693,8 @@ class Adapter:
                 torch.zeros_like(p) if g is None else g
                 for p, g in zip(params.values(), grads, strict=True)
             ]
-            if not all(bool(torch.isfinite(g).all()) for g in grads_t):
+            # one fused check (a single host sync), not one per parameter
+            if not bool(torch.stack([torch.isfinite(g).all() for g in grads_t]).all()):
                 self._record_failure(result, "non-finite gradient", step)
                 break
             prev = {n: p.detach() for n, p in params.items()}
@@ -1057,10 +888,19 @@ class OnlineAdapter:
     the true ``y_t``; after every ``adapt_every`` recorded steps it adapts on the latest
     ``window`` steps, starting from the hidden state that preceded that window, and
     recomputes the carried state through the window with the new weights. Continual or
-    GrBAL-style reset follows ``adapter.config.mode``.
+    GrBAL-style reset follows ``adapter.config.mode``. With ``live`` (an
+    ``eaml_ssm.feed.LiveWriter``, one stream) every observed transition is written into the
+    store as it arrives, before any adaptation that could replay it.
     """
 
-    def __init__(self, adapter: Adapter, window: int = 16, adapt_every: int | None = None) -> None:
+    def __init__(
+        self,
+        adapter: Adapter,
+        window: int = 16,
+        adapt_every: int | None = None,
+        *,
+        live: Any = None,
+    ) -> None:
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         self.adapter = adapter
@@ -1074,6 +914,8 @@ class OnlineAdapter:
         self.hidden: Tensor | None = None
         self.t = 0
         self.losses: list[tuple[int, float, int]] = []  # (t, loss before update, steps)
+        # an eaml_ssm.feed.LiveWriter: each observed transition goes into the store at once
+        self.live = live
 
     def start(self, batch_size: int = 1) -> None:
         """Forget the history and zero the carried state (weights are kept)."""
@@ -1094,6 +936,11 @@ class OnlineAdapter:
         else:
             y_hat = ad.predict(x_t)
         self._hist.append((x_t.detach(), y_t.detach(), h_before, reset))
+        if self.live is not None:
+            if x_t.shape[0] != 1:
+                raise ValueError(f"live writing needs one stream (b = 1), got b = {x_t.shape[0]}")
+            start = reset is not None and bool(reset.reshape(-1)[0])
+            self.live.add(x_t[0], y_t[0], episode_start=start)
         self.t += 1
         if self.t % self.adapt_every == 0:
             self.adapt_now()

@@ -59,7 +59,26 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(np_state)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        restore_cuda_rng(list(state["cuda"]), torch.cuda.device_count())
+
+
+def restore_cuda_rng(states: list[Any], visible: int) -> int:
+    """Restore one saved CUDA generator state per device that is visible now; returns how many.
+
+    A run saved on more GPUs than are visible now (resume or `adapt` on a smaller box) keeps
+    the states of the devices that exist (``set_rng_state_all`` would raise IndexError);
+    devices without a saved state keep their own.
+    """
+    import torch
+
+    n = min(len(states), visible)
+    for i in range(n):
+        torch.cuda.set_rng_state(states[i], i)
+    if len(states) != visible:
+        log.info(
+            "CUDA RNG: %d saved states, %d devices visible; restored %d", len(states), visible, n
+        )
+    return n
 
 
 def _jsonable(value: Any) -> Any:

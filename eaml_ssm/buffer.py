@@ -58,6 +58,7 @@ class ExperienceBuffer:
         self._seed = seed
         self._retention = retention
         self.store: Any = None  # rust_buffer.RingBuffer, made at the first add
+        self._loader: Any = None  # eaml_ssm.feed.StoreLoader over `store`, made at first use
 
     @classmethod
     def from_store(
@@ -104,12 +105,12 @@ class ExperienceBuffer:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if len(self) == 0:
             return None
-        obs, tgt = self.store.sample(min(batch_size, len(self)))
-        x, y = torch.from_numpy(obs), torch.from_numpy(tgt)  # (k, d_in), (k, d_out), no copy
-        if self.normalizer is not None:
-            x = self.normalizer.normalize_inputs(x, inplace=True)
-            y = self.normalizer.normalize_targets(y, inplace=True)
-        return x.to(self.device), y.to(self.device)
+        if self._loader is None or self._loader.store is not self.store:
+            from eaml_ssm.feed import StoreLoader
+
+            # unpinned: one small batch per call, no background worker to own
+            self._loader = StoreLoader(self.store, self.device, self.normalizer, pinned=False)
+        return self._loader.batch(min(batch_size, len(self)))  # (k, d_in), (k, d_out)
 
     def clear(self) -> None:
         if self.store is not None:

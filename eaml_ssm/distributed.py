@@ -50,6 +50,7 @@ from eaml_ssm.maml import MetaMAML, TaskBatch
 
 if TYPE_CHECKING:  # the pipeline pulls in adaptation, plots, ...: imported where used
     from eaml_ssm.artifacts import RunDir
+    from eaml_ssm.feed import StoreLoader
     from eaml_ssm.pipeline import Data, Trained
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,6 @@ DEFAULT_TIMEOUT_S = 300.0
 TIMEOUT_ENV = "EAML_DIST_TIMEOUT"  # seconds; overrides the default collective timeout
 _REQUIRED_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 _TASK_TAG = 0x7A5C  # seed-sequence tags: which tasks / which windows a meta-step draws
-_WINDOW_TAG = 0x3D0E
 T = TypeVar("T")
 
 
@@ -202,6 +202,10 @@ def init_from_env(
         raise ValueError("the nccl backend needs CUDA tensors; use gloo on CPU")
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
+    if backend == "nccl":
+        # errors and timeouts of NCCL collectives raise in the waiting call (see _wait) instead
+        # of the watchdog tearing the process down
+        os.environ.setdefault("TORCH_NCCL_BLOCKING_WAIT", "1")
     ctx = DistributedContext(rank, world, local_rank, backend, dev, timeout)
     if dist.is_initialized():
         if dist.get_rank() != rank or dist.get_world_size() != world:
@@ -258,6 +262,17 @@ def _collective(ctx: DistributedContext, what: str) -> Any:
         ) from exc
 
 
+def _wait(ctx: DistributedContext, work: Any) -> None:
+    """Block until an ``async_op`` collective has finished, at most ``ctx.timeout_s``.
+
+    NCCL collectives are asynchronous: without this wait a dead peer is noticed only by NCCL's
+    watchdog, which aborts the process; ``work.wait(timeout)`` raises here instead, inside
+    ``_collective``, which turns it into a RankFailure (as on gloo, where the wait is the same).
+    """
+    if work is not None and not work.wait(datetime.timedelta(seconds=ctx.timeout_s)):
+        raise RuntimeError(f"collective did not finish within {ctx.timeout_s:g} s")
+
+
 # --- collectives ------------------------------------------------------------------------------
 
 
@@ -265,7 +280,7 @@ def all_reduce_sum(tensor: Tensor, ctx: DistributedContext, what: str = "all-red
     """Sum ``tensor`` over ranks in place (identity for a single process); returns it."""
     if ctx.active:
         with _collective(ctx, what):
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+            _wait(ctx, dist.all_reduce(tensor, op=dist.ReduceOp.SUM, async_op=True))
     return tensor
 
 
@@ -317,7 +332,7 @@ def broadcast_parameters(
     for group in _by_dtype(_tensors_of(obj)):
         flat = _flat(group).to(ctx.device)  # (P,)
         with _collective(ctx, "broadcast of the initial weights"):
-            dist.broadcast(flat, src=src)
+            _wait(ctx, dist.broadcast(flat, src=src, async_op=True))
         _unflat_into(flat, group)
 
 
@@ -365,8 +380,8 @@ def assert_same_across_ranks(
         mine = _flat(group).to(ctx.device)  # (P,)
         hi, lo = mine.clone(), mine.clone()
         with _collective(ctx, f"consistency check of the {what}"):
-            dist.all_reduce(hi, op=dist.ReduceOp.MAX)
-            dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+            _wait(ctx, dist.all_reduce(hi, op=dist.ReduceOp.MAX, async_op=True))
+            _wait(ctx, dist.all_reduce(lo, op=dist.ReduceOp.MIN, async_op=True))
         if not (torch.equal(hi, mine) and torch.equal(lo, mine)):
             worst = float((hi - lo).abs().max())
             raise RuntimeError(f"{ctx}: the {what} differ across ranks (max spread {worst:.3g})")
@@ -470,7 +485,7 @@ def global_normalizer(store: Any, ctx: DistributedContext) -> Normalizer:
     if ctx.active:
         rows = [torch.empty_like(mine) for _ in range(ctx.world_size)]
         with _collective(ctx, "all-gather of the normalization statistics"):
-            dist.all_gather(rows, mine)
+            _wait(ctx, dist.all_gather(rows, mine, async_op=True))
         table = torch.stack(rows).cpu()  # (W, k)
     else:
         table = mine.cpu().unsqueeze(0)  # (1, k)
@@ -482,7 +497,7 @@ class ShardedTaskSampler:
     """Meta-batches whose content depends on (seed, step) only, served from a rank's shard.
 
     A task is *eligible* when it has at least one window of ``L = S + Q`` consecutive steps of
-    one episode (as with the store's own ``sample_tasks(..., contiguous=True)``, tasks without
+    one episode (the store's rule, asked through `eaml_ssm.feed.windowed_tasks`; tasks without
     one are never drawn). With several ranks, each rank knows its own tasks only: call
     :meth:`share_eligibility` (a collective) or :meth:`set_eligible` before sampling.
 
@@ -490,10 +505,11 @@ class ShardedTaskSampler:
     drawn uniformly from the eligible tasks of ``{c, c + T, c + 2T, ...}`` (a slot whose class
     has none draws from the eligible tasks not yet chosen), with a generator seeded by
     ``(seed, k)``. So the T tasks are distinct, and each task of a class of n eligible tasks is
-    drawn with probability 1 / n (uniform when every class has as many). For each task, a
-    window start is drawn with a generator seeded by ``(seed, k, task_id)`` among all windows of
-    that task (rows ordered by episode id and step, so the store's slot order does not matter).
-    The first S steps are the support, the next Q the query.
+    drawn with probability 1 / n (uniform when every class has as many). Each task's window is
+    drawn by the store's own sampler among that task's windows, with the per-call seed
+    ``draw_seed(seed, k, task_id)`` (see `eaml_ssm.feed.StoreLoader.task_windows`), so it
+    depends on (seed, k, task) only, not on which rank holds the task. The first S steps are
+    the support, the next Q the query.
 
     This rank serves the tasks of the batch it holds (``owner_of(task_id, W) == rank``). Since
     task ids are dealt round robin, slot c belongs to rank ``c mod W``: when W divides T (and
@@ -511,38 +527,24 @@ class ShardedTaskSampler:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
+        from eaml_ssm.feed import windowed_tasks
+
         if support_len < 1 or query_len < 1:
             raise ValueError(f"need support_len, query_len >= 1, got {support_len}, {query_len}")
+        self.store = store
         self.num_tasks, self.seed = int(num_tasks), int(seed)
         self.support_len, self.query_len = int(support_len), int(query_len)
         self.rank, self.world_size = rank, world_size
         self.task_ids = shard_tasks(num_tasks, rank, world_size)
-        self._obs, self._target = store.obs_view(), store.target_view()
-        tid, eid, stp = store.task_id_view(), store.episode_id_view(), store.step_view()
-        self._rows: dict[int, np.ndarray] = {}
-        self._starts: dict[int, np.ndarray] = {}
+        held = {int(t) for t, c in store.task_counts().items() if int(c) > 0}
         for task in self.task_ids:
-            self._rows[task], self._starts[task] = self._windows(task, tid, eid, stp)
-        self._local = np.zeros(self.num_tasks, dtype=bool)  # (num_tasks,) my eligible tasks
-        self._local[[t for t in self.task_ids if self._starts[t].size]] = True
-        self.eligible: np.ndarray | None = self._local.copy() if world_size == 1 else None
-
-    def _windows(
-        self, task: int, tid: np.ndarray, eid: np.ndarray, stp: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(store rows of the task ordered by (episode, step), window starts in them)."""
-        rows = np.flatnonzero(tid == task)
-        if rows.size == 0:
-            raise ValueError(f"rank {self.rank}: the store holds no rows of task {task}")
-        rows = rows[np.lexsort((stp[rows], eid[rows]))]
+            if task not in held:
+                raise ValueError(f"rank {self.rank}: the store holds no rows of task {task}")
         length = self.support_len + self.query_len
-        if rows.size < length:
-            return rows, np.zeros(0, dtype=np.int64)
-        e, s = eid[rows], stp[rows]
-        ok = (e[length - 1 :] == e[: e.size - length + 1]) & (
-            s[length - 1 :] - s[: s.size - length + 1] == length - 1
-        )
-        return rows, np.flatnonzero(ok)
+        self._local = np.zeros(self.num_tasks, dtype=bool)  # (num_tasks,) my eligible tasks
+        windowed = windowed_tasks(store, length)
+        self._local[[t for t in self.task_ids if t in windowed]] = True
+        self.eligible: np.ndarray | None = self._local.copy() if world_size == 1 else None
 
     def local_eligibility(self) -> np.ndarray:
         """(num_tasks,) bool: the tasks of this rank that have a window."""
@@ -595,39 +597,62 @@ class ShardedTaskSampler:
         batch = self.global_tasks(step, meta_batch_size)
         return [int(t) for t in batch if owner_of(int(t), self.world_size) == self.rank]
 
-    def window_rows(self, step: int, task: int) -> np.ndarray:
-        """Store rows of task ``task``'s window at step ``step``, (L,) int64."""
-        if task not in self._rows:
-            raise ValueError(f"rank {self.rank} does not hold task {task}")
-        starts = self._starts[task]
-        if starts.size == 0:
-            raise ValueError(f"task {task} has no {self.support_len + self.query_len}-step window")
-        rng = np.random.default_rng(np.random.SeedSequence([self.seed, step, task, _WINDOW_TAG]))
-        i = int(starts[rng.integers(starts.size)])
-        return self._rows[task][i : i + self.support_len + self.query_len]
+    def loader(
+        self, normalizer: Normalizer | None, device: torch.device, start: int = 0
+    ) -> StoreLoader:
+        """The feed of this rank's windows: draw k holds the batch of meta-step k."""
+        from eaml_ssm.feed import StoreLoader
+
+        return StoreLoader(self.store, device, normalizer, seed=self.seed, start=start)
+
+    def next_batch(
+        self, loader: StoreLoader, step: int, meta_batch_size: int
+    ) -> tuple[TaskBatch | None, list[int]]:
+        """The loader's next draw, that of meta-step ``step`` (the loader's draw index):
+        (this rank's TaskBatch (T_r, 1, l, d) or None, its task ids)."""
+        tasks = self.local_tasks(step, meta_batch_size)  # on the host: no device read-back
+        sx, sy, qx, qy, _ = loader.task_windows(
+            lambda k: self.local_tasks(k, meta_batch_size),
+            self.support_len,
+            self.query_len,
+            meta_batch_size,
+        )
+        if not tasks:
+            return None, tasks
+        return TaskBatch(sx.unsqueeze(1), sy.unsqueeze(1), qx.unsqueeze(1), qy.unsqueeze(1)), tasks
 
     def arrays(self, step: int, tasks: Sequence[int]) -> tuple[np.ndarray, ...]:
         """Raw (support_obs (T_r, S, d), support_target (T_r, S, o), query_obs, query_target)."""
-        idx = np.stack([self.window_rows(step, t) for t in tasks])  # (T_r, L)
-        obs, target = self._obs[idx], self._target[idx]  # (T_r, L, d), (T_r, L, o) copies
-        s = self.support_len
-        return obs[:, :s], target[:, :s], obs[:, s:], target[:, s:]
+        x, y, *_ = self.batch_tensors(step, tasks, None, torch.device("cpu"))
+        return x[0].numpy(), x[1].numpy(), y[0].numpy(), y[1].numpy()
+
+    def batch_tensors(
+        self,
+        step: int,
+        tasks: Sequence[int],
+        normalizer: Normalizer | None,
+        device: torch.device,
+    ) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor], Tensor]:
+        """((sx, sy), (qx, qy), task ids) of ``tasks`` at step ``step`` through the feed."""
+        for t in tasks:
+            if owner_of(int(t), self.world_size) != self.rank or t not in self.task_ids:
+                raise ValueError(f"rank {self.rank} does not hold task {t}")
+            if not self._local[int(t)]:
+                length = self.support_len + self.query_len
+                raise ValueError(f"task {t} has no {length}-step window")
+        chosen = [int(t) for t in tasks]
+        with self.loader(normalizer, device, step) as loader:
+            sx, sy, qx, qy, ids = loader.task_windows(
+                lambda k: chosen, self.support_len, self.query_len, max(1, len(chosen))
+            )
+        return (sx, sy), (qx, qy), ids
 
     def batch(
         self, step: int, tasks: Sequence[int], normalizer: Normalizer, device: torch.device
     ) -> TaskBatch:
-        """The normalized TaskBatch of ``tasks``: one sequence per task, (T_r, 1, l, d).
-
-        ``normalizer`` must be on the CPU (where the rows are); the batch goes to ``device``.
-        """
-
-        def seq(a: np.ndarray, target: bool) -> Tensor:
-            t = torch.from_numpy(np.ascontiguousarray(a))  # (T_r, l, d) on the CPU
-            t = normalizer.normalize_targets(t) if target else normalizer.normalize_inputs(t)
-            return t.unsqueeze(1).to(device)  # (T_r, 1, l, d)
-
-        so, st, qo, qt = self.arrays(step, tasks)
-        return TaskBatch(seq(so, False), seq(st, True), seq(qo, False), seq(qt, True))
+        """The normalized TaskBatch of ``tasks`` at step ``step``: (T_r, 1, l, d) per tensor."""
+        (sx, sy), (qx, qy), _ = self.batch_tensors(step, tasks, normalizer, device)
+        return TaskBatch(sx.unsqueeze(1), sy.unsqueeze(1), qx.unsqueeze(1), qy.unsqueeze(1))
 
     def load(self, meta_batch_size: int, steps: Iterable[int]) -> float:
         """Mean over ``steps`` of (busiest rank's task count) / (T / W); 1.0 = perfect balance."""
@@ -822,15 +847,41 @@ def train(
         log.info("resuming meta-training at step %d of %d", start, cfg.num_epochs)
     broadcast_parameters([*model.parameters(), *model.buffers(), *maml.inner_lrs.values()], ctx)
     sampler = make_sampler(cfg, data.store, ctx)
-    norm = data.normalizer  # stays on the CPU: batches are normalized there, then moved
+    loader = sampler.loader(data.normalizer, ctx.device, start)  # the one feed, per rank
+    try:
+        trained.seconds = _train_steps(cfg, ctx, run_dir, data, trained, sampler, loader, start)
+    finally:
+        loader.close()
+    assert_same_across_ranks([*maml.meta_parameters()], ctx, "meta-learned weights")
+    if run_dir is not None:
+        if start == cfg.num_epochs and not run_dir.checkpoint_path.exists():
+            payload = pipeline.checkpoint_payload(cfg, trained, data, start)
+            save_checkpoint(run_dir.checkpoint_path, payload)
+        _write_summary(cfg, ctx, run_dir, trained, start)
+    return trained
+
+
+def _train_steps(
+    cfg: RunConfig,
+    ctx: DistributedContext,
+    run_dir: RunDir | None,
+    data: Data,
+    trained: Trained,
+    sampler: ShardedTaskSampler,
+    loader: StoreLoader,
+    start: int,
+) -> float:
+    """The meta-steps start..num_epochs on this rank; returns the seconds they took."""
+    from eaml_ssm import pipeline
+    from eaml_ssm.artifacts import save_checkpoint
+
     every = max(1, cfg.num_epochs // 10)
     quiet = cfg.quiet or not ctx.is_main
     t0 = time.perf_counter()
     bar = tqdm(range(start, cfg.num_epochs), desc="meta-train", disable=True if quiet else None)
     for step in bar:
-        local = sampler.local_tasks(step, cfg.meta_batch_size)
-        batch = sampler.batch(step, local, norm, ctx.device) if local else None
-        loss = distributed_meta_step(maml, batch, len(local), cfg.meta_batch_size, ctx)
+        batch, local = sampler.next_batch(loader, step, cfg.meta_batch_size)
+        loss = distributed_meta_step(trained.maml, batch, len(local), cfg.meta_batch_size, ctx)
         if not np.isfinite(loss):
             raise FloatingPointError(f"meta-training diverged at step {step} (loss {loss})")
         trained.losses.append(loss)
@@ -842,14 +893,7 @@ def train(
             if run_dir is not None:
                 payload = pipeline.checkpoint_payload(cfg, trained, data, step + 1)
                 save_checkpoint(run_dir.checkpoint_path, payload)
-    trained.seconds = time.perf_counter() - t0
-    assert_same_across_ranks([*maml.meta_parameters()], ctx, "meta-learned weights")
-    if run_dir is not None:
-        if start == cfg.num_epochs and not run_dir.checkpoint_path.exists():
-            payload = pipeline.checkpoint_payload(cfg, trained, data, start)
-            save_checkpoint(run_dir.checkpoint_path, payload)
-        _write_summary(cfg, ctx, run_dir, trained, start)
-    return trained
+    return time.perf_counter() - t0
 
 
 def _config_dict(cfg: RunConfig) -> dict[str, Any]:

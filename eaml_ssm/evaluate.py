@@ -51,6 +51,7 @@ from eaml_ssm.adaptation import Adapter, ExperienceSource
 from eaml_ssm.artifacts import RunDir, finite, fresh_run_dir, seed_everything
 from eaml_ssm.collect import build_store
 from eaml_ssm.config import RunConfig
+from eaml_ssm.feed import StoreLoader, draw_seed
 from eaml_ssm.plots import plot_curves
 from eaml_ssm.ssm import SSM
 from eaml_ssm.stats import pass_count, percent, reduction, relative_change, summarize
@@ -333,22 +334,26 @@ def mean_inner_lr(maml: Any) -> float:
     return float(maml.inner_lr)
 
 
+_JOINT_TAG = 0x10E7  # seed-sequence tag of the joint baseline's batches
+
+
 def train_joint(cfg: RunConfig, data: pipeline.Data, steps: int, seq_len: int) -> SSM:
     """A non-meta SSM: Adam on store sequence windows, MSE from a zero state."""
     device = pipeline.resolve_device(cfg.device)
     model = pipeline.build_model(cfg, data.family, device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.outer_lr)
-    norm = data.normalizer
     batch = 4 * cfg.meta_batch_size
-    for _ in range(steps):
-        obs, tgt, _ = data.store.sample_sequences(batch, seq_len)
-        x = norm.normalize_inputs(torch.from_numpy(obs)).to(device)  # (b, l, d)
-        y = norm.normalize_targets(torch.from_numpy(tgt)).to(device)  # (b, l, o)
-        pred, _ = model(x, model.init_hidden(batch))
-        loss = torch.nn.functional.mse_loss(pred, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    # the one feed; draw k seeded by (seed, k, tag) so the batches do not depend on what
+    # else used the store's generator before
+    seed = draw_seed(cfg.seed, 0, _JOINT_TAG)
+    with StoreLoader(data.store, device, data.normalizer, seed=seed) as loader:
+        for _ in range(steps):
+            x, y, _ = loader.sequences(batch, seq_len)  # (b, l, d), (b, l, o)
+            pred, _ = model(x, model.init_hidden(batch))
+            loss = torch.nn.functional.mse_loss(pred, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
     return model
 
 

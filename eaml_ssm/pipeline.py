@@ -39,6 +39,7 @@ from eaml_ssm.artifacts import (
 from eaml_ssm.collect import build_store, max_rows
 from eaml_ssm.config import RunConfig, from_dict, to_dict
 from eaml_ssm.features import Normalizer
+from eaml_ssm.feed import StoreLoader
 from eaml_ssm.maml import MetaMAML, TaskBatch
 from eaml_ssm.plots import plot_before_after, plot_curve, plot_curves
 from eaml_ssm.ssm import SSM
@@ -179,23 +180,18 @@ def build_maml(cfg: RunConfig, model: SSM) -> MetaMAML:
     )
 
 
-def meta_batch(cfg: RunConfig, data: Data, device: torch.device) -> TaskBatch:
-    """Per-task contiguous support/query windows from the store, normalized, as sequences."""
-    so, st, qo, qt, _ = data.store.sample_tasks(
+def meta_loader(cfg: RunConfig, data: Data, device: torch.device, start: int = 0) -> StoreLoader:
+    """The feed of meta-training: draw k is the batch of meta-step k, seeded by (seed, k)."""
+    return StoreLoader(data.store, device, data.normalizer, seed=cfg.seed, start=start)
+
+
+def meta_batch(cfg: RunConfig, loader: StoreLoader) -> TaskBatch:
+    """The next meta-step's per-task contiguous support/query windows, normalized, as
+    sequences (T, 1, l, d): one sequence per task."""
+    sx, sy, qx, qy, _ = loader.tasks(
         cfg.meta_batch_size, cfg.support_len, cfg.query_len, contiguous=True
     )
-    norm = data.normalizer
-
-    def seq(a: np.ndarray, target: bool) -> torch.Tensor:
-        t = torch.from_numpy(a)  # (T, l, d)
-        t = (
-            norm.normalize_targets(t, inplace=True)
-            if target
-            else norm.normalize_inputs(t, inplace=True)
-        )
-        return t.unsqueeze(1).to(device)  # (T, 1, l, d): one sequence per task
-
-    return TaskBatch(seq(so, False), seq(st, True), seq(qo, False), seq(qt, True))
+    return TaskBatch(sx.unsqueeze(1), sy.unsqueeze(1), qx.unsqueeze(1), qy.unsqueeze(1))
 
 
 def checkpoint_payload(cfg: RunConfig, trained: Trained, data: Data, step: int) -> dict[str, Any]:
@@ -243,28 +239,37 @@ def train_stage(
     every = max(1, cfg.num_epochs // 10)
     t0 = time.perf_counter()
     bar = tqdm(range(start, cfg.num_epochs), desc="meta-train", disable=True if cfg.quiet else None)
-    for step in bar:
-        _reseed_sampler(data.store, cfg.seed, step)
-        loss = maml.meta_update(meta_batch(cfg, data, device))
-        if not np.isfinite(loss):
-            raise FloatingPointError(f"meta-training diverged at step {step} (loss {loss})")
-        trained.losses.append(loss)
-        run.log_metrics("train", step=step, meta_loss=loss)
-        bar.set_postfix(loss=f"{loss:.4f}")
-        if (step + 1) % every == 0 or step + 1 == cfg.num_epochs:
-            log.info("meta-step %d/%d  query loss %.4f", step + 1, cfg.num_epochs, loss)
-            save_checkpoint(run.checkpoint_path, checkpoint_payload(cfg, trained, data, step + 1))
+    loader = meta_loader(cfg, data, device, start)
+    try:
+        for step in bar:
+            _meta_step(cfg, run, data, trained, loader, step, every)
+            bar.set_postfix(loss=f"{trained.losses[-1]:.4f}")
+    finally:
+        loader.close()
     trained.seconds = time.perf_counter() - t0
     if start == cfg.num_epochs and not run.checkpoint_path.exists():
         save_checkpoint(run.checkpoint_path, checkpoint_payload(cfg, trained, data, start))
     return trained
 
 
-def _reseed_sampler(store: Any, seed: int, step: int) -> None:
-    """Per-step sampler seed: a resumed run draws exactly the batches of an uninterrupted one."""
-    reseed = getattr(store, "reseed", None)
-    if reseed is not None:
-        reseed(int(np.random.SeedSequence([seed, step]).generate_state(1)[0]))
+def _meta_step(
+    cfg: RunConfig,
+    run: RunDir,
+    data: Data,
+    trained: Trained,
+    loader: StoreLoader,
+    step: int,
+    every: int,
+) -> None:
+    """One meta-update on the loader's batch of `step`; logs and checkpoints."""
+    loss = trained.maml.meta_update(meta_batch(cfg, loader))
+    if not np.isfinite(loss):
+        raise FloatingPointError(f"meta-training diverged at step {step} (loss {loss})")
+    trained.losses.append(loss)
+    run.log_metrics("train", step=step, meta_loss=loss)
+    if (step + 1) % every == 0 or step + 1 == cfg.num_epochs:
+        log.info("meta-step %d/%d  query loss %.4f", step + 1, cfg.num_epochs, loss)
+        save_checkpoint(run.checkpoint_path, checkpoint_payload(cfg, trained, data, step + 1))
 
 
 # --- adapt + evaluate -----------------------------------------------------------------------
@@ -294,14 +299,37 @@ def base_adapter(cfg: RunConfig, trained: Trained, data: Data) -> Adapter:
 
 
 def methods(cfg: RunConfig, base: Adapter) -> dict[str, tuple[Adapter, bool]]:
-    """name -> (adapter at the meta-learned weights, adapts?)."""
+    """name -> (adapter at the meta-learned weights, adapts?).
+
+    The hybrid method runs twice: with the default `replay_live` and with the other choice
+    (replay of old tasks only, or also of the live stream written into the store)."""
     w = cfg.experience_weight
+    live = base.config.replay_live
     return {
         "no adaptation": (protocol.variant(base), False),
         "GrBAL reset (w=0)": (protocol.variant(base, mode="reset", experience_weight=0.0), True),
         "continual (w=0)": (protocol.variant(base, mode="continual", experience_weight=0.0), True),
         f"hybrid (w={w:g})": (protocol.variant(base, mode="continual", experience_weight=w), True),
+        f"hybrid (w={w:g}, replay_live={not live})": (
+            protocol.variant(base, mode="continual", experience_weight=w, replay_live=not live),
+            True,
+        ),
     }
+
+
+LIVE_TASK_BASE = 1_000_000  # task ids of the evaluation's live streams (training: 0..n-1)
+
+
+def live_store(store: Any, where: Path) -> Any:
+    """A private copy of the store for one method's live stream (methods stay independent)."""
+    import rust_buffer
+
+    path = where / "live-store.rbuf"
+    store.save(str(path))
+    try:
+        return rust_buffer.RingBuffer.load(str(path))
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def evaluate_stage(cfg: RunConfig, run: RunDir, data: Data, trained: Trained) -> dict[str, Any]:
@@ -326,8 +354,17 @@ def evaluate_stage(cfg: RunConfig, run: RunDir, data: Data, trained: Trained) ->
         for name, (adapter, adapts) in methods(cfg, base).items():
             errs: list[float] = []
             task_means = []
-            for s in streams:  # A -> B -> C, without resetting between tasks
-                e = protocol.prequential(adapter, s, m, adapt=adapts)
+            # each adapting method writes its stream into its own copy of the store, live
+            store = live_store(data.store, run.path) if adapts else None
+            if store is not None:
+                adapter.experience = adapter.experience.fork(
+                    adapter.config.seed, adapter.experience.feed.old_tasks, buffer=store
+                )
+            for i, s in enumerate(streams):  # A -> B -> C, without resetting between tasks
+                task_id = LIVE_TASK_BASE + 1000 * SPLITS.index(split) + i
+                e = protocol.prequential_run(
+                    adapter, s, m, adapt=adapts, store=store, task_id=task_id
+                ).errors
                 errs += e
                 task_means.append(float(np.mean(e)))
             row = rows.setdefault(name, {})

@@ -32,6 +32,7 @@ from eaml_ssm.adaptation import Adapter
 from eaml_ssm.baselines import RIDGES, window_ridge_predict
 from eaml_ssm.collect import rollout
 from eaml_ssm.features import Normalizer
+from eaml_ssm.feed import LiveWriter
 from eaml_ssm.tasks import Task
 
 
@@ -110,39 +111,33 @@ def prequential_run(
 ) -> StreamRun:
     """Score windows 1..K-1 of `data`, adapting on window k-1 before scoring window k.
 
-    With `store` (a RingBuffer), each window is added to it (raw rows, `task_id`) once the
-    adapter has used it, so later replay can draw on the stream itself (store-retention runs).
+    With `store` (a RingBuffer), the stream's transitions go into it as they arrive (raw rows,
+    `task_id`, the stream's own episode and step ids, through `eaml_ssm.feed.LiveWriter`):
+    window k-1 is in the store before the adapter adapts on it, so replay may draw on the
+    live stream (whether it does is `AdaptationConfig.replay_live`).
     """
     k_windows = len(data) // m
     if k_windows < 2:
         raise ValueError(f"stream of {len(data)} steps has fewer than 2 windows of {m}")
     run = StreamRun(errors=[])
+    live = None if store is None else LiveWriter(store, task_id)
     for k in range(1, k_windows):
         prev, cur = data.window(k - 1, m), data.window(k, m)
+        if live is not None:
+            live.add_rows(data.raw_x[prev], data.raw_y[prev], data.reset[prev].numpy())
         if adapt:
             t0 = time.perf_counter()
             steps = _adapt_on(adapter, data.x[prev], data.y[prev], data.reset[prev])
             run.adapt_seconds += time.perf_counter() - t0
             run.updates += 1
             run.steps += steps
-        if store is not None:
-            _insert(store, data, prev, task_id)
         span = slice(prev.start, cur.stop)
         pred = _predict_pair(adapter, data.x[span], data.reset[span], m)
         run.errors.append(nmse(pred, data.y[cur]))
+    if live is not None:  # the last window arrived too
+        last = data.window(k_windows - 1, m)
+        live.add_rows(data.raw_x[last], data.raw_y[last], data.reset[last].numpy())
     return run
-
-
-def _insert(store: Any, data: StreamData, rows: slice, task_id: int) -> None:
-    episodes = np.cumsum(data.reset.numpy()) + 1_000_000 * (task_id + 1)  # (T,) unique ids
-    steps = np.arange(len(data))
-    store.add(
-        np.ascontiguousarray(data.raw_x[rows], dtype=np.float32),
-        np.ascontiguousarray(data.raw_y[rows], dtype=np.float32),
-        task_id=task_id,
-        episode_id=episodes[rows].astype(np.int64),
-        step=steps[rows].astype(np.int64),
-    )
 
 
 def prequential(adapter: Adapter | None, data: StreamData, m: int, *, adapt: bool) -> list[float]:

@@ -397,6 +397,8 @@ class NoViews:
         self._r = ring
         self.sample, self.task_counts = ring.sample, ring.task_counts
         self.sample_task_rows = ring.sample_task_rows
+        self.sample_windows_into = ring.sample_windows_into
+        self.obs_dim, self.target_dim = ring.obs_dim, ring.target_dim
 
     def __len__(self) -> int:
         return len(self._r)
@@ -501,10 +503,11 @@ def test_facade_buffer_supports_uniform_and_rejects_others_clearly() -> None:
     x, y = _window()
     _, steps = adapter.update_step(x, y)
     assert steps == 5
-    with pytest.raises(ValueError, match="task_balanced needs a store with"):
+    with pytest.raises(ValueError, match="task_balanced replay needs a store with"):
         ExperienceSource(facade).task_balanced(4)
-    obs, _ = ExperienceSource(facade, seed=0).nearest(3, torch.zeros(1, 3), candidates=50)
-    assert obs.shape == (3, 3)
+    with pytest.raises(ValueError, match="nearest replay needs a store with"):
+        ExperienceSource(facade, seed=0).nearest(3, torch.zeros(1, 3), candidates=50)
+    assert ExperienceSource(facade, seed=0).uniform(3)[0].shape == (3, 3)
 
 
 def test_experience_buffer_facade_replays_normalized_rows() -> None:

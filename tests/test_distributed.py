@@ -39,14 +39,13 @@ JOIN_S = 120  # hang guard for spawned ranks (not a timing assertion)
 # --- fixtures shared with the spawned ranks (module level, so spawn can import them) ---------
 
 
-def make_store(
-    task_ids: list[int], *, reverse: bool = False, short: frozenset = frozenset()
-) -> Any:
+def make_store(task_ids: list[int], *, short: frozenset = frozenset()) -> Any:
     """A store with 2 episodes of 30 steps of linear dynamics for each task in ``task_ids``
     (12 episodes of 5 steps for the tasks in ``short``).
 
-    Rows of a task are the same whichever store holds it; ``reverse`` inserts episodes in
-    reverse order, so slot order differs while the content does not.
+    Rows of a task are the same, written in the same order, whichever store holds it (the
+    store's window sampler numbers a task's windows in the order they were written, as one
+    collector writes a task's episodes in the pipeline).
     """
     store = rust_buffer.RingBuffer(max(1, 60 * len(task_ids)), OBS_DIM, TARGET_DIM, seed=0)
     episodes = []
@@ -58,7 +57,7 @@ def make_store(
             x = rng.normal(size=(length, OBS_DIM)).astype(np.float32)  # (len, d)
             y = (x @ a + 0.5 + 0.01 * rng.normal(size=(length, TARGET_DIM))).astype(np.float32)
             episodes.append((x, y, tid, tid * 100 + ep))
-    for x, y, tid, eid in reversed(episodes) if reverse else episodes:
+    for x, y, tid, eid in episodes:
         steps = np.arange(x.shape[0], dtype=np.int64)
         store.add(x, y, task_id=tid, episode_id=eid, step=steps)
     return store
@@ -70,7 +69,7 @@ def shard_samplers(
     """One sampler per rank without a process group (eligibility merged by hand)."""
     out = []
     for r in range(world):
-        store = make_store(D.shard_tasks(NUM_TASKS, r, world), reverse=True, short=short)
+        store = make_store(D.shard_tasks(NUM_TASKS, r, world), short=short)
         out.append(D.ShardedTaskSampler(store, NUM_TASKS, support, query, SEED, r, world))
     eligible = np.logical_or.reduce([s.local_eligibility() for s in out])
     for s in out:
@@ -202,7 +201,7 @@ def test_two_ranks_match_one_rank_and_each_other(two_rank_run: Path) -> None:
         assert torch.equal(r["probe"], torch.zeros(3))
 
     # Oracle: one process, the whole store, plain MetaMAML.meta_update on the global batch.
-    store = make_store(list(range(NUM_TASKS)), reverse=True)
+    store = make_store(list(range(NUM_TASKS)))
     norm = Normalizer.from_store(store)
     sampler = D.ShardedTaskSampler(store, NUM_TASKS, SUPPORT, QUERY, SEED)
     maml = make_maml()
@@ -275,7 +274,7 @@ def test_single_process_step_equals_meta_update() -> None:
         assert torch.equal(value, weights(b)[name]), name
 
 
-def test_sampler_batches_do_not_depend_on_world_size_or_slot_order() -> None:
+def test_sampler_batches_do_not_depend_on_world_size() -> None:
     full = D.ShardedTaskSampler(make_store(list(range(NUM_TASKS))), NUM_TASKS, 5, 4, SEED)
     shards = shard_samplers(3, 5, 4)
     for step in range(4):
@@ -304,10 +303,12 @@ def test_sampler_batches_do_not_depend_on_world_size_or_slot_order() -> None:
     assert sorted(set(drawn.ravel().tolist())) == list(range(8))
     # a window is consecutive steps of one episode: support (5) then query (4)
     store = make_store([0])
-    rows = D.ShardedTaskSampler(store, 1, 5, 4, SEED).window_rows(2, 0)
-    assert rows.shape == (9,)
-    assert len(set(store.episode_id_view()[rows].tolist())) == 1
-    assert np.all(np.diff(store.step_view()[rows]) == 1)
+    so, st, qo, qt = D.ShardedTaskSampler(store, 1, 5, 4, SEED).arrays(2, [0])
+    window = np.concatenate([so[0], qo[0]])  # (9, d) rows of the store, in order
+    slots = [int(np.flatnonzero((store.obs_view() == row).all(1))[0]) for row in window]
+    assert len(set(store.episode_id_view()[slots].tolist())) == 1
+    assert np.all(np.diff(store.step_view()[slots]) == 1)
+    np.testing.assert_array_equal(np.concatenate([st[0], qt[0]]), store.target_view()[slots])
 
 
 def test_tasks_without_a_window_are_never_drawn() -> None:
@@ -326,7 +327,7 @@ def test_tasks_without_a_window_are_never_drawn() -> None:
     with pytest.raises(ValueError, match=r"must be in \[1, 4\]: 4 of 6 tasks have 9"):
         full.global_tasks(0, 5)
     with pytest.raises(ValueError, match="has no 9-step window"):
-        shards[1].window_rows(0, 1)
+        shards[1].arrays(0, [1])
     unshared = D.ShardedTaskSampler(make_store([0, 2, 4]), NUM_TASKS, 5, 4, SEED, 0, 2)
     with pytest.raises(ValueError, match="share_eligibility"):
         unshared.global_tasks(0, 2)
@@ -424,7 +425,7 @@ def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match=r"meta_batch_size must be in \[1, 2\]"):
         sampler.global_tasks(0, 3)
     with pytest.raises(ValueError, match="does not hold task 5"):
-        sampler.window_rows(0, 5)
+        sampler.arrays(0, [5])
     with pytest.raises(ValueError, match="at least one parameter"):
         D.all_reduce_gradients([], ctx)
 

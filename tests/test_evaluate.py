@@ -146,13 +146,19 @@ def test_grbal_few_shot_retention_starts_from_the_meta_weights() -> None:
     )
 
 
-def test_prequential_inserts_used_windows_into_a_store() -> None:
+def test_prequential_writes_every_transition_of_the_stream_into_a_store() -> None:
     import rust_buffer
 
     store = rust_buffer.RingBuffer(100, 1, 1, seed=0)
     data = toy_stream(1.0)
     protocol.prequential_run(toy_adapter(1.0), data, M, adapt=True, store=store, task_id=7)
-    assert store.task_counts() == {7: 2 * M}  # windows 0 and 1 were used to adapt
+    n = (len(data) // M) * M  # every window arrived (live), the last one too
+    assert store.task_counts() == {7: n}
+    np.testing.assert_array_equal(store.obs_view()[:, 0], data.raw_x[:n, 0])
+    starts = data.reset.numpy()[:n].copy()
+    starts[0] = True  # the stream's first row opens an episode
+    steps = store.step_view()
+    assert (steps[starts] == 0).all() and (np.diff(steps)[~starts[1:]] == 1).all()
 
 
 # --- statistics -----------------------------------------------------------------------------

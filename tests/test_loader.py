@@ -9,10 +9,10 @@ import torch
 import rust_buffer
 from eaml_ssm.collect import build_store
 from eaml_ssm.features import Normalizer
-from eaml_ssm.loader import StoreLoader
+from eaml_ssm.feed import StoreLoader
 from eaml_ssm.tasks import sample_tasks
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+cuda = pytest.mark.gpu
 
 
 class SpyStore:
@@ -123,14 +123,15 @@ def test_double_buffer_prefetches_the_next_batch_in_the_background():
     from concurrent.futures import ThreadPoolExecutor
     from threading import Event, get_ident
 
-    from eaml_ssm.loader import _DoubleBuffer
+    from eaml_ssm.feed.loader import _DoubleBuffer
 
     filled: list[int] = []
     threads: set[int] = set()
     done = [Event() for _ in range(8)]  # done[k]: batch k has been gathered
 
-    def fill(out):
+    def fill(out, index):
         k = len(filled)
+        assert index == k  # draw k gets its own index (its seed)
         out[0][...] = k  # batch number k fills with k
         out[1][...] = -k
         filled.append(1)
@@ -139,7 +140,7 @@ def test_double_buffer_prefetches_the_next_batch_in_the_background():
 
     with ThreadPoolExecutor(1) as pool:
         feed = _DoubleBuffer(
-            [((4, 3), torch.float32), ((4,), torch.int64)], fill, torch.device("cpu"), pool
+            [((4, 3), torch.float32), ((4,), torch.int64)], fill, torch.device("cpu"), pool, None, 0
         )
         for k in range(5):
             x, ids = feed.next()
@@ -153,13 +154,13 @@ def test_double_buffer_prefetches_the_next_batch_in_the_background():
 def test_double_buffer_reraises_sampling_errors():
     from concurrent.futures import ThreadPoolExecutor
 
-    from eaml_ssm.loader import _DoubleBuffer
+    from eaml_ssm.feed.loader import _DoubleBuffer
 
-    def fill(out):
+    def fill(out, index):
         raise ValueError("store is empty")
 
     with ThreadPoolExecutor(1) as pool:
-        feed = _DoubleBuffer([((2, 2), torch.float32)], fill, torch.device("cpu"), pool)
+        feed = _DoubleBuffer([((2, 2), torch.float32)], fill, torch.device("cpu"), pool, None, 0)
         with pytest.raises(ValueError, match="store is empty"):
             feed.next()
         with pytest.raises(ValueError, match="store is empty"):
