@@ -739,12 +739,13 @@ class Adapter:
     def fork(self, **overrides: Any) -> Adapter:
         """An independent adapter on its own copy of the model, at the current weights.
 
-        Adapting the fork never changes ``self.model``. Same store and theta* (so ``reset()`` and the anchor still refer to the
-        meta-learned weights); its own weights, stats, random stream (restarted from
-        ``config.seed``, so a fork's draws do not depend on what other forks did) and, with
-        ``overrides``, config (``param_lrs=None`` there also drops learned per-element
-        rates, so ``learning_rate`` applies everywhere). Use it to score "few-shot" retention
-        (adapt a copy on an old task) or to build method variants without touching ``self``.
+        Adapting the fork never changes ``self.model``. Same store and theta* (so ``reset()``
+        and the anchor still refer to the meta-learned weights); its own weights, stats,
+        random stream (restarted from ``config.seed``, so a fork's draws do not depend on
+        what other forks did) and, with ``overrides``, config (``param_lrs=None`` there also
+        drops learned per-element rates, so ``learning_rate`` applies everywhere). Use it to
+        score "few-shot" retention (adapt a copy on an old task) or to build method variants
+        without touching ``self``.
         """
         other = copy.copy(self)
         other.model = copy.deepcopy(self.model)

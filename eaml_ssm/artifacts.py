@@ -78,10 +78,11 @@ def _jsonable(value: Any) -> Any:
 class RunDir:
     """A run folder with append-only metrics and atomic JSON/checkpoint writes."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / "plots").mkdir(exist_ok=True)
+        if create:  # create=False: read an existing run without writing to it
+            self.path.mkdir(parents=True, exist_ok=True)
+            (self.path / "plots").mkdir(exist_ok=True)
 
     @classmethod
     def create(cls, out: str, name: str) -> RunDir:
@@ -176,7 +177,13 @@ def load_checkpoint(path: Path, expected_config: dict[str, Any] | None = None) -
 
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    payload: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        payload: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a file it cannot unpickle
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path}: not a readable checkpoint ({first})") from exc
+    if not isinstance(payload, dict):
+        raise ValueError(f"{path}: not a run checkpoint (holds a {type(payload).__name__})")
     if payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
             f"{path}: checkpoint format {payload.get('format')!r}, expected {CHECKPOINT_FORMAT}"

@@ -118,7 +118,7 @@ def collection_length(cfg: RunConfig) -> tuple[int, int | None]:
 
 def collect_stage(cfg: RunConfig, run: RunDir) -> Data:
     family = get_family(cfg.env_name)
-    tasks = sample_tasks(cfg.env_name, cfg.num_tasks, seed=cfg.seed, split="train")
+    tasks = train_tasks(cfg)
     steps, episodes = collection_length(cfg)
     # several workers: processes writing straight into one file-backed (memory-mapped) store
     shared = run.path / SHARED_STORE_FILE if cfg.workers > 1 else None
@@ -271,6 +271,18 @@ def _reseed_sampler(store: Any, seed: int, step: int) -> None:
 
 
 def base_adapter(cfg: RunConfig, trained: Trained, data: Data) -> Adapter:
+    return adapter_for(cfg, trained.maml, data.store, data.normalizer, resolve_device(cfg.device))
+
+
+def adapter_for(
+    cfg: RunConfig,
+    maml: MetaMAML,
+    store: Any,
+    normalizer: Normalizer,
+    device: torch.device,
+    **extra: Any,
+) -> Adapter:
+    """The run's Adapter on ``maml.model`` (``extra``: AdaptationConfig fields on top)."""
     overrides: dict[str, Any] = {
         "experience_batch_size": cfg.experience_batch_size,
         "experience_weight": cfg.experience_weight,
@@ -284,13 +296,8 @@ def base_adapter(cfg: RunConfig, trained: Trained, data: Data) -> Adapter:
         overrides["param_lrs"] = None
     if cfg.num_adapt_steps > 0:
         overrides["num_steps"] = cfg.num_adapt_steps
-    return Adapter.from_maml(
-        trained.maml,
-        data.store,
-        resolve_device(cfg.device),
-        transform=data.normalizer,
-        **overrides,
-    )
+    overrides.update(extra)
+    return Adapter.from_maml(maml, store, device, transform=normalizer, **overrides)
 
 
 def methods(cfg: RunConfig, base: Adapter) -> dict[str, tuple[Adapter, bool]]:
@@ -426,19 +433,37 @@ def format_table(summary: dict[str, Any]) -> str:
 # --- stages ---------------------------------------------------------------------------------
 
 
-def load_data(cfg: RunConfig, run: RunDir) -> Data:
-    """The store of an earlier `collect` in this run folder, or a fresh collection."""
+def saved_store(cfg: RunConfig, run: RunDir) -> Any:
+    """The store an earlier `collect` kept in this run folder, or None."""
     import rust_buffer
 
     saved, shared = run.path / STORE_FILE, run.path / SHARED_STORE_FILE
     if saved.exists():
-        store = rust_buffer.RingBuffer.load(str(saved))
-    elif shared.exists():
-        store = rust_buffer.RingBuffer.open(str(shared), seed=cfg.seed)
-    else:
+        return rust_buffer.RingBuffer.load(str(saved))
+    if shared.exists():
+        return rust_buffer.RingBuffer.open(str(shared), seed=cfg.seed)
+    return None
+
+
+def train_tasks(cfg: RunConfig) -> list[Task]:
+    """The run's meta-training tasks (task_id = position), from its env and seed."""
+    return sample_tasks(cfg.env_name, cfg.num_tasks, seed=cfg.seed, split="train")
+
+
+def checkpoint_config(ck: dict[str, Any], path: Path) -> RunConfig:
+    """The RunConfig saved in a run checkpoint (errors name the file)."""
+    try:
+        return from_dict(dict(ck["config"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: no valid run config in the checkpoint ({exc})") from exc
+
+
+def load_data(cfg: RunConfig, run: RunDir) -> Data:
+    """The store of an earlier `collect` in this run folder, or a fresh collection."""
+    store = saved_store(cfg, run)
+    if store is None:
         return collect_stage(cfg, run)
-    tasks = sample_tasks(cfg.env_name, cfg.num_tasks, seed=cfg.seed, split="train")
-    return Data(get_family(cfg.env_name), tasks, store, Normalizer.from_store(store))
+    return Data(get_family(cfg.env_name), train_tasks(cfg), store, Normalizer.from_store(store))
 
 
 def run_stage(command: str, cfg: RunConfig, *, resume: bool = False) -> int:

@@ -414,11 +414,15 @@ class SSM(nn.Module):
         except FileNotFoundError:
             raise
         except Exception as exc:  # torch raises several types for a file it cannot unpickle
-            raise ValueError(f"{path}: not a readable torch checkpoint ({exc})") from exc
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"{path}: not a readable torch checkpoint ({first})") from exc
         if isinstance(ckpt, dict) and "model_config" in ckpt and "model" in ckpt:
             # a run checkpoint (eaml_ssm.artifacts): same weights, other keys
-            ckpt = {"format": CHECKPOINT_FORMAT, "config": ckpt["model_config"],
-                    "state_dict": ckpt["model"]}
+            ckpt = {
+                "format": CHECKPOINT_FORMAT,
+                "config": ckpt["model_config"],
+                "state_dict": ckpt["model"],
+            }
         if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
             found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
             raise ValueError(
