@@ -3,6 +3,11 @@
 With no subcommand it runs the whole pipeline on the default task family (CartPole-v1):
 collect meta-training tasks into the store, meta-train the SSM, adapt online to held-out and
 out-of-range tasks with the hybrid loss, evaluate against baselines, and write a run folder.
+
+Flags are written with underscores (``--num_epochs``); dashes are accepted too
+(``--num-epochs``). The whole configuration is checked before anything is created; a user
+mistake ends with ``error: ...`` and exit status 2, without a traceback. ``main(argv)`` and
+``eaml_ssm.pipeline.run_stage`` are the programmatic entry points.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from eaml_ssm import __version__
 from eaml_ssm.config import RunConfig, add_config_arguments, config_from_args
@@ -78,6 +84,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _option_strings(parser: argparse.ArgumentParser) -> set[str]:
+    """Every --flag of the parser and of its subcommands."""
+    found: set[str] = set()
+    for action in parser._actions:
+        found.update(action.option_strings)
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found |= _option_strings(sub)
+    return found
+
+
+def normalize_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
+    """Accept ``--num-epochs`` for ``--num_epochs``: one style shown, both understood."""
+    known = _option_strings(parser)
+    out: list[str] = []
+    for i, token in enumerate(argv):
+        if token == "--":  # everything after is positional
+            return [*out, *argv[i:]]
+        if token.startswith("--") and "-" in token[2:]:
+            flag, eq, value = token.partition("=")
+            alt = "--" + flag[2:].replace("-", "_")
+            if flag not in known and alt in known:
+                token = alt + eq + value
+        out.append(token)
+    return out
+
+
+def preflight(cfg: RunConfig) -> None:
+    """Checks that need the machine (files, devices), before anything is created."""
+    if cfg.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
+    out = Path(cfg.out)
+    for parent in (out, *out.parents):
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"--out {cfg.out}: {parent} is a file, expected a folder")
+    if cfg.name and (out / cfg.name).exists() and not (out / cfg.name).is_dir():
+        raise ValueError(f"--name {cfg.name}: {out / cfg.name} is a file, expected a folder")
+
+
 def setup_logging(quiet: bool) -> None:
     logging.basicConfig(
         level=logging.WARNING if quiet else logging.INFO,
@@ -89,7 +137,7 @@ def setup_logging(quiet: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(normalize_flags(parser, sys.argv[1:] if argv is None else argv))
     command = args.command or "run"
     setup_logging(bool(getattr(args, "quiet", False)))
     try:
@@ -103,10 +151,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return evaluate.run(args)
         resume = bool(getattr(args, "resume", False))
         cfg: RunConfig = config_from_args(args)
-        if resume or command == "adapt":  # unspecified flags keep the saved run's values
-            from eaml_ssm.pipeline import existing_run, saved_config
+        from eaml_ssm.pipeline import existing_run, named_run, saved_config
 
+        if resume or command == "adapt" or named_run(cfg) is not None:
+            # a stage continuing a run: unspecified flags keep the saved run's values
             cfg = config_from_args(args, base=saved_config(existing_run(cfg)))
+        preflight(cfg)
         if getattr(args, "distributed", False):
             from eaml_ssm import distributed
 
@@ -117,5 +167,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         from eaml_ssm import pipeline
 
         return pipeline.run_stage(command, cfg, resume=resume)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:  # user mistakes: bad flags, files, run folders
         parser.exit(2, f"error: {exc}\n")

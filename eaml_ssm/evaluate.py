@@ -44,7 +44,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm  # type: ignore[import-untyped]
 
 from eaml_ssm import pipeline, protocol
 from eaml_ssm.adaptation import Adapter, ExperienceSource
@@ -52,6 +51,7 @@ from eaml_ssm.artifacts import RunDir, finite, fresh_run_dir, seed_everything
 from eaml_ssm.collect import build_store
 from eaml_ssm.config import RunConfig
 from eaml_ssm.plots import plot_curves
+from eaml_ssm.progress import progress
 from eaml_ssm.ssm import SSM
 from eaml_ssm.stats import pass_count, percent, reduction, relative_change, summarize
 from eaml_ssm.tasks import sample_tasks
@@ -1158,7 +1158,7 @@ def _cpu_note(jobs: int, load: Sequence[float | None]) -> str:
 
 
 def _run_units(units: list[Unit], jobs: int, quiet: bool) -> list[dict[str, Any]]:
-    bar = tqdm(total=len(units), desc="evaluate", disable=True if quiet else None)
+    bar = progress(total=len(units), desc="evaluate", unit="unit", quiet=quiet)
     results = []
     if jobs == 1:
         for unit in units:

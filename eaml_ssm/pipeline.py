@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from eaml_ssm import protocol
 from eaml_ssm.adaptation import Adapter
@@ -41,6 +40,7 @@ from eaml_ssm.config import RunConfig, from_dict, to_dict
 from eaml_ssm.features import Normalizer
 from eaml_ssm.maml import MetaMAML, TaskBatch
 from eaml_ssm.plots import plot_before_after, plot_curve, plot_curves
+from eaml_ssm.progress import progress
 from eaml_ssm.ssm import SSM
 from eaml_ssm.tasks import Task, TaskFamily, get_family, sample_tasks
 
@@ -63,6 +63,14 @@ def run_name(cfg: RunConfig) -> str:
     return cfg.name or f"{cfg.env_name}-seed{cfg.seed}"
 
 
+def named_run(cfg: RunConfig) -> Path | None:
+    """out/name when --name names a run folder that an earlier stage wrote, else None."""
+    if not cfg.name:
+        return None
+    path = Path(cfg.out) / cfg.name
+    return path if (path / "config.json").exists() else None
+
+
 def existing_run(cfg: RunConfig) -> Path:
     """The folder an `adapt` or `--resume` works in: --name, else the newest default-named one."""
     base = Path(cfg.out) / run_name(cfg)
@@ -74,7 +82,14 @@ def existing_run(cfg: RunConfig) -> Path:
 
 
 def saved_config(path: Path) -> RunConfig:
-    return from_dict(RunDir(path).read_json("config.json"))
+    """The config.json of a run folder; a damaged one raises ValueError naming the file."""
+    data = RunDir(path, create=False).read_json("config.json")
+    try:
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+        return from_dict(data)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path / 'config.json'}: {exc}") from exc
 
 
 def open_run(cfg: RunConfig, resume: bool) -> RunDir:
@@ -87,7 +102,9 @@ def open_run(cfg: RunConfig, resume: bool) -> RunDir:
                 f"--resume: {path} was run with a different config: "
                 + ", ".join(f"{k} (saved {a!r}, now {b!r})" for k, a, b in diff)
             )
-        return RunDir(path)
+        run = RunDir(path)
+        run.repair_metrics()
+        return run
     return fresh_run_dir(cfg.out, run_name(cfg))
 
 
@@ -242,7 +259,7 @@ def train_stage(
         log.info("resuming meta-training at step %d of %d", start, cfg.num_epochs)
     every = max(1, cfg.num_epochs // 10)
     t0 = time.perf_counter()
-    bar = tqdm(range(start, cfg.num_epochs), desc="meta-train", disable=True if cfg.quiet else None)
+    bar = progress(range(start, cfg.num_epochs), desc="meta-train", unit="step", quiet=cfg.quiet)
     for step in bar:
         _reseed_sampler(data.store, cfg.seed, step)
         loss = maml.meta_update(meta_batch(cfg, data, device))
@@ -327,6 +344,8 @@ def evaluate_stage(cfg: RunConfig, run: RunDir, data: Data, trained: Trained) ->
     curves: dict[str, dict[str, list[float]]] = {}
     per_task: dict[str, dict[str, list[float]]] = {}
     task_names: dict[str, list[str]] = {}
+    streams_total = len(SPLITS) * len(methods(cfg, base)) * cfg.num_test_tasks
+    bar = progress(total=streams_total, desc="adapt", unit="stream", quiet=cfg.quiet)
     for split in SPLITS:
         test_tasks = sample_tasks(cfg.env_name, cfg.num_test_tasks, seed=cfg.seed, split=split)
         streams = protocol.task_streams(test_tasks, cfg.stream_steps, norm, cfg.seed + 104729)
@@ -335,6 +354,8 @@ def evaluate_stage(cfg: RunConfig, run: RunDir, data: Data, trained: Trained) ->
             task_means = []
             for s in streams:  # A -> B -> C, without resetting between tasks
                 e = protocol.prequential(adapter, s, m, adapt=adapts)
+                bar.update(1)
+                bar.set_postfix(split=split, method=name)
                 errs += e
                 task_means.append(float(np.mean(e)))
             row = rows.setdefault(name, {})
@@ -367,6 +388,7 @@ def evaluate_stage(cfg: RunConfig, run: RunDir, data: Data, trained: Trained) ->
             "seconds": round(trained.seconds, 2),
         },
     }
+    bar.close()
     _plots(run, trained, curves, per_task, task_names, cfg)
     return summary
 
@@ -469,13 +491,15 @@ def load_data(cfg: RunConfig, run: RunDir) -> Data:
 def run_stage(command: str, cfg: RunConfig, *, resume: bool = False) -> int:
     """Run one stage (`run`, `collect`, `train`, `adapt`) and return an exit code.
 
-    `adapt`, and any stage with `resume`, works in the existing run folder --out/--name
-    (default name: <env>-seed<seed>); the others start a new folder.
+    `adapt`, any stage with `resume`, and any stage whose --name names an existing run
+    folder continue that folder (default name: <env>-seed<seed>): `collect --name s` then
+    `train --name s` trains run s on the store collected there. Otherwise a new folder.
+    This and ``eaml_ssm.cli.main(argv)`` are the programmatic entry points.
     """
     get_family(cfg.env_name)  # an unknown or unsupported env fails before anything is written
     torch.set_num_threads(1)
     seed_everything(cfg.seed)
-    existing = resume or command == "adapt"
+    existing = resume or command == "adapt" or named_run(cfg) is not None
     run = open_run(cfg, existing)
     if command == "adapt" and not run.checkpoint_path.exists():
         raise FileNotFoundError(f"adapt: no trained checkpoint in {run.path}; run `train` first")

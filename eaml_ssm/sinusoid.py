@@ -1,6 +1,6 @@
 """The sinusoid regression benchmark of Finn et al. 2017 (MAML), with Meta-SGD and a baseline.
 
-Protocol (``/work/shared/research/sinusoid-reference.md`` section 1, cbfinn/maml):
+Protocol (the paper and its reference code, cbfinn/maml):
     task:   y = A sin(x - phi),  A ~ U[0.1, 5],  phi ~ U[0, pi],  x ~ U[-5, 5]
     model:  MLP 1-40-40-1, ReLU, PyTorch default init, MSE loss
     train:  each meta-iteration draws 25 fresh tasks with K=10 support + K=10 query points;
@@ -35,9 +35,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm  # type: ignore[import-untyped]
 
 from eaml_ssm.maml import MetaMAML, TaskBatch
+from eaml_ssm.progress import progress
 
 __all__ = ["SinusoidConfig", "add_arguments", "main", "run", "run_benchmark", "sample_tasks"]
 
@@ -88,8 +88,8 @@ def make_mlp(hidden: int = 40) -> nn.Module:
 
 
 # ----- training --------------------------------------------------------------------------------
-def _progress(total: int, desc: str, quiet: bool) -> tqdm:
-    return tqdm(total=total, desc=desc, disable=True if quiet else None, mininterval=1.0)
+def _progress(total: int, desc: str, quiet: bool) -> Any:
+    return progress(total=total, desc=desc, quiet=quiet)
 
 
 def train_meta(
@@ -247,25 +247,41 @@ def _out_path(out: str) -> Path:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the benchmark's flags (one per SinusoidConfig field, plus method/out/quiet)."""
     d = SinusoidConfig()
-    parser.add_argument("--method", choices=(*METHODS, "all"), default="all")
-    parser.add_argument("--iterations", type=int, default=d.iterations)
-    parser.add_argument("--meta-batch", type=int, default=d.meta_batch)
-    parser.add_argument("--k-shot", type=int, default=d.k_shot)
-    parser.add_argument("--inner-lr", type=float, default=d.inner_lr)
-    parser.add_argument("--outer-lr", type=float, default=d.outer_lr)
-    parser.add_argument("--train-inner-steps", type=int, default=d.train_inner_steps)
-    parser.add_argument("--first-order", action="store_true", help="FOMAML (maml/metasgd)")
-    parser.add_argument("--engine", choices=("vmap", "loop"), default=d.engine)
-    parser.add_argument("--eval-tasks", type=int, default=d.eval_tasks)
-    parser.add_argument("--eval-query", type=int, default=d.eval_query)
-    parser.add_argument("--eval-steps", type=int, default=d.eval_steps)
-    parser.add_argument("--eval-seed", type=int, default=d.eval_seed)
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--threads", type=int, default=d.threads)
+
+    def flag(name: str, kind: type, help: str, **kw: Any) -> None:
+        default = kw.pop("default", getattr(d, name, None))
+        parser.add_argument(
+            f"--{name}", type=kind, default=default, help=f"{help} (default: {default})", **kw
+        )
+
     parser.add_argument(
-        "--out", default="runs/sinusoid", help="results JSON file, or a folder for one"
+        "--method",
+        choices=(*METHODS, "all"),
+        default="all",
+        help="which method to train and score (default: all)",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bars or table")
+    flag("iterations", int, "meta-iterations (pretrain: Adam steps) per method")
+    flag("meta_batch", int, "tasks per meta-iteration")
+    flag("k_shot", int, "support points per task (and query points in training)")
+    flag("inner_lr", float, "inner SGD step size alpha (Meta-SGD: its initial value)")
+    flag("outer_lr", float, "Adam learning rate of the meta-optimizer and of pretraining")
+    flag("train_inner_steps", int, "inner steps during meta-training")
+    parser.add_argument(
+        "--first_order",
+        action="store_true",
+        help="first-order MAML for maml/metasgd (default: second order)",
+    )
+    flag("engine", str, "vmap: tasks batched by torch.func.vmap; loop: one by one",
+         choices=("vmap", "loop"))  # fmt: skip
+    flag("eval_tasks", int, "fixed evaluation tasks")
+    flag("eval_query", int, "query points per evaluation task")
+    flag("eval_steps", int, "inner steps evaluated (0..eval_steps are all recorded)")
+    flag("eval_seed", int, "seed of the fixed evaluation set")
+    flag("seed", int, "training seed (model init and training tasks)")
+    flag("threads", int, "torch threads (1 is fastest on a 2-core machine)")
+    flag("out", str, "results JSON file, or a folder to write sinusoid_results.json into",
+         default="runs/sinusoid")  # fmt: skip
+    parser.add_argument("--quiet", action="store_true", help="no progress or table (default: off)")
 
 
 def config_from_args(args: argparse.Namespace) -> SinusoidConfig:
@@ -287,7 +303,7 @@ def config_from_args(args: argparse.Namespace) -> SinusoidConfig:
     )
     for name in ("iterations", "meta_batch", "k_shot", "eval_tasks", "eval_query", "threads"):
         if getattr(cfg, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+            raise ValueError(f"--{name} must be >= 1, got {getattr(cfg, name)}")
     return cfg
 
 
