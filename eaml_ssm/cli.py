@@ -31,6 +31,17 @@ STAGES = {
 }
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps descriptions as written and states every flag's default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        quiet_default = action.default in (None, False, argparse.SUPPRESS)
+        if action.option_strings and "default" not in text.lower() and not quiet_default:
+            text += " (default: %(default)s)"
+        return text
+
+
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
     default = parser.argument_default if parser.argument_default is argparse.SUPPRESS else False
@@ -52,6 +63,7 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m eaml_ssm",
+        formatter_class=HelpFormatter,
         description=__doc__.split("\n\n")[1].replace("\n", " ") if __doc__ else None,
     )
     parser.add_argument("--version", action="version", version=f"eaml_ssm {__version__}")
@@ -62,7 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in STAGES.items():
         # SUPPRESS: a flag given before the subcommand is not reset by the subcommand's default
         sp = sub.add_parser(
-            name, help=help_text, description=help_text, argument_default=argparse.SUPPRESS
+            name,
+            help=help_text,
+            description=help_text,
+            argument_default=argparse.SUPPRESS,
+            formatter_class=HelpFormatter,
         )
         _add_run_flags(sp)
     from eaml_ssm import evaluate, sinusoid
@@ -71,14 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate",
         help="the evaluation protocol: streams of test tasks, forgetting, baselines, seeds",
         description=evaluate.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     evaluate.add_arguments(ev)
     sn = sub.add_parser(
         "sinusoid",
         help="reproduce the MAML sinusoid regression benchmark (Finn et al. 2017)",
         description=sinusoid.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     sinusoid.add_arguments(sn)
     return parser

@@ -80,11 +80,27 @@ def add_config_arguments(parser: argparse.ArgumentParser, names: list[str] | Non
         help_text = f"{f.metadata['help']} (default: {f.default})"
         if f.type in ("bool", bool):
             parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=default, help=help_text
+                flag, f"--no_{f.name}", action=_Switch, default=default, help=help_text
             )
         else:
             kind = {"int": int, "float": float, "str": str}[str(f.type)]
             parser.add_argument(flag, type=kind, default=default, help=help_text)
+
+
+class _Switch(argparse.Action):
+    """``--flag`` sets True, ``--no_flag`` False (underscores, like every other flag)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, not (option_string or "").startswith("--no_"))
 
 
 def config_from_args(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:

@@ -339,7 +339,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     add_arguments(parser)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return run(parser.parse_args(argv))
+    from eaml_ssm.cli import normalize_flags  # --meta-batch and --meta_batch alike
+
+    return run(parser.parse_args(normalize_flags(parser, sys.argv[1:] if argv is None else argv)))
 
 
 if __name__ == "__main__":
