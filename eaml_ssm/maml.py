@@ -154,6 +154,11 @@ class MetaMAML:
         factory = optimizer if optimizer is not None else self._adam
         self.optimizer = factory(self.meta_parameters())
 
+    @property
+    def meta_optimizer(self) -> torch.optim.Optimizer:
+        """The original project's name of :attr:`optimizer` (the meta-optimizer)."""
+        return self.optimizer
+
     def _adam(self, params: list[Tensor]) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=self.outer_lr)
 

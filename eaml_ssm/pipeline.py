@@ -99,7 +99,8 @@ def open_run(cfg: RunConfig, resume: bool) -> RunDir:
         diff = config_diff(to_dict(saved_config(path)), to_dict(cfg))
         if diff:
             raise ValueError(
-                f"--resume: {path} was run with a different config: "
+                f"{path} was run with a different config (continue it with the same values, "
+                "or pick another --name): "
                 + ", ".join(f"{k} (saved {a!r}, now {b!r})" for k, a, b in diff)
             )
         run = RunDir(path)

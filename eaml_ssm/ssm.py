@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from eaml_ssm.scan import complex_mul, linear_recurrence
 
-__all__ = ["SSM", "DiagonalSSMLayer", "LayerNorm", "SSMConfig"]
+__all__ = ["SSM", "DiagonalSSMLayer", "LayerNorm", "SSMConfig", "StateSpaceModel"]
 
 CHECKPOINT_FORMAT = "eaml_ssm.SSM/1"
 
@@ -437,3 +437,7 @@ class SSM(nn.Module):
         if device is not None:
             model = model.to(device)
         return model
+
+
+# The original project's other name for the model.
+StateSpaceModel = SSM
