@@ -127,13 +127,17 @@ def normalize_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> lis
     return out
 
 
-def preflight(cfg: RunConfig) -> None:
-    """Checks that need the machine (files, devices), before anything is created."""
-    if cfg.device == "cuda":
+def check_device(name: str) -> None:
+    if name == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
+
+
+def preflight(cfg: RunConfig) -> None:
+    """Checks that need the machine (files, devices), before anything is created."""
+    check_device(cfg.device)
     out = Path(cfg.out)
     for parent in (out, *out.parents):
         if parent.exists() and not parent.is_dir():
@@ -157,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args.command or "run"
     setup_logging(bool(getattr(args, "quiet", False)))
     try:
+        if command in ("sinusoid", "evaluate"):
+            check_device(args.device)
         if command == "sinusoid":
             from eaml_ssm import sinusoid
 

@@ -243,6 +243,7 @@ class Profile:
     pairs_per_task: int = 3  # held-out (a, b) window pairs per old task
     pairs_task_a: int = 6
     jobs: int = 1  # (family, seed) units run in parallel processes
+    device: str = "cpu"  # where each unit trains and adapts (auto|cpu|cuda)
 
     def level(self, family: str) -> str:
         return dict(self.levels).get(family, "core")
@@ -373,7 +374,7 @@ def _unit_config(unit: Unit) -> RunConfig:
     return RunConfig(
         env_name=unit.family,
         seed=unit.seed,
-        device="cpu",
+        device=p.device,
         quiet=True,
         num_tasks=p.num_tasks,
         steps_per_task=p.steps_per_task,
@@ -1030,6 +1031,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="(family, seed) units run in parallel processes (default: the profile's, 2)",
     )
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="cpu",
+        help="where every unit trains and adapts (auto picks cuda when available)",
+    )
     parser.add_argument("--out", default="runs", help="parent folder of the run folder")
     parser.add_argument("--name", default="", help="run folder name (default: evaluate-<profile>)")
     parser.add_argument("--quiet", action="store_true", help="less logging, no progress bars")
@@ -1062,6 +1069,7 @@ def resolve_profile(args: argparse.Namespace) -> Profile:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     if args.jobs:
         changes["jobs"] = args.jobs
+    changes["device"] = args.device
     return dataclasses.replace(p, **changes)
 
 

@@ -66,6 +66,7 @@ class SinusoidConfig:
     seed: int = 0  # training seed (model init and training tasks)
     hidden: int = 40  # MLP width
     threads: int = 1  # torch threads (1 is fastest on the 2-core target machine)
+    device: str = "cpu"  # where the models train and are evaluated (auto|cpu|cuda)
 
 
 # ----- data ------------------------------------------------------------------------------------
@@ -98,8 +99,9 @@ def train_meta(
     """Meta-train MAML (or Meta-SGD) on freshly sampled tasks; returns the learner and stats."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
+    device = _device(cfg)
     maml = MetaMAML(
-        make_mlp(cfg.hidden),
+        make_mlp(cfg.hidden).to(device),
         inner_lr=cfg.inner_lr,
         outer_lr=cfg.outer_lr,
         first_order=cfg.first_order,
@@ -112,7 +114,7 @@ def train_meta(
     start = time.perf_counter()
     with _progress(cfg.iterations, name, quiet) as bar:
         for it in range(cfg.iterations):
-            batch = sample_tasks(cfg.meta_batch, cfg.k_shot, cfg.k_shot, gen)
+            batch = _to(sample_tasks(cfg.meta_batch, cfg.k_shot, cfg.k_shot, gen), device)
             loss = maml.meta_update(batch)
             losses.append(loss)
             if (it + 1) % 100 == 0:
@@ -131,13 +133,14 @@ def train_pretrain(cfg: SinusoidConfig, quiet: bool = False) -> tuple[nn.Module,
     """Joint regression on all tasks pooled (same tasks and Adam steps as MAML)."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    model = make_mlp(cfg.hidden)
+    device = _device(cfg)
+    model = make_mlp(cfg.hidden).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.outer_lr)
     start = time.perf_counter()
     losses: list[float] = []
     with _progress(cfg.iterations, "pretrain", quiet) as bar:
         for it in range(cfg.iterations):
-            batch = sample_tasks(cfg.meta_batch, cfg.k_shot, cfg.k_shot, gen)
+            batch = _to(sample_tasks(cfg.meta_batch, cfg.k_shot, cfg.k_shot, gen), device)
             x = torch.cat((batch.support_x, batch.query_x), dim=1).reshape(-1, 1)  # (T*2k, 1)
             y = torch.cat((batch.support_y, batch.query_y), dim=1).reshape(-1, 1)
             loss = F.mse_loss(model(x), y)
@@ -177,7 +180,18 @@ def evaluate(
 
 def eval_tasks(cfg: SinusoidConfig) -> TaskBatch:
     gen = torch.Generator().manual_seed(cfg.eval_seed)
-    return sample_tasks(cfg.eval_tasks, cfg.k_shot, cfg.eval_query, gen)
+    return _to(sample_tasks(cfg.eval_tasks, cfg.k_shot, cfg.eval_query, gen), _device(cfg))
+
+
+def _device(cfg: SinusoidConfig) -> torch.device:
+    from eaml_ssm.pipeline import resolve_device
+
+    return resolve_device(cfg.device)
+
+
+def _to(batch: TaskBatch, device: torch.device) -> TaskBatch:
+    """Tasks are drawn on the CPU (the same tasks on any device), then moved."""
+    return TaskBatch(*(None if t is None else t.to(device) for t in batch))  # type: ignore[arg-type]
 
 
 def run_benchmark(
@@ -279,6 +293,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     flag("eval_seed", int, "seed of the fixed evaluation set")
     flag("seed", int, "training seed (model init and training tasks)")
     flag("threads", int, "torch threads (1 is fastest on a 2-core machine)")
+    flag("device", str, "auto|cpu|cuda (tasks are drawn on the CPU either way: same tasks)",
+         choices=("auto", "cpu", "cuda"))  # fmt: skip
     flag("out", str, "results JSON file, or a folder to write sinusoid_results.json into",
          default="runs/sinusoid")  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="no progress or table (default: off)")
@@ -300,6 +316,7 @@ def config_from_args(args: argparse.Namespace) -> SinusoidConfig:
         eval_seed=args.eval_seed,
         seed=args.seed,
         threads=args.threads,
+        device=args.device,
     )
     for name in ("iterations", "meta_batch", "k_shot", "eval_tasks", "eval_query", "threads"):
         if getattr(cfg, name) < 1:

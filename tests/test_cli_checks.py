@@ -184,3 +184,17 @@ def test_resume_skips_a_cut_off_last_metrics_line(collected: Path, tmp_path: Pat
     assert "cut-off last line" in proc.stderr
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["kind"] == "train"] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("name", ["run", "collect", "train", "adapt", "evaluate", "sinusoid"])
+def test_every_computing_subcommand_takes_device(name: str) -> None:
+    args = build_parser().parse_args([name, "--device", "cpu"])
+    assert args.device == "cpu"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.parametrize("name", ["evaluate", "sinusoid"])
+def test_cuda_without_cuda_is_refused_by_evaluate_and_sinusoid(name: str, tmp_path: Path) -> None:
+    proc = cli(name, "--device", "cuda", "--out", str(tmp_path / "out"))
+    assert_user_error(proc, "--device cuda")
+    assert not (tmp_path / "out").exists()
