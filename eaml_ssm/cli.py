@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from eaml_ssm import __version__
-from eaml_ssm.config import RunConfig, add_config_arguments, config_from_args
+from eaml_ssm.config import RunConfig, add_config_arguments, config_from_args, validate
 
 log = logging.getLogger("eaml_ssm")
 
@@ -172,12 +172,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return evaluate.run(args)
         resume = bool(getattr(args, "resume", False))
-        cfg: RunConfig = config_from_args(args)
+        cfg: RunConfig = config_from_args(args, check=False)  # checked once its base is known
         from eaml_ssm.pipeline import existing_run, named_run, saved_config
 
         if resume or command == "adapt" or named_run(cfg) is not None:
             # a stage continuing a run: unspecified flags keep the saved run's values
             cfg = config_from_args(args, base=saved_config(existing_run(cfg)))
+        else:
+            validate(cfg)
         preflight(cfg)
         if getattr(args, "distributed", False):
             from eaml_ssm import distributed

@@ -198,3 +198,15 @@ def test_cuda_without_cuda_is_refused_by_evaluate_and_sinusoid(name: str, tmp_pa
     proc = cli(name, "--device", "cuda", "--out", str(tmp_path / "out"))
     assert_user_error(proc, "--device cuda")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_continued_run_is_checked_against_its_saved_values(collected: Path) -> None:
+    """`--num_tasks 4` alone is fine for run s (its saved meta_batch_size is 2, not 8)."""
+    parser = build_parser()
+    args = parser.parse_args(["train", "--num_tasks", "4", "--out", str(collected), "--name", "s"])
+    with pytest.raises(ValueError, match="meta_batch_size"):
+        config_from_args(args)  # against the defaults: 8 tasks per meta-batch > 4
+    from eaml_ssm.pipeline import existing_run, saved_config
+
+    base = saved_config(existing_run(config_from_args(args, check=False)))
+    assert config_from_args(args, base=base).meta_batch_size == 2
