@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,22 +29,38 @@ TINY = [
 ]  # fmt: skip
 
 
-def cli(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "eaml_ssm", *argv],
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str]]:
+    """`python -m eaml_ssm ...` in this process -> (exit status, stderr)."""
+
+    def run(*argv: str) -> tuple[int, str]:
+        capsys.readouterr()
+        try:
+            code = main(list(argv))
+        except SystemExit as exc:  # parser.exit: a user mistake, reported without traceback
+            code = int(exc.code or 0)
+        return code, capsys.readouterr().err
+
+    return run
+
+
+def assert_user_error(result: tuple[int, str], *fragments: str) -> None:
+    code, err = result
+    assert code == 2, err[-2000:]
+    assert err.startswith("error: ") or "\nerror: " in err, err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+def test_a_user_mistake_has_no_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "eaml_ssm", "--experience_weight=nan", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         check=False,
-        cwd=cwd,
     )
-
-
-def assert_user_error(proc: subprocess.CompletedProcess[str], *fragments: str) -> None:
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert proc.stderr.startswith("error: ") or "\nerror: " in proc.stderr, proc.stderr
-    assert "Traceback" not in proc.stderr
-    for fragment in fragments:
-        assert fragment in proc.stderr, proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: --experience_weight must be a finite number")
 
 
 @pytest.mark.parametrize(
@@ -50,7 +68,7 @@ def assert_user_error(proc: subprocess.CompletedProcess[str], *fragments: str) -
     [("experience_weight", "nan"), ("inner_lr", "inf"), ("outer_lr", "-inf"), ("adapt_lr", "nan")],
 )
 def test_non_finite_numbers_are_refused_before_anything_is_created(
-    tmp_path: Path, flag: str, value: str
+    cli: Callable[..., tuple[int, str]], tmp_path: Path, flag: str, value: str
 ) -> None:
     proc = cli(*TINY, f"--{flag}={value}", "--out", str(tmp_path / "runs"), "--quiet")
     assert_user_error(proc, f"--{flag}", "finite")
@@ -58,20 +76,24 @@ def test_non_finite_numbers_are_refused_before_anything_is_created(
 
 
 @pytest.mark.parametrize("name", ["../../x", "a/b", "..", "/abs"])
-def test_name_must_be_one_folder_inside_out(tmp_path: Path, name: str) -> None:
+def test_name_must_be_one_folder_inside_out(
+    cli: Callable[..., tuple[int, str]], tmp_path: Path, name: str
+) -> None:
     proc = cli("collect", *TINY, "--out", str(tmp_path / "runs"), "--name", name, "--quiet")
     assert_user_error(proc, "--name")
     assert not any(tmp_path.iterdir())
 
 
-def test_out_that_is_a_file_is_refused(tmp_path: Path) -> None:
+def test_out_that_is_a_file_is_refused(cli: Callable[..., tuple[int, str]], tmp_path: Path) -> None:
     out = tmp_path / "runs"
     out.write_text("not a folder")
     assert_user_error(cli("collect", *TINY, "--out", str(out), "--quiet"), "is a file")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
-def test_device_cuda_without_cuda_is_refused_up_front(tmp_path: Path) -> None:
+def test_device_cuda_without_cuda_is_refused_up_front(
+    cli: Callable[..., tuple[int, str]], tmp_path: Path
+) -> None:
     proc = cli("collect", *TINY, "--device", "cuda", "--out", str(tmp_path / "runs"))
     assert_user_error(proc, "--device cuda", "no CUDA")
     assert not (tmp_path / "runs").exists()
@@ -131,15 +153,17 @@ def collected(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def test_collect_then_train_continue_the_same_run(collected: Path) -> None:
+def test_collect_then_train_continue_the_same_run(
+    collected: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     # `train --name s`: the saved config of run s is used (flags given override it)
-    proc = cli("train", "--out", str(collected), "--name", "s", "--no-quiet")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    caplog.set_level(logging.INFO)
+    assert main(["train", "--out", str(collected), "--name", "s", "--no-quiet"]) == 0
     assert sorted(p.name for p in collected.iterdir()) == ["s"]  # no s-2
     assert (collected / "s" / "checkpoint.pt").is_file()
-    assert "collected" not in proc.stderr  # the store collected before was reused
-    # the progress of meta-training is logged although stderr is not a terminal
-    assert "meta-train: 100%" in proc.stderr
+    assert "collected" not in caplog.text  # the store collected before was reused
+    # the progress of meta-training is logged although the output is not a terminal
+    assert "meta-train: 100%" in caplog.text
 
 
 def _copy_run(src: Path, dst: Path) -> Path:
@@ -149,7 +173,9 @@ def _copy_run(src: Path, dst: Path) -> Path:
     return dst
 
 
-def test_bad_run_files_are_errors_naming_the_file(collected: Path, tmp_path: Path) -> None:
+def test_bad_run_files_are_errors_naming_the_file(
+    cli: Callable[..., tuple[int, str]], collected: Path, tmp_path: Path
+) -> None:
     src = collected / "s"
     if not (src / "checkpoint.pt").exists():
         assert main(["train", "--out", str(collected), "--name", "s", "--quiet"]) == 0
@@ -172,16 +198,18 @@ def test_bad_run_files_are_errors_naming_the_file(collected: Path, tmp_path: Pat
     )
 
 
-def test_resume_skips_a_cut_off_last_metrics_line(collected: Path, tmp_path: Path) -> None:
+def test_resume_skips_a_cut_off_last_metrics_line(
+    collected: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     src = collected / "s"
     if not (src / "checkpoint.pt").exists():
         assert main(["train", "--out", str(collected), "--name", "s", "--quiet"]) == 0
     run = _copy_run(src, tmp_path / "runs" / "k")
     with open(run / "metrics.jsonl", "a") as fh:
         fh.write('{"kind": "train", "step": 9, "meta_lo')  # killed mid-write
-    proc = cli("train", "--resume", "--num_epochs", "4", "--out", str(run.parent), "--name", "k")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "cut-off last line" in proc.stderr
+    argv = ["train", "--resume", "--num_epochs", "4", "--out", str(run.parent), "--name", "k"]
+    assert main(argv) == 0
+    assert "cut-off last line" in caplog.text
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["kind"] == "train"] == [0, 1, 2, 3]
 
@@ -194,7 +222,9 @@ def test_every_computing_subcommand_takes_device(name: str) -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 @pytest.mark.parametrize("name", ["evaluate", "sinusoid"])
-def test_cuda_without_cuda_is_refused_by_evaluate_and_sinusoid(name: str, tmp_path: Path) -> None:
+def test_cuda_without_cuda_is_refused_by_evaluate_and_sinusoid(
+    cli: Callable[..., tuple[int, str]], name: str, tmp_path: Path
+) -> None:
     proc = cli(name, "--device", "cuda", "--out", str(tmp_path / "out"))
     assert_user_error(proc, "--device cuda")
     assert not (tmp_path / "out").exists()
