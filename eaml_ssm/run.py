@@ -78,6 +78,16 @@ class Run:
         out_device = states.device if isinstance(states, Tensor) else None
         s = _numpy(states)
         a = _numpy(actions)
+        if s.ndim not in (2, 3):
+            raise ValueError(
+                f"states must be (b, {self.family.state_dim}) or (b, l, {self.family.state_dim}),"
+                f" got shape {s.shape}"
+            )
+        if a.shape[: s.ndim - 1] != s.shape[:-1]:
+            raise ValueError(
+                f"actions have shape {a.shape}; expected one action per state, leading shape "
+                f"{s.shape[:-1]}"
+            )
         seq = s.ndim == 3
         b, length = s.shape[0], (s.shape[1] if seq else 1)
         flat_s = s.reshape(b * length, -1)  # (b*l, ds)

@@ -67,6 +67,16 @@ def test_predict_matches_the_stored_rows_oracle(run_dir: Path) -> None:
     np.testing.assert_allclose(as_tensor.numpy(), got)
 
 
+def test_predict_refuses_bad_shapes(run_dir: Path) -> None:
+    run = eaml_ssm.load_run(run_dir, device="cpu")
+    with pytest.raises(ValueError, match=r"states must be \(b, 4\)"):
+        run.predict(np.zeros(4), np.array([0]))
+    with pytest.raises(ValueError, match="expects"):
+        run.predict(np.zeros((2, 3)), np.array([0, 1]))  # CartPole states have 4 numbers
+    with pytest.raises(ValueError, match="actions"):
+        run.predict(np.zeros((2, 4)), np.array([0, 1, 1]))
+
+
 def test_predict_sequence_equals_stepping_with_the_hidden_state(run_dir: Path) -> None:
     run = eaml_ssm.load_run(run_dir, device="cpu")
     rng = np.random.default_rng(0)
