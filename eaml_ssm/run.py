@@ -54,7 +54,7 @@ class Run:
         if self._store is None:
             from eaml_ssm import pipeline
 
-            self._store = pipeline.saved_store(self.config, RunDir(self.path))
+            self._store = pipeline.saved_store(self.config, RunDir(self.path, create=False))
         return self._store
 
     @torch.no_grad()
