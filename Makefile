@@ -9,7 +9,7 @@ export PIP_CONSTRAINT := $(abspath constraints.txt)
 # One torch thread per process: faster on the 2-core machines this project targets.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: setup run test lint rust-test py-test loom bench fuzz clean
+.PHONY: setup run test lint rust-test py-test loom bench fuzz clean wheels
 
 $(VENV)/.deps: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -44,8 +44,14 @@ py-test: setup
 
 test: setup lint rust-test loom py-test
 
+# The two distributions, into dist/: rust-buffer (the store, NumPy only; maturin, abi3) and
+# eaml-ssm (pure Python, requires rust-buffer). `pip install dist/*.whl` installs both.
+wheels: $(VENV)/.deps
+	cd rust_buffer && maturin build --release --out ../dist
+	$(PY) -m pip wheel -q --no-deps -w dist .
+
 bench: setup
 	$(PY) benchmarks/bench_buffer.py
 
 clean:
-	rm -rf target $(VENV) rust_buffer/_rust_buffer*.so
+	rm -rf target dist $(VENV) rust_buffer/_rust_buffer*.so

@@ -22,7 +22,7 @@ from eaml_ssm.ssm import SSM
 def bench(length: int, args: argparse.Namespace, device: torch.device) -> tuple[float, float]:
     torch.manual_seed(0)
     model = SSM(
-        args.state_dim, args.input_dim, args.output_dim, args.hidden_dim, args.num_layers
+        args.state_dim, args.input_dim, args.output_dim, args.hidden_dim, num_layers=args.num_layers
     ).to(device)
     x = torch.randn(args.batch, length, args.input_dim, device=device)  # (b, l, d)
     h0 = torch.randn(args.batch, model.hidden_size, device=device)  # (b, s)

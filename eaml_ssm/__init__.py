@@ -19,6 +19,10 @@ _EXPORTS = {
     "Adapter": "eaml_ssm.adaptation",
     "AdaptationConfig": "eaml_ssm.adaptation",
     "ExperienceBuffer": "eaml_ssm.buffer",
+    "Run": "eaml_ssm.run",
+    "load_run": "eaml_ssm.run",
+    "main": "eaml_ssm.cli",
+    "run_stage": "eaml_ssm.pipeline",
 }
 
 __all__ = [
@@ -27,14 +31,21 @@ __all__ = [
     "Adapter",
     "ExperienceBuffer",
     "MetaMAML",
+    "Run",
     "SSMConfig",
     "__version__",
+    "load_run",
+    "main",
+    "run_stage",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
     from eaml_ssm.adaptation import AdaptationConfig, Adapter
     from eaml_ssm.buffer import ExperienceBuffer
+    from eaml_ssm.cli import main
     from eaml_ssm.maml import MetaMAML
+    from eaml_ssm.pipeline import run_stage
+    from eaml_ssm.run import Run, load_run
     from eaml_ssm.ssm import SSM, SSMConfig
 
 

@@ -1,6 +1,6 @@
 """Hybrid test-time adaptation of a meta-learned model.
 
-The adapter fine-tunes a *copy* of the meta-learned weights on a window of the new task with
+The adapter fine-tunes the model it was given, in place, on a window of the new task with
 
     loss = loss_current + experience_weight * loss_experience        (normalize=False)
     loss = (loss_current + experience_weight * loss_experience) / (1 + experience_weight)
@@ -14,8 +14,10 @@ Semantics that the original project got wrong and this module gets right:
 
 - every inner step recomputes the loss on the *same* window from the *same* initial hidden
   state; the hidden state is never advanced across inner steps;
-- the model passed in is never modified: the adapter holds functional parameters
-  (``torch.func.functional_call``); ``reset()`` restores the meta-learned weights exactly;
+- like the original and the usual test-time-adaptation libraries (Tent and its successors),
+  ``update_step`` writes the adapted weights into the model it was given; the adapter keeps a
+  snapshot of the starting weights, so ``reset()`` restores them exactly. Code that must not
+  touch the meta-learned weights (evaluation, planning) adapts a ``fork()``, which owns a copy;
 - a step whose loss is non-finite or explodes (``> max_loss_ratio`` times the loss at the
   start of the update) is rolled back, logged, and counted in ``Adapter.stats``.
 
@@ -419,14 +421,19 @@ class UpdateResult:
 
 
 class Adapter:
-    """Hybrid test-time adaptation of a copy of a model's meta-learned weights.
+    """Hybrid test-time adaptation of a model, in place (as in the original project).
+
+    ``update_step`` writes the adapted weights into ``model`` (moved to ``device`` when one is
+    given); ``reset()`` writes back the weights the adapter started from. ``fork()`` gives an
+    adapter on its own copy of the model, for code that must keep the given weights.
 
     Example::
 
         adapter = Adapter.from_maml(maml, store, device="cpu", experience_weight=0.3)
-        loss, steps = adapter.update_step(x_window, y_window, h_at_window_start)
-        y_next, h_next = adapter.predict(x_next, h_after_window)
-        adapter.reset()  # back to the meta-learned weights, exactly
+        trial = adapter.fork()  # adapt a copy: maml.model keeps the meta-learned weights
+        loss, steps = trial.update_step(x_window, y_window, h_at_window_start)
+        y_next, h_next = trial.predict(x_next, h_after_window)
+        trial.reset()  # back to the meta-learned weights, exactly
     """
 
     def __init__(
@@ -446,12 +453,13 @@ class Adapter:
         self.config = config if config is not None else AdaptationConfig()
         if not isinstance(self.config, AdaptationConfig):
             raise TypeError(f"config must be an AdaptationConfig, got {type(config).__name__}")
-        self.model = model
         first = next(model.parameters(), None)
         if first is None:
             raise ValueError("model has no parameters to adapt")
         self.device = torch.device(device) if device is not None else first.device
         self.dtype = first.dtype
+        # the adapter adapts `model` itself, so the model lives where the adapter computes
+        self.model = model.to(self.device)
         self.stateful = is_stateful(model) if stateful is None else bool(stateful)
         self.loss_fn: LossFn = loss_fn if loss_fn is not None else nn.functional.mse_loss
         self.experience = ExperienceSource(
@@ -462,7 +470,7 @@ class Adapter:
             transform,
             old_tasks=self._old_tasks(experience_buffer),
         )
-        # theta*: a detached snapshot on `device`; `model` itself is never written to.
+        # theta*: a detached snapshot of the starting weights, for reset() and the anchor.
         self._meta: ParamDict = {
             n: p.detach().to(self.device).clone()
             for n, p in model.named_parameters()
@@ -478,7 +486,6 @@ class Adapter:
         )
         self._given_lrs = dict(param_lrs or {})
         self._lrs = self._resolve_lrs(self._given_lrs)
-        self._params: ParamDict = {}
         self.stats: dict[str, int] = {}
         self.last_update: UpdateResult | None = None
         self.reset()
@@ -514,11 +521,28 @@ class Adapter:
             transform=transform,
         )
 
+    @property
+    def experience_buffer(self) -> Any:
+        """The experience store or buffer the adapter replays (as given; the original's name)."""
+        return self.experience.buffer
+
     # ---- weights ----------------------------------------------------------------------------
     @property
+    def _params(self) -> ParamDict:
+        """The adapted weights: the model's own trainable parameters (detached views)."""
+        return {n: p.detach() for n, p in self.model.named_parameters() if n in self._meta}
+
+    @_params.setter
+    def _params(self, params: Mapping[str, Tensor]) -> None:
+        with torch.no_grad():
+            for n, p in self.model.named_parameters():
+                if n in self._meta:
+                    p.copy_(params[n])
+
+    @property
     def params(self) -> ParamDict:
-        """The adapted weights (detached; frozen parameters and buffers excluded)."""
-        return {n: p.detach() for n, p in self._params.items()}
+        """A copy of the adapted weights (frozen parameters and buffers excluded)."""
+        return {n: p.clone() for n, p in self._params.items()}
 
     @property
     def meta_params(self) -> ParamDict:
@@ -526,21 +550,22 @@ class Adapter:
         return dict(self._meta)
 
     def reset(self) -> None:
-        """Restore the meta-learned weights exactly."""
-        self._params = {n: p.clone() for n, p in self._meta.items()}
+        """Write the starting (meta-learned) weights back into the model, exactly."""
+        self._params = self._meta
 
     def fork(self, **overrides: Any) -> Adapter:
-        """An independent adapter starting from the current adapted weights.
+        """An independent adapter on its own copy of the model, at the current weights.
 
-        Same model, store and theta* (so ``reset()`` and the anchor still refer to the
-        meta-learned weights); its own weights, stats, random stream (restarted from
-        ``config.seed``, so a fork's draws do not depend on what other forks did) and, with
-        ``overrides``, config (``param_lrs=None`` there also drops learned per-element
-        rates, so ``learning_rate`` applies everywhere). Use it to score "few-shot" retention
-        (adapt a copy on an old task) or to build method variants without touching ``self``.
+        Adapting the fork never changes ``self.model``. Same store and theta* (so ``reset()``
+        and the anchor still refer to the meta-learned weights); its own weights, stats,
+        random stream (restarted from ``config.seed``, so a fork's draws do not depend on
+        what other forks did) and, with ``overrides``, config (``param_lrs=None`` there also
+        drops learned per-element rates, so ``learning_rate`` applies everywhere). Use it to
+        score "few-shot" retention (adapt a copy on an old task) or to build method variants
+        without touching ``self``.
         """
         other = copy.copy(self)
-        other._params = {n: p.clone() for n, p in self._params.items()}
+        other.model = copy.deepcopy(self.model)  # its own weights
         # same store, its own draw sequence (restarted from config.seed below)
         other.stats = _zero_stats()
         other.last_update = None
@@ -569,18 +594,11 @@ class Adapter:
         missing = sorted(set(self._meta) - set(params))
         if missing:
             raise ValueError(f"load_params: missing parameters {missing}")
-        self._params = {
-            n: params[n].detach().to(self.device, self.dtype).clone() for n in self._meta
-        }
+        self._params = {n: params[n].detach().to(self.device, self.dtype) for n in self._meta}
 
     def adapted_model(self) -> nn.Module:
-        """A deep copy of ``model`` holding the adapted weights (``model`` is untouched)."""
-        clone = copy.deepcopy(self.model).to(self.device)
-        with torch.no_grad():
-            for name, p in clone.named_parameters():
-                if name in self._params:
-                    p.copy_(self._params[name])
-        return clone
+        """An independent deep copy of ``model`` at the adapted weights."""
+        return copy.deepcopy(self.model)
 
     def init_hidden(self, batch_size: int) -> Tensor | None:
         """Zero hidden state for a stateful model (on the adapter's device), else None."""
@@ -616,7 +634,7 @@ class Adapter:
         *,
         reset: Tensor | None = None,
     ) -> tuple[float, int]:
-        """Adapt on one window of the current task -> (loss before the update, accepted steps).
+        """Adapt ``model`` in place on one window -> (loss before the update, accepted steps).
 
         ``x_current`` ``(b, l, d)`` or ``(b, d)``, ``y_current`` ``(b, l, o)`` or ``(b, o)``;
         ``hidden_state_current`` is the hidden state at the start of the window (zeros when

@@ -97,10 +97,11 @@ def _jsonable(value: Any) -> Any:
 class RunDir:
     """A run folder with append-only metrics and atomic JSON/checkpoint writes."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / "plots").mkdir(exist_ok=True)
+        if create:  # create=False: read an existing run without writing to it
+            self.path.mkdir(parents=True, exist_ok=True)
+            (self.path / "plots").mkdir(exist_ok=True)
 
     @classmethod
     def create(cls, out: str, name: str) -> RunDir:
@@ -119,29 +120,68 @@ class RunDir:
         return target
 
     def read_json(self, name: str) -> Any:
-        return json.loads((self.path / name).read_text())
+        """Parse a JSON file of the run; a damaged file raises ValueError naming it."""
+        path = self.path / name
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from exc
 
     def log_metrics(self, kind: str, **values: Any) -> None:
         row = {"kind": kind, "time": round(time.time(), 3), **values}
         with open(self.path / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(finite(row), default=_json_default) + "\n")
 
-    def read_metrics(self, kind: str | None = None) -> list[dict[str, Any]]:
+    def _metric_rows(self) -> tuple[list[dict[str, Any]], bool]:
+        """(rows of metrics.jsonl, whether a cut-off last line was skipped).
+
+        A run killed mid-write leaves a last line without its newline: that line is skipped
+        (with a warning). Any other unreadable line raises ValueError naming file and line.
+        """
         path = self.path / "metrics.jsonl"
         if not path.exists():
-            return []
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            return [], False
+        text = path.read_text()
+        lines = text.split("\n")
+        rows, partial = [], False
+        for i, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                if not isinstance(row, dict) or "kind" not in row:
+                    raise ValueError("expected an object with a 'kind' field")
+            except ValueError as exc:
+                if i == len(lines) and not text.endswith("\n"):
+                    log.warning("%s: skipping the cut-off last line %d", path, i)
+                    partial = True
+                    continue
+                raise ValueError(f"{path}:{i}: unreadable metrics line ({exc})") from exc
+            rows.append(row)
+        return rows, partial
+
+    def read_metrics(self, kind: str | None = None) -> list[dict[str, Any]]:
+        rows, _ = self._metric_rows()
         return [r for r in rows if kind is None or r["kind"] == kind]
+
+    def repair_metrics(self) -> None:
+        """Drop a cut-off last line, so that new rows start on a line of their own."""
+        rows, partial = self._metric_rows()
+        if partial:
+            self._write_metrics(rows)
 
     def truncate_metrics(self, kind: str, keep_step_below: int) -> None:
         """Drop `kind` rows logged at or after a step (used when resuming from a checkpoint)."""
-        path = self.path / "metrics.jsonl"
-        if not path.exists():
+        if not (self.path / "metrics.jsonl").exists():
             return
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows, _ = self._metric_rows()
         kept = [r for r in rows if r["kind"] != kind or r.get("step", -1) < keep_step_below]
+        self._write_metrics(kept)
+
+    def _write_metrics(self, rows: list[dict[str, Any]]) -> None:
+        path = self.path / "metrics.jsonl"
         tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
         os.replace(tmp, path)
 
 
@@ -195,7 +235,13 @@ def load_checkpoint(path: Path, expected_config: dict[str, Any] | None = None) -
 
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    payload: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        payload: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a file it cannot unpickle
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path}: not a readable checkpoint ({first})") from exc
+    if not isinstance(payload, dict):
+        raise ValueError(f"{path}: not a run checkpoint (holds a {type(payload).__name__})")
     if payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
             f"{path}: checkpoint format {payload.get('format')!r}, expected {CHECKPOINT_FORMAT}"

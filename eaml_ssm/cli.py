@@ -3,6 +3,11 @@
 With no subcommand it runs the whole pipeline on the default task family (CartPole-v1):
 collect meta-training tasks into the store, meta-train the SSM, adapt online to held-out and
 out-of-range tasks with the hybrid loss, evaluate against baselines, and write a run folder.
+
+Flags are written with underscores (``--num_epochs``); dashes are accepted too
+(``--num-epochs``). The whole configuration is checked before anything is created; a user
+mistake ends with ``error: ...`` and exit status 2, without a traceback. ``main(argv)`` and
+``eaml_ssm.pipeline.run_stage`` are the programmatic entry points.
 """
 
 from __future__ import annotations
@@ -11,9 +16,10 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from eaml_ssm import __version__
-from eaml_ssm.config import RunConfig, add_config_arguments, config_from_args
+from eaml_ssm.config import RunConfig, add_config_arguments, config_from_args, validate
 
 log = logging.getLogger("eaml_ssm")
 
@@ -23,6 +29,17 @@ STAGES = {
     "train": "meta-train the SSM with MAML on windows from the store",
     "adapt": "adapt a trained model online to held-out and out-of-range tasks",
 }
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps descriptions as written and states every flag's default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        quiet_default = action.default in (None, False, argparse.SUPPRESS)
+        if action.option_strings and "default" not in text.lower() and not quiet_default:
+            text += " (default: %(default)s)"
+        return text
 
 
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +63,7 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m eaml_ssm",
+        formatter_class=HelpFormatter,
         description=__doc__.split("\n\n")[1].replace("\n", " ") if __doc__ else None,
     )
     parser.add_argument("--version", action="version", version=f"eaml_ssm {__version__}")
@@ -56,7 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in STAGES.items():
         # SUPPRESS: a flag given before the subcommand is not reset by the subcommand's default
         sp = sub.add_parser(
-            name, help=help_text, description=help_text, argument_default=argparse.SUPPRESS
+            name,
+            help=help_text,
+            description=help_text,
+            argument_default=argparse.SUPPRESS,
+            formatter_class=HelpFormatter,
         )
         _add_run_flags(sp)
     from eaml_ssm import evaluate, sinusoid
@@ -65,17 +87,63 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate",
         help="the evaluation protocol: streams of test tasks, forgetting, baselines, seeds",
         description=evaluate.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     evaluate.add_arguments(ev)
     sn = sub.add_parser(
         "sinusoid",
         help="reproduce the MAML sinusoid regression benchmark (Finn et al. 2017)",
         description=sinusoid.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     sinusoid.add_arguments(sn)
     return parser
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> set[str]:
+    """Every --flag of the parser and of its subcommands."""
+    found: set[str] = set()
+    for action in parser._actions:
+        found.update(action.option_strings)
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found |= _option_strings(sub)
+    return found
+
+
+def normalize_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
+    """Accept ``--num-epochs`` for ``--num_epochs``: one style shown, both understood."""
+    known = _option_strings(parser)
+    out: list[str] = []
+    for i, token in enumerate(argv):
+        if token == "--":  # everything after is positional
+            return [*out, *argv[i:]]
+        if token.startswith("--") and "-" in token[2:]:
+            flag, eq, value = token.partition("=")
+            alt = "--" + flag[2:].replace("-", "_")
+            if flag not in known and alt in known:
+                token = alt + eq + value
+        out.append(token)
+    return out
+
+
+def check_device(name: str) -> None:
+    if name == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
+
+
+def preflight(cfg: RunConfig) -> None:
+    """Checks that need the machine (files, devices), before anything is created."""
+    check_device(cfg.device)
+    out = Path(cfg.out)
+    for parent in (out, *out.parents):
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"--out {cfg.out}: {parent} is a file, expected a folder")
+    if cfg.name and (out / cfg.name).exists() and not (out / cfg.name).is_dir():
+        raise ValueError(f"--name {cfg.name}: {out / cfg.name} is a file, expected a folder")
 
 
 def setup_logging(quiet: bool) -> None:
@@ -89,10 +157,12 @@ def setup_logging(quiet: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(normalize_flags(parser, sys.argv[1:] if argv is None else argv))
     command = args.command or "run"
     setup_logging(bool(getattr(args, "quiet", False)))
     try:
+        if command in ("sinusoid", "evaluate"):
+            check_device(args.device)
         if command == "sinusoid":
             from eaml_ssm import sinusoid
 
@@ -102,11 +172,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return evaluate.run(args)
         resume = bool(getattr(args, "resume", False))
-        cfg: RunConfig = config_from_args(args)
-        if resume or command == "adapt":  # unspecified flags keep the saved run's values
-            from eaml_ssm.pipeline import existing_run, saved_config
+        cfg: RunConfig = config_from_args(args, check=False)  # checked once its base is known
+        from eaml_ssm.pipeline import existing_run, named_run, saved_config
 
+        if resume or command == "adapt" or named_run(cfg) is not None:
+            # a stage continuing a run: unspecified flags keep the saved run's values
             cfg = config_from_args(args, base=saved_config(existing_run(cfg)))
+        else:
+            validate(cfg)
+        preflight(cfg)
         if getattr(args, "distributed", False):
             from eaml_ssm import distributed
 
@@ -117,5 +191,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         from eaml_ssm import pipeline
 
         return pipeline.run_stage(command, cfg, resume=resume)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:  # user mistakes: bad flags, files, run folders
         parser.exit(2, f"error: {exc}\n")

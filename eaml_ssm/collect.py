@@ -48,9 +48,9 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
-from tqdm.auto import tqdm
 
 from eaml_ssm.features import encode_inputs, encode_targets
+from eaml_ssm.progress import progress as progress_bar
 from eaml_ssm.tasks import Task, TaskFamily, get_family
 
 logger = logging.getLogger(__name__)
@@ -541,7 +541,7 @@ def collect(
     added (episodes that end are reset and continued, the last one may be cut); with
     `episodes_per_task` (and ``steps_per_task=0``), each task adds exactly that many complete
     episodes (at most ``max_rows(...)`` rows) and then stops contributing rows. `task_ids`
-    default to ``0..len(tasks)-1``. `progress=None` shows a tqdm bar only on a terminal. The
+    default to ``0..len(tasks)-1``. `progress=None` shows a bar (logged when not on a terminal). The
     same arguments give the same rows (in an order that may differ between runs when
     `num_workers > 1`), whatever the backend:
 
@@ -561,9 +561,9 @@ def collect(
     workers = min(num_workers, len(tasks))
     jobs = _jobs(tasks, ids, budget, workers, seed, policy, max_repeat, first_episode, chunk_rows)
     total, unit = budget.progress_total(len(tasks))
-    disable = None if progress is None else not progress
     start = time.perf_counter()
-    with tqdm(total=total, desc=f"collect {fam.env_id}", unit=unit, disable=disable) as bar:
+    desc = f"collect {fam.env_id}"
+    with progress_bar(total=total, desc=desc, unit=unit, quiet=progress is False) as bar:
         counter = _Counter(bar)
         errors: list[BaseException] = []
         if backend == "thread":

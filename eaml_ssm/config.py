@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any
 
 
@@ -78,25 +80,70 @@ def add_config_arguments(parser: argparse.ArgumentParser, names: list[str] | Non
         help_text = f"{f.metadata['help']} (default: {f.default})"
         if f.type in ("bool", bool):
             parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=default, help=help_text
+                flag, f"--no_{f.name}", action=_Switch, default=default, help=help_text
             )
         else:
             kind = {"int": int, "float": float, "str": str}[str(f.type)]
             parser.add_argument(flag, type=kind, default=default, help=help_text)
 
 
-def config_from_args(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
-    """Fields given on the command line override `base` (or the defaults)."""
+class _Switch(argparse.Action):
+    """``--flag`` sets True, ``--no_flag`` False (underscores, like every other flag)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, not (option_string or "").startswith("--no_"))
+
+
+def config_from_args(
+    args: argparse.Namespace, base: RunConfig | None = None, *, check: bool = True
+) -> RunConfig:
+    """Fields given on the command line override `base` (or the defaults); then `validate`."""
     cfg = dataclasses.replace(base) if base is not None else RunConfig()
     for f in config_fields():
         value = getattr(args, f.name, None)
         if value is not None:
             setattr(cfg, f.name, value)
-    validate(cfg)
+    if check:
+        validate(cfg)
     return cfg
 
 
 def validate(cfg: RunConfig) -> None:
+    """Check every field (types, finiteness, ranges, names): raises ValueError naming the flag.
+
+    Pure: it looks at no file and no device (see ``eaml_ssm.cli.preflight`` for those).
+    """
+    for f in config_fields():
+        value = getattr(cfg, f.name)
+        kind = {"int": int, "float": float, "str": str, "bool": bool}[str(f.type)]
+        ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if not ok:
+            raise ValueError(f"--{f.name} must be a {kind.__name__}, got {value!r}")
+        if kind is float and not math.isfinite(value):
+            raise ValueError(f"--{f.name} must be a finite number, got {value!r}")
+    if cfg.name and (
+        len(PurePath(cfg.name).parts) != 1
+        or cfg.name in (".", "..")
+        or "/" in cfg.name
+        or "\\" in cfg.name
+    ):
+        raise ValueError(
+            f"--name must be one folder name inside --out (no '/', '..' or absolute path), "
+            f"got {cfg.name!r}"
+        )
+    if not cfg.out:
+        raise ValueError("--out must be a folder path, got ''")
     positive = [
         "num_tasks",
         "buffer_size",
@@ -122,8 +169,9 @@ def validate(cfg: RunConfig) -> None:
     for name in ["inner_lr", "outer_lr"]:
         if not getattr(cfg, name) > 0:
             raise ValueError(f"--{name} must be > 0, got {getattr(cfg, name)}")
-    if cfg.adapt_lr < 0 or cfg.experience_weight < 0:
-        raise ValueError("--adapt_lr and --experience_weight must be >= 0")
+    for name in ["adapt_lr", "experience_weight"]:
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"--{name} must be >= 0, got {getattr(cfg, name)}")
     if cfg.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {cfg.seed}")
     if cfg.stream_steps < 2 * cfg.adapt_every:

@@ -42,11 +42,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from tqdm import tqdm  # type: ignore[import-untyped]
 
 from eaml_ssm.config import RunConfig
 from eaml_ssm.features import Normalizer, column_moments
 from eaml_ssm.maml import MetaMAML, TaskBatch
+from eaml_ssm.progress import progress
 
 if TYPE_CHECKING:  # the pipeline pulls in adaptation, plots, ...: imported where used
     from eaml_ssm.artifacts import RunDir
@@ -878,7 +878,7 @@ def _train_steps(
     every = max(1, cfg.num_epochs // 10)
     quiet = cfg.quiet or not ctx.is_main
     t0 = time.perf_counter()
-    bar = tqdm(range(start, cfg.num_epochs), desc="meta-train", disable=True if quiet else None)
+    bar = progress(range(start, cfg.num_epochs), desc="meta-train", unit="step", quiet=quiet)
     for step in bar:
         batch, local = sampler.next_batch(loader, step, cfg.meta_batch_size)
         loss = distributed_meta_step(trained.maml, batch, len(local), cfg.meta_batch_size, ctx)

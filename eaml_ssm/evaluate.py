@@ -44,7 +44,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm  # type: ignore[import-untyped]
 
 from eaml_ssm import pipeline, protocol
 from eaml_ssm.adaptation import Adapter, ExperienceSource
@@ -53,6 +52,7 @@ from eaml_ssm.collect import build_store
 from eaml_ssm.config import RunConfig
 from eaml_ssm.feed import StoreLoader, draw_seed
 from eaml_ssm.plots import plot_curves
+from eaml_ssm.progress import progress
 from eaml_ssm.ssm import SSM
 from eaml_ssm.stats import pass_count, percent, reduction, relative_change, summarize
 from eaml_ssm.tasks import sample_tasks
@@ -244,6 +244,7 @@ class Profile:
     pairs_per_task: int = 3  # held-out (a, b) window pairs per old task
     pairs_task_a: int = 6
     jobs: int = 1  # (family, seed) units run in parallel processes
+    device: str = "cpu"  # where each unit trains and adapts (auto|cpu|cuda)
 
     def level(self, family: str) -> str:
         return dict(self.levels).get(family, "core")
@@ -378,7 +379,7 @@ def _unit_config(unit: Unit) -> RunConfig:
     return RunConfig(
         env_name=unit.family,
         seed=unit.seed,
-        device="cpu",
+        device=p.device,
         quiet=True,
         num_tasks=p.num_tasks,
         steps_per_task=p.steps_per_task,
@@ -1035,6 +1036,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="(family, seed) units run in parallel processes (default: the profile's, 2)",
     )
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="cpu",
+        help="where every unit trains and adapts (auto picks cuda when available)",
+    )
     parser.add_argument("--out", default="runs", help="parent folder of the run folder")
     parser.add_argument("--name", default="", help="run folder name (default: evaluate-<profile>)")
     parser.add_argument("--quiet", action="store_true", help="less logging, no progress bars")
@@ -1067,6 +1074,7 @@ def resolve_profile(args: argparse.Namespace) -> Profile:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     if args.jobs:
         changes["jobs"] = args.jobs
+    changes["device"] = args.device
     return dataclasses.replace(p, **changes)
 
 
@@ -1163,7 +1171,7 @@ def _cpu_note(jobs: int, load: Sequence[float | None]) -> str:
 
 
 def _run_units(units: list[Unit], jobs: int, quiet: bool) -> list[dict[str, Any]]:
-    bar = tqdm(total=len(units), desc="evaluate", disable=True if quiet else None)
+    bar = progress(total=len(units), desc="evaluate", unit="unit", quiet=quiet)
     results = []
     if jobs == 1:
         for unit in units:

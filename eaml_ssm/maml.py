@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -152,6 +153,11 @@ class MetaMAML:
             )
         factory = optimizer if optimizer is not None else self._adam
         self.optimizer = factory(self.meta_parameters())
+
+    @property
+    def meta_optimizer(self) -> torch.optim.Optimizer:
+        """The original project's name of :attr:`optimizer` (the meta-optimizer)."""
+        return self.optimizer
 
     def _adam(self, params: list[Tensor]) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=self.outer_lr)
@@ -289,8 +295,10 @@ class MetaMAML:
         loss_fn: LossFn | None = None,
         num_steps: int | None = None,
         support_reset: Tensor | None = None,
-    ) -> dict[str, Tensor]:
+    ) -> OrderedDict[str, Tensor]:
         """Fast weights after ``num_steps`` inner SGD steps (default ``num_inner_steps``).
+
+        An ``OrderedDict`` in ``model.named_parameters()`` order, as in the original.
 
         The model's own parameters are not modified. The result stays differentiable w.r.t. the
         meta-parameters; call it under ``torch.no_grad()`` when only the weights are wanted.
@@ -305,9 +313,14 @@ class MetaMAML:
         if hidden is None:
             hidden = self._default_hidden(support_x)
         task = Task(support_x, support_y, support_x, support_y, support_reset, None)
-        return self._adapt(
+        fast = self._adapt(
             self._named_params(), self._lrs(), task, hidden, loss_fn or self.loss_fn, steps
         )
+        return OrderedDict(fast)
+
+    def get_fast_weights(self) -> OrderedDict[str, Tensor]:
+        """A copy of the model's trainable weights, still differentiable (as in the original)."""
+        return OrderedDict((n, p.clone()) for n, p in self._named_params().items())
 
     def meta_loss(
         self,

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from eaml_ssm import protocol
 from eaml_ssm.adaptation import Adapter
@@ -42,6 +41,7 @@ from eaml_ssm.features import Normalizer
 from eaml_ssm.feed import StoreLoader
 from eaml_ssm.maml import MetaMAML, TaskBatch
 from eaml_ssm.plots import plot_before_after, plot_curve, plot_curves
+from eaml_ssm.progress import progress
 from eaml_ssm.ssm import SSM
 from eaml_ssm.tasks import Task, TaskFamily, get_family, sample_tasks
 
@@ -64,6 +64,14 @@ def run_name(cfg: RunConfig) -> str:
     return cfg.name or f"{cfg.env_name}-seed{cfg.seed}"
 
 
+def named_run(cfg: RunConfig) -> Path | None:
+    """out/name when --name names a run folder that an earlier stage wrote, else None."""
+    if not cfg.name:
+        return None
+    path = Path(cfg.out) / cfg.name
+    return path if (path / "config.json").exists() else None
+
+
 def existing_run(cfg: RunConfig) -> Path:
     """The folder an `adapt` or `--resume` works in: --name, else the newest default-named one."""
     base = Path(cfg.out) / run_name(cfg)
@@ -75,7 +83,14 @@ def existing_run(cfg: RunConfig) -> Path:
 
 
 def saved_config(path: Path) -> RunConfig:
-    return from_dict(RunDir(path).read_json("config.json"))
+    """The config.json of a run folder; a damaged one raises ValueError naming the file."""
+    data = RunDir(path, create=False).read_json("config.json")
+    try:
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+        return from_dict(data)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path / 'config.json'}: {exc}") from exc
 
 
 def open_run(cfg: RunConfig, resume: bool) -> RunDir:
@@ -85,10 +100,13 @@ def open_run(cfg: RunConfig, resume: bool) -> RunDir:
         diff = config_diff(to_dict(saved_config(path)), to_dict(cfg))
         if diff:
             raise ValueError(
-                f"--resume: {path} was run with a different config: "
+                f"{path} was run with a different config (continue it with the same values, "
+                "or pick another --name): "
                 + ", ".join(f"{k} (saved {a!r}, now {b!r})" for k, a, b in diff)
             )
-        return RunDir(path)
+        run = RunDir(path)
+        run.repair_metrics()
+        return run
     return fresh_run_dir(cfg.out, run_name(cfg))
 
 
@@ -119,7 +137,7 @@ def collection_length(cfg: RunConfig) -> tuple[int, int | None]:
 
 def collect_stage(cfg: RunConfig, run: RunDir) -> Data:
     family = get_family(cfg.env_name)
-    tasks = sample_tasks(cfg.env_name, cfg.num_tasks, seed=cfg.seed, split="train")
+    tasks = train_tasks(cfg)
     steps, episodes = collection_length(cfg)
     # several workers: processes writing straight into one file-backed (memory-mapped) store
     shared = run.path / SHARED_STORE_FILE if cfg.workers > 1 else None
@@ -238,7 +256,7 @@ def train_stage(
         log.info("resuming meta-training at step %d of %d", start, cfg.num_epochs)
     every = max(1, cfg.num_epochs // 10)
     t0 = time.perf_counter()
-    bar = tqdm(range(start, cfg.num_epochs), desc="meta-train", disable=True if cfg.quiet else None)
+    bar = progress(range(start, cfg.num_epochs), desc="meta-train", unit="step", quiet=cfg.quiet)
     loader = meta_loader(cfg, data, device, start)
     try:
         for step in bar:
@@ -276,6 +294,18 @@ def _meta_step(
 
 
 def base_adapter(cfg: RunConfig, trained: Trained, data: Data) -> Adapter:
+    return adapter_for(cfg, trained.maml, data.store, data.normalizer, resolve_device(cfg.device))
+
+
+def adapter_for(
+    cfg: RunConfig,
+    maml: MetaMAML,
+    store: Any,
+    normalizer: Normalizer,
+    device: torch.device,
+    **extra: Any,
+) -> Adapter:
+    """The run's Adapter on ``maml.model`` (``extra``: AdaptationConfig fields on top)."""
     overrides: dict[str, Any] = {
         "experience_batch_size": cfg.experience_batch_size,
         "experience_weight": cfg.experience_weight,
@@ -289,13 +319,8 @@ def base_adapter(cfg: RunConfig, trained: Trained, data: Data) -> Adapter:
         overrides["param_lrs"] = None
     if cfg.num_adapt_steps > 0:
         overrides["num_steps"] = cfg.num_adapt_steps
-    return Adapter.from_maml(
-        trained.maml,
-        data.store,
-        resolve_device(cfg.device),
-        transform=data.normalizer,
-        **overrides,
-    )
+    overrides.update(extra)
+    return Adapter.from_maml(maml, store, device, transform=normalizer, **overrides)
 
 
 def methods(cfg: RunConfig, base: Adapter) -> dict[str, tuple[Adapter, bool]]:
@@ -348,6 +373,8 @@ def evaluate_stage(cfg: RunConfig, run: RunDir, data: Data, trained: Trained) ->
     curves: dict[str, dict[str, list[float]]] = {}
     per_task: dict[str, dict[str, list[float]]] = {}
     task_names: dict[str, list[str]] = {}
+    streams_total = len(SPLITS) * len(methods(cfg, base)) * cfg.num_test_tasks
+    bar = progress(total=streams_total, desc="adapt", unit="stream", quiet=cfg.quiet)
     for split in SPLITS:
         test_tasks = sample_tasks(cfg.env_name, cfg.num_test_tasks, seed=cfg.seed, split=split)
         streams = protocol.task_streams(test_tasks, cfg.stream_steps, norm, cfg.seed + 104729)
@@ -365,6 +392,8 @@ def evaluate_stage(cfg: RunConfig, run: RunDir, data: Data, trained: Trained) ->
                 e = protocol.prequential_run(
                     adapter, s, m, adapt=adapts, store=store, task_id=task_id
                 ).errors
+                bar.update(1)
+                bar.set_postfix(split=split, method=name)
                 errs += e
                 task_means.append(float(np.mean(e)))
             row = rows.setdefault(name, {})
@@ -397,6 +426,7 @@ def evaluate_stage(cfg: RunConfig, run: RunDir, data: Data, trained: Trained) ->
             "seconds": round(trained.seconds, 2),
         },
     }
+    bar.close()
     _plots(run, trained, curves, per_task, task_names, cfg)
     return summary
 
@@ -463,31 +493,51 @@ def format_table(summary: dict[str, Any]) -> str:
 # --- stages ---------------------------------------------------------------------------------
 
 
-def load_data(cfg: RunConfig, run: RunDir) -> Data:
-    """The store of an earlier `collect` in this run folder, or a fresh collection."""
+def saved_store(cfg: RunConfig, run: RunDir) -> Any:
+    """The store an earlier `collect` kept in this run folder, or None."""
     import rust_buffer
 
     saved, shared = run.path / STORE_FILE, run.path / SHARED_STORE_FILE
     if saved.exists():
-        store = rust_buffer.RingBuffer.load(str(saved))
-    elif shared.exists():
-        store = rust_buffer.RingBuffer.open(str(shared), seed=cfg.seed)
-    else:
+        return rust_buffer.RingBuffer.load(str(saved))
+    if shared.exists():
+        return rust_buffer.RingBuffer.open(str(shared), seed=cfg.seed)
+    return None
+
+
+def train_tasks(cfg: RunConfig) -> list[Task]:
+    """The run's meta-training tasks (task_id = position), from its env and seed."""
+    return sample_tasks(cfg.env_name, cfg.num_tasks, seed=cfg.seed, split="train")
+
+
+def checkpoint_config(ck: dict[str, Any], path: Path) -> RunConfig:
+    """The RunConfig saved in a run checkpoint (errors name the file)."""
+    try:
+        return from_dict(dict(ck["config"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: no valid run config in the checkpoint ({exc})") from exc
+
+
+def load_data(cfg: RunConfig, run: RunDir) -> Data:
+    """The store of an earlier `collect` in this run folder, or a fresh collection."""
+    store = saved_store(cfg, run)
+    if store is None:
         return collect_stage(cfg, run)
-    tasks = sample_tasks(cfg.env_name, cfg.num_tasks, seed=cfg.seed, split="train")
-    return Data(get_family(cfg.env_name), tasks, store, Normalizer.from_store(store))
+    return Data(get_family(cfg.env_name), train_tasks(cfg), store, Normalizer.from_store(store))
 
 
 def run_stage(command: str, cfg: RunConfig, *, resume: bool = False) -> int:
     """Run one stage (`run`, `collect`, `train`, `adapt`) and return an exit code.
 
-    `adapt`, and any stage with `resume`, works in the existing run folder --out/--name
-    (default name: <env>-seed<seed>); the others start a new folder.
+    `adapt`, any stage with `resume`, and any stage whose --name names an existing run
+    folder continue that folder (default name: <env>-seed<seed>): `collect --name s` then
+    `train --name s` trains run s on the store collected there. Otherwise a new folder.
+    This and ``eaml_ssm.cli.main(argv)`` are the programmatic entry points.
     """
     get_family(cfg.env_name)  # an unknown or unsupported env fails before anything is written
     torch.set_num_threads(1)
     seed_everything(cfg.seed)
-    existing = resume or command == "adapt"
+    existing = resume or command == "adapt" or named_run(cfg) is not None
     run = open_run(cfg, existing)
     if command == "adapt" and not run.checkpoint_path.exists():
         raise FileNotFoundError(f"adapt: no trained checkpoint in {run.path}; run `train` first")

@@ -1,6 +1,6 @@
 """The sinusoid regression benchmark of Finn et al. 2017 (MAML), with Meta-SGD and a baseline.
 
-Protocol (``/work/shared/research/sinusoid-reference.md`` section 1, cbfinn/maml):
+Protocol (the paper and its reference code, cbfinn/maml):
     task:   y = A sin(x - phi),  A ~ U[0.1, 5],  phi ~ U[0, pi],  x ~ U[-5, 5]
     model:  MLP 1-40-40-1, ReLU, PyTorch default init, MSE loss
     train:  each meta-iteration draws 25 fresh tasks with K=10 support + K=10 query points;
@@ -35,9 +35,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm  # type: ignore[import-untyped]
 
 from eaml_ssm.maml import MetaMAML, TaskBatch
+from eaml_ssm.progress import progress
 
 __all__ = ["SinusoidConfig", "add_arguments", "main", "run", "run_benchmark", "sample_tasks"]
 
@@ -66,6 +66,7 @@ class SinusoidConfig:
     seed: int = 0  # training seed (model init and training tasks)
     hidden: int = 40  # MLP width
     threads: int = 1  # torch threads (1 is fastest on the 2-core target machine)
+    device: str = "cpu"  # where the models train and are evaluated (auto|cpu|cuda)
 
 
 # ----- data ------------------------------------------------------------------------------------
@@ -88,8 +89,8 @@ def make_mlp(hidden: int = 40) -> nn.Module:
 
 
 # ----- training --------------------------------------------------------------------------------
-def _progress(total: int, desc: str, quiet: bool) -> tqdm:
-    return tqdm(total=total, desc=desc, disable=True if quiet else None, mininterval=1.0)
+def _progress(total: int, desc: str, quiet: bool) -> Any:
+    return progress(total=total, desc=desc, quiet=quiet)
 
 
 def train_meta(
@@ -98,8 +99,9 @@ def train_meta(
     """Meta-train MAML (or Meta-SGD) on freshly sampled tasks; returns the learner and stats."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
+    device = _device(cfg)
     maml = MetaMAML(
-        make_mlp(cfg.hidden),
+        make_mlp(cfg.hidden).to(device),
         inner_lr=cfg.inner_lr,
         outer_lr=cfg.outer_lr,
         first_order=cfg.first_order,
@@ -112,7 +114,7 @@ def train_meta(
     start = time.perf_counter()
     with _progress(cfg.iterations, name, quiet) as bar:
         for it in range(cfg.iterations):
-            batch = sample_tasks(cfg.meta_batch, cfg.k_shot, cfg.k_shot, gen)
+            batch = _to(sample_tasks(cfg.meta_batch, cfg.k_shot, cfg.k_shot, gen), device)
             loss = maml.meta_update(batch)
             losses.append(loss)
             if (it + 1) % 100 == 0:
@@ -131,13 +133,14 @@ def train_pretrain(cfg: SinusoidConfig, quiet: bool = False) -> tuple[nn.Module,
     """Joint regression on all tasks pooled (same tasks and Adam steps as MAML)."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    model = make_mlp(cfg.hidden)
+    device = _device(cfg)
+    model = make_mlp(cfg.hidden).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.outer_lr)
     start = time.perf_counter()
     losses: list[float] = []
     with _progress(cfg.iterations, "pretrain", quiet) as bar:
         for it in range(cfg.iterations):
-            batch = sample_tasks(cfg.meta_batch, cfg.k_shot, cfg.k_shot, gen)
+            batch = _to(sample_tasks(cfg.meta_batch, cfg.k_shot, cfg.k_shot, gen), device)
             x = torch.cat((batch.support_x, batch.query_x), dim=1).reshape(-1, 1)  # (T*2k, 1)
             y = torch.cat((batch.support_y, batch.query_y), dim=1).reshape(-1, 1)
             loss = F.mse_loss(model(x), y)
@@ -177,7 +180,18 @@ def evaluate(
 
 def eval_tasks(cfg: SinusoidConfig) -> TaskBatch:
     gen = torch.Generator().manual_seed(cfg.eval_seed)
-    return sample_tasks(cfg.eval_tasks, cfg.k_shot, cfg.eval_query, gen)
+    return _to(sample_tasks(cfg.eval_tasks, cfg.k_shot, cfg.eval_query, gen), _device(cfg))
+
+
+def _device(cfg: SinusoidConfig) -> torch.device:
+    from eaml_ssm.pipeline import resolve_device
+
+    return resolve_device(cfg.device)
+
+
+def _to(batch: TaskBatch, device: torch.device) -> TaskBatch:
+    """Tasks are drawn on the CPU (the same tasks on any device), then moved."""
+    return TaskBatch(*(None if t is None else t.to(device) for t in batch))  # type: ignore[arg-type]
 
 
 def run_benchmark(
@@ -247,25 +261,43 @@ def _out_path(out: str) -> Path:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the benchmark's flags (one per SinusoidConfig field, plus method/out/quiet)."""
     d = SinusoidConfig()
-    parser.add_argument("--method", choices=(*METHODS, "all"), default="all")
-    parser.add_argument("--iterations", type=int, default=d.iterations)
-    parser.add_argument("--meta-batch", type=int, default=d.meta_batch)
-    parser.add_argument("--k-shot", type=int, default=d.k_shot)
-    parser.add_argument("--inner-lr", type=float, default=d.inner_lr)
-    parser.add_argument("--outer-lr", type=float, default=d.outer_lr)
-    parser.add_argument("--train-inner-steps", type=int, default=d.train_inner_steps)
-    parser.add_argument("--first-order", action="store_true", help="FOMAML (maml/metasgd)")
-    parser.add_argument("--engine", choices=("vmap", "loop"), default=d.engine)
-    parser.add_argument("--eval-tasks", type=int, default=d.eval_tasks)
-    parser.add_argument("--eval-query", type=int, default=d.eval_query)
-    parser.add_argument("--eval-steps", type=int, default=d.eval_steps)
-    parser.add_argument("--eval-seed", type=int, default=d.eval_seed)
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--threads", type=int, default=d.threads)
+
+    def flag(name: str, kind: type, help: str, **kw: Any) -> None:
+        default = kw.pop("default", getattr(d, name, None))
+        parser.add_argument(
+            f"--{name}", type=kind, default=default, help=f"{help} (default: {default})", **kw
+        )
+
     parser.add_argument(
-        "--out", default="runs/sinusoid", help="results JSON file, or a folder for one"
+        "--method",
+        choices=(*METHODS, "all"),
+        default="all",
+        help="which method to train and score (default: all)",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bars or table")
+    flag("iterations", int, "meta-iterations (pretrain: Adam steps) per method")
+    flag("meta_batch", int, "tasks per meta-iteration")
+    flag("k_shot", int, "support points per task (and query points in training)")
+    flag("inner_lr", float, "inner SGD step size alpha (Meta-SGD: its initial value)")
+    flag("outer_lr", float, "Adam learning rate of the meta-optimizer and of pretraining")
+    flag("train_inner_steps", int, "inner steps during meta-training")
+    parser.add_argument(
+        "--first_order",
+        action="store_true",
+        help="first-order MAML for maml/metasgd (default: second order)",
+    )
+    flag("engine", str, "vmap: tasks batched by torch.func.vmap; loop: one by one",
+         choices=("vmap", "loop"))  # fmt: skip
+    flag("eval_tasks", int, "fixed evaluation tasks")
+    flag("eval_query", int, "query points per evaluation task")
+    flag("eval_steps", int, "inner steps evaluated (0..eval_steps are all recorded)")
+    flag("eval_seed", int, "seed of the fixed evaluation set")
+    flag("seed", int, "training seed (model init and training tasks)")
+    flag("threads", int, "torch threads (1 is fastest on a 2-core machine)")
+    flag("device", str, "auto|cpu|cuda (tasks are drawn on the CPU either way: same tasks)",
+         choices=("auto", "cpu", "cuda"))  # fmt: skip
+    flag("out", str, "results JSON file, or a folder to write sinusoid_results.json into",
+         default="runs/sinusoid")  # fmt: skip
+    parser.add_argument("--quiet", action="store_true", help="no progress or table (default: off)")
 
 
 def config_from_args(args: argparse.Namespace) -> SinusoidConfig:
@@ -284,10 +316,11 @@ def config_from_args(args: argparse.Namespace) -> SinusoidConfig:
         eval_seed=args.eval_seed,
         seed=args.seed,
         threads=args.threads,
+        device=args.device,
     )
     for name in ("iterations", "meta_batch", "k_shot", "eval_tasks", "eval_query", "threads"):
         if getattr(cfg, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+            raise ValueError(f"--{name} must be >= 1, got {getattr(cfg, name)}")
     return cfg
 
 
@@ -323,7 +356,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     add_arguments(parser)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return run(parser.parse_args(argv))
+    from eaml_ssm.cli import normalize_flags  # --meta-batch and --meta_batch alike
+
+    return run(parser.parse_args(normalize_flags(parser, sys.argv[1:] if argv is None else argv)))
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from eaml_ssm.scan import complex_mul, linear_recurrence
 
-__all__ = ["SSM", "DiagonalSSMLayer", "LayerNorm", "SSMConfig"]
+__all__ = ["SSM", "DiagonalSSMLayer", "LayerNorm", "SSMConfig", "StateSpaceModel"]
 
 CHECKPOINT_FORMAT = "eaml_ssm.SSM/1"
 
@@ -54,7 +54,7 @@ class SSMConfig:
     state_dim: int = 16  # n: complex diagonal modes per layer (hidden state holds 2 reals each)
     input_dim: int = 1  # d: input features per step
     output_dim: int = 1  # o: output features per step
-    hidden_dim: int = 64  # h: channel width of the layer stack
+    hidden_dim: int = 128  # h: channel width of the layer stack (the original's default)
     num_layers: int = 2  # k: stacked SSM blocks, each with a residual connection
     mlp_ratio: int = 2  # width multiple of the per-block MLP; 0 disables the MLP
     discretization: Literal["zoh", "bilinear"] = "zoh"  # continuous -> discrete transform
@@ -239,6 +239,11 @@ class SSMBlock(nn.Module):
 class SSM(nn.Module):
     """Stacked stable diagonal SSM with explicit hidden state; see the module docstring.
 
+    The first five arguments are the original project's ``SSM(state_dim, input_dim,
+    output_dim, hidden_dim=128, device="cpu")``; the structure (``num_layers`` and the
+    :class:`SSMConfig` fields) is keyword-only. Unlike the original, the hidden state holds
+    ``num_layers * state_dim * 2`` numbers per row (see the module docstring).
+
     Example::
 
         model = SSM(state_dim=16, input_dim=5, output_dim=4, hidden_dim=64)
@@ -252,7 +257,9 @@ class SSM(nn.Module):
         state_dim: int,
         input_dim: int,
         output_dim: int,
-        hidden_dim: int = 64,
+        hidden_dim: int = 128,
+        device: torch.device | str | None = None,
+        *,
         num_layers: int = 2,
         **kwargs: Any,
     ) -> None:
@@ -270,10 +277,12 @@ class SSM(nn.Module):
         self.blocks = nn.ModuleList(SSMBlock(cfg) for _ in range(cfg.num_layers))
         self.out_norm = LayerNorm(cfg.hidden_dim, eps=cfg.norm_eps)
         self.output_proj = nn.Linear(cfg.hidden_dim, cfg.output_dim)
+        if device is not None:
+            self.to(device)
 
     @classmethod
-    def from_config(cls, config: SSMConfig) -> SSM:
-        return cls(**config.to_dict())
+    def from_config(cls, config: SSMConfig, device: torch.device | str | None = None) -> SSM:
+        return cls(**config.to_dict(), device=device)
 
     # ----- familiar attributes -------------------------------------------------------------
     @property
@@ -301,7 +310,12 @@ class SSM(nn.Module):
         """s: flat hidden-state size per batch row (num_layers * state_dim * 2)."""
         return self.config.hidden_size
 
-    def init_hidden(self, batch_size: int) -> Tensor:
+    @property
+    def device(self) -> torch.device:
+        """Where the parameters live now (follows ``.to(...)``, unlike the original's string)."""
+        return self.output_proj.weight.device
+
+    def init_hidden(self, batch_size: int = 1) -> Tensor:
         """Zero hidden state (batch_size, s) on the parameters' device and dtype."""
         if not isinstance(batch_size, int) or batch_size < 0:
             raise ValueError(f"batch_size must be an int >= 0, got {batch_size!r}")
@@ -380,19 +394,50 @@ class SSM(nn.Module):
         )
 
     @classmethod
-    def load(cls, path: str | PathLike[str], map_location: str | torch.device | None = None) -> SSM:
-        """Rebuild a model saved by :meth:`save` (``map_location`` picks the device)."""
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    def load(
+        cls,
+        path: str | PathLike[str],
+        device: str | torch.device | None = None,
+        *,
+        map_location: str | torch.device | None = None,
+    ) -> SSM:
+        """Rebuild a model saved by :meth:`save` on ``device`` (default: the CPU).
+
+        Also opens the ``checkpoint.pt`` of a run folder (``python -m eaml_ssm``); the model
+        alone cannot predict raw states, so for a run prefer ``eaml_ssm.load_run(folder)``,
+        which adds the normalizer and the feature encoding. ``map_location`` is an alias of
+        ``device`` (torch's name).
+        """
+        device = device if device is not None else map_location
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # torch raises several types for a file it cannot unpickle
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"{path}: not a readable torch checkpoint ({first})") from exc
+        if isinstance(ckpt, dict) and "model_config" in ckpt and "model" in ckpt:
+            # a run checkpoint (eaml_ssm.artifacts): same weights, other keys
+            ckpt = {
+                "format": CHECKPOINT_FORMAT,
+                "config": ckpt["model_config"],
+                "state_dict": ckpt["model"],
+            }
         if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
             found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
             raise ValueError(
-                f"{path} is not an SSM checkpoint ({CHECKPOINT_FORMAT}); found {found!r}"
+                f"{path} is not an SSM checkpoint ({CHECKPOINT_FORMAT}) nor a run checkpoint "
+                f"(for a run folder use eaml_ssm.load_run); found format {found!r}"
             )
         model = cls.from_config(SSMConfig.from_dict(ckpt["config"]))
         state = ckpt["state_dict"]
         dtype = next(iter(state.values())).dtype
         model = model.to(dtype=dtype)
         model.load_state_dict(state)
-        if map_location is not None:
-            model = model.to(map_location)
+        if device is not None:
+            model = model.to(device)
         return model
+
+
+# The original project's other name for the model.
+StateSpaceModel = SSM

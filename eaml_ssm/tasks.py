@@ -222,7 +222,7 @@ FAMILIES: dict[str, FamilySpec] = {
             _apply_mujoco,
             angle_dims=(1,),  # root pitch (rooty); the joint angles are limited
             needs="mujoco",
-            note="multipliers on every body mass and joint damping; pip install -e .[mujoco]",
+            note="multipliers on every body mass and joint damping; the mujoco extra",
         ),
     )
 }
@@ -313,7 +313,7 @@ def _make(env_id: str, **kwargs: Any) -> gym.Env:
         return gym.make(env_id, **kwargs)
     except gym.error.DependencyNotInstalled as exc:
         spec = FAMILIES.get(env_id)
-        hint = f" (pip install -e .[{spec.needs}])" if spec and spec.needs else ""
+        hint = f" (maturin develop --release --extras {spec.needs})" if spec and spec.needs else ""
         raise ValueError(f"{env_id} needs a package that is not installed{hint}: {exc}") from exc
 
 

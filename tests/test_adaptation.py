@@ -154,8 +154,8 @@ def test_from_maml_copies_step_size_steps_and_learned_rates() -> None:
     adapter.config.grad_clip_norm = None
     adapter.config.num_steps = 1
     x, y = _window()
-    adapter.update_step(x, y)
     params = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters()}
+    adapter.update_step(x, y)  # adapts `model` in place
     loss = nn.functional.mse_loss(functional_call(model, params, (x,)), y)
     grads = torch.autograd.grad(loss, list(params.values()))
     for (name, p), g in zip(params.items(), grads, strict=True):
@@ -168,7 +168,7 @@ def test_from_maml_copies_step_size_steps_and_learned_rates() -> None:
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_weights_change_model_untouched_reset_exact(optimizer: str) -> None:
+def test_update_step_adapts_the_given_model_in_place_reset_exact(optimizer: str) -> None:
     model = _mlp()
     before = _snapshot(model)
     adapter = Adapter(model, AdaptationConfig(optimizer=optimizer), _store(), "cpu")  # type: ignore[arg-type]
@@ -176,11 +176,24 @@ def test_weights_change_model_untouched_reset_exact(optimizer: str) -> None:
     loss, steps = adapter.update_step(x, y)
     assert steps == 5 and math.isfinite(loss)
     assert any(not torch.equal(adapter.params[n], before[n]) for n in adapter.params)
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, before[k]), f"model parameter {k} was modified"
+    # the original's contract: the model it was given holds the adapted weights
+    for n, p in model.named_parameters():
+        assert torch.equal(p.detach(), adapter.params[n]), f"model parameter {n} not adapted"
     adapter.reset()
-    for n, p in adapter.params.items():
-        assert torch.equal(p, before[n])
+    for n, p in model.named_parameters():
+        assert torch.equal(p.detach(), before[n])
+        assert torch.equal(adapter.params[n], before[n])
+
+
+def test_fork_adapts_a_copy_and_leaves_the_model_alone() -> None:
+    model = _mlp()
+    before = _snapshot(model)
+    trial = Adapter(model, AdaptationConfig(), _store(), "cpu").fork()  # type: ignore[arg-type]
+    trial.update_step(*_window())
+    assert trial.model is not model
+    assert any(not torch.equal(trial.params[n], before[n]) for n in trial.params)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), f"model parameter {k} was modified by a fork"
 
 
 def test_fork_is_independent_and_takes_overrides() -> None:
@@ -196,8 +209,8 @@ def test_fork_is_independent_and_takes_overrides() -> None:
     assert all(torch.equal(adapter.params[n], before[n]) for n in before)
     assert few_shot.config.lr_scale == 2.0 and adapter.config.lr_scale == 1.0
     few_shot.reset()  # the fork still resets to theta*, not to the weights it started from
-    for n, p in model.named_parameters():
-        assert torch.equal(few_shot.params[n], p.detach())
+    for n, p in adapter.meta_params.items():
+        assert torch.equal(few_shot.params[n], p)
 
 
 @pytest.mark.parametrize("replay", ["rows", "sequences"])
@@ -235,9 +248,10 @@ def test_empty_store_gives_exactly_the_current_loss(normalize: bool) -> None:
     cfg = AdaptationConfig(experience_weight=0.5, normalize=normalize)
     adapter = Adapter(model, cfg, _ring(3, 2), "cpu")
     x, y = _window()
-    loss, _ = adapter.update_step(x, y)
     with torch.no_grad():
-        assert loss == float(nn.functional.mse_loss(model(x), y))
+        expected = float(nn.functional.mse_loss(model(x), y))
+    loss, _ = adapter.update_step(x, y)
+    assert loss == expected
 
 
 @pytest.mark.parametrize("normalize", [True, False])
@@ -253,9 +267,9 @@ def test_experience_term_has_the_intended_weight(normalize: bool) -> None:
     )  # fmt: skip
     adapter = Adapter(model, cfg, ring, "cpu")
     x, y = _window()
+    params = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters()}
     loss, steps = adapter.update_step(x, y)
 
-    params = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters()}
     obs, tgt = torch.tensor(ring.obs_view()[:4]), torch.tensor(ring.target_view()[:4])
     l_cur = nn.functional.mse_loss(functional_call(model, params, (x,)), y)
     l_exp = nn.functional.mse_loss(functional_call(model, params, (obs,)), tgt)
@@ -274,7 +288,7 @@ def test_anchor_term_adds_mu_times_squared_distance() -> None:
     x, y = _window()
     adapter.update_step(x, y)
     total, current = adapter.loss(x, y)
-    drift = sum(((adapter.params[n] - p.detach()) ** 2).sum() for n, p in model.named_parameters())
+    drift = sum(((adapter.params[n] - p) ** 2).sum() for n, p in adapter.meta_params.items())
     assert float(total) == pytest.approx(float(current + mu * drift), rel=1e-6)
     assert float(drift) > 0
 
@@ -287,6 +301,7 @@ def test_hidden_state_is_not_advanced_across_inner_steps() -> None:
     x, y = _window(b=2, length=6)
     h0 = torch.randn(2, 4)
     model.seen_hidden.clear()
+    start = copy.deepcopy(model)
     loss, steps = adapter.update_step(x, y, h0)
     assert steps == 4
     # num_steps + 1 forward passes of the window (the last checks the final weights)
@@ -295,7 +310,7 @@ def test_hidden_state_is_not_advanced_across_inner_steps() -> None:
         torch.testing.assert_close(h, h0)
     # the reported loss is the loss of the window from h0 with the meta-learned weights
     with torch.no_grad():
-        y_hat, _ = LinearRecurrent.forward(copy.deepcopy(model), x, h0)
+        y_hat, _ = LinearRecurrent.forward(start, x, h0)
     assert loss == pytest.approx(float(nn.functional.mse_loss(y_hat, y)), rel=1e-6)
 
 
@@ -311,8 +326,8 @@ def test_sequence_replay_runs_from_own_context_with_burn_in() -> None:
     adapter = Adapter(model, cfg, ring)
     x, y = _window(b=1, length=5)
     h0 = torch.randn(1, 4)
-    loss, _ = adapter.update_step(x, y, h0)
     ref = copy.deepcopy(model)
+    loss, _ = adapter.update_step(x, y, h0)
     seq, tgt = torch.ones(2, 10, 3), torch.ones(2, 10, 2)
     _, h_burn = ref(seq[:, :4], torch.zeros(2, 4))
     y_rest, _ = ref(seq[:, 4:], h_burn)
@@ -557,7 +572,8 @@ def test_online_reset_mode_always_adapts_from_meta_weights() -> None:
     x, y = _window(b=1, length=32)
     results = {}
     for mode in ("reset", "continual"):
-        online = OnlineAdapter(Adapter(model, AdaptationConfig(mode=mode)), window=8)  # type: ignore[arg-type]
+        adapter = Adapter(model, AdaptationConfig(mode=mode)).fork()  # type: ignore[arg-type]
+        online = OnlineAdapter(adapter, window=8)
         for t in range(32):
             online.step(x[:, t], y[:, t])
         results[mode] = online
@@ -573,7 +589,8 @@ def test_online_reset_mode_always_adapts_from_meta_weights() -> None:
 def test_online_stateful_carries_hidden_state() -> None:
     torch.manual_seed(0)
     model = LinearRecurrent()
-    online = OnlineAdapter(Adapter(model, AdaptationConfig(experience_weight=0.0)), window=4)
+    adapter = Adapter(model, AdaptationConfig(experience_weight=0.0)).fork()
+    online = OnlineAdapter(adapter, window=4)
     x, y = _window(b=1, length=8)
     preds = [online.step(x[:, t], y[:, t]) for t in range(8)]
     assert online.adapter.stats["updates"] == 2
@@ -654,16 +671,16 @@ def test_from_maml_update_equals_maml_adapt_task(stateful: bool, learn_inner_lr:
     adapter = Adapter.from_maml(maml, _store(), "cpu", experience_weight=0.0)
     assert adapter.config.num_steps == 3 and adapter.config.learning_rate == 0.05
     plain = adapter.fork(param_lrs=None, learning_rate=0.05)  # drops the learned rates
-    before = _snapshot(model)
-    _, steps = adapter.update_step(x, y, h0)
+    start = copy.deepcopy(model)
     expected = maml.adapt_task(x, y, initial_hidden_state=h0)
+    _, steps = adapter.update_step(x, y, h0)
     assert steps == 3
     for name, p in expected.items():
         torch.testing.assert_close(adapter.params[name], p.detach(), rtol=1e-5, atol=1e-6)
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, before[k])
+    for name, p in model.named_parameters():  # written into maml.model, in place
+        assert torch.equal(p.detach(), adapter.params[name])
     plain.update_step(x, y, h0)
-    fixed = MetaMAML(model, inner_lr=0.05, num_inner_steps=3).adapt_task(x, y, h0)
+    fixed = MetaMAML(start, inner_lr=0.05, num_inner_steps=3).adapt_task(x, y, h0)
     for name, p in fixed.items():
         torch.testing.assert_close(plain.params[name], p.detach(), rtol=1e-5, atol=1e-6)
 
@@ -682,23 +699,22 @@ def test_ssm_hybrid_sequence_replay_and_online_stream() -> None:
     assert torch.stack(preds, 1).shape == (1, 24, 2)
     assert adapter.stats["updates"] == 3 and adapter.stats["rollbacks"] == 0
     assert online.hidden is not None and online.hidden.shape == (1, model.hidden_size)  # type: ignore[operator]
-    assert any(not torch.equal(adapter.params[n], p) for n, p in model.named_parameters())
+    assert any(not torch.equal(adapter.params[n], p) for n, p in adapter.meta_params.items())
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_adapter_on_cuda_leaves_the_cpu_model_alone() -> None:
+def test_adapter_on_cuda_moves_and_adapts_the_model_there() -> None:
     model = _ssm()  # on the CPU
-    before = _snapshot(model)
     adapter = Adapter(model, AdaptationConfig(sequence_length=8, burn_in=4), _store(), "cuda")
-    x, y = _window(b=1, length=8)
+    x, y = _window(b=1, length=8)  # CPU tensors are moved to the adapter's device
     loss, steps = adapter.update_step(x, y)
     assert steps == 5 and math.isfinite(loss)
     assert all(p.is_cuda for p in adapter.params.values())
     y_hat, h = adapter.predict(x)
     assert y_hat.is_cuda and h.is_cuda
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, before[k]) and v.device.type == "cpu"
+    for n, p in model.named_parameters():  # the given model, moved and adapted in place
+        assert p.is_cuda and torch.equal(p.detach(), adapter.params[n])
 
 
 def test_nonnegative_lrs_clamps_learned_step_sizes() -> None:
@@ -710,9 +726,9 @@ def test_nonnegative_lrs_clamps_learned_step_sizes() -> None:
     for adapter in (signed, clamped):
         adapter.reset()
         adapter.update_step(x, y)
-    w0 = model.weight.detach()
+    w0 = signed.meta_params["weight"]
     # the clamped adapter never moves an entry whose learned rate is negative
     assert torch.equal(clamped.params["weight"][0, 1], w0[0, 1])
-    assert torch.equal(clamped.params["bias"], model.bias.detach())
+    assert torch.equal(clamped.params["bias"], signed.meta_params["bias"])
     assert not torch.equal(signed.params["weight"][0, 1], w0[0, 1])
     assert not torch.equal(clamped.params["weight"][0, 0], w0[0, 0])

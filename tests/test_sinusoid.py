@@ -59,7 +59,7 @@ def test_cli_writes_results_json(tmp_path: Path, capsys: pytest.CaptureFixture[s
     sinusoid.add_arguments(parser)
     out = tmp_path / "res.json"
     args = parser.parse_args(
-        ["--iterations", "5", "--meta-batch", "3", "--eval-tasks", "10", "--out", str(out)]
+        ["--iterations", "5", "--meta_batch", "3", "--eval_tasks", "10", "--out", str(out)]
     )
     assert sinusoid.run(args) == 0
     report = json.loads(out.read_text())
