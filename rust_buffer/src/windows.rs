@@ -14,8 +14,11 @@ use crate::slots::stable_row;
 use crate::store::RingBuffer;
 use crate::window_index::{LenSet, WindowIndex};
 
-/// Windows of prefetch look-ahead.
-const WINDOW_LOOKAHEAD: usize = 4;
+/// Bytes of windows to keep prefetching ahead (a third of L1: more evicts the windows being
+/// copied), and the bounds on the number of windows that makes.
+const LOOKAHEAD_BYTES: usize = 16 * 1024;
+const LOOKAHEAD_MIN: usize = 2;
+const LOOKAHEAD_MAX: usize = 8;
 /// Redraws of one window whose rows were overwritten while it was copied.
 const WINDOW_RETRIES: usize = 64;
 /// Re-reads of one row (`gather`) that is being written right now.
@@ -165,14 +168,16 @@ impl RingBuffer {
         let mut rng = self.rng_for(query.seed);
         let mut starts = vec![(0usize, 0u64); batch];
         self.draw_starts(seq_len, &query, &mut rng, &mut starts)?;
-        for &(s, _) in starts.iter().take(WINDOW_LOOKAHEAD) {
+        let window_bytes = seq_len * (d_o + d_t) * 4;
+        let lookahead = (LOOKAHEAD_BYTES / window_bytes).clamp(LOOKAHEAD_MIN, LOOKAHEAD_MAX);
+        for &(s, _) in starts.iter().take(lookahead) {
             self.prefetch_window(s, seq_len);
         }
         let windows = obs
             .chunks_exact_mut(seq_len * d_o)
             .zip(target.chunks_exact_mut(seq_len * d_t));
         for (w, ((o, t), task)) in windows.zip(task_ids.iter_mut()).enumerate() {
-            if let Some(&(ahead, _)) = starts.get(w + WINDOW_LOOKAHEAD) {
+            if let Some(&(ahead, _)) = starts.get(w + lookahead) {
                 self.prefetch_window(ahead, seq_len);
             }
             let mut tries = 0;
