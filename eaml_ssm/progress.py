@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -31,10 +32,19 @@ class _NullFile:
 
 
 class _LoggedBar(tqdm):  # type: ignore[misc]
-    """A tqdm bar that logs its status line instead of redrawing it."""
+    """A tqdm bar that logs its status line instead of redrawing it: at most once per
+    ``mininterval`` seconds (``set_postfix`` refreshes do not add lines), and once at the end."""
 
     def display(self, msg: str | None = None, pos: int | None = None) -> bool:
-        if self.n > 0 or self.total == 0:  # the 0% line at the start says nothing yet
+        if self.n == 0 and self.total != 0:  # the 0% line at the start says nothing yet
+            return True
+        now = time.monotonic()
+        done = self.total is not None and self.n >= self.total
+        last = getattr(self, "_logged_at", None)
+        if done and getattr(self, "_logged_done", False):
+            return True
+        if done or last is None or now - last >= self.mininterval:
+            self._logged_at, self._logged_done = now, done
             log.info("%s", msg if msg is not None else str(self).strip())
         return True
 
