@@ -341,6 +341,15 @@ impl RingBuffer {
     pub fn reseed(&self, seed: u64) {
         self.seed.store(seed, Ordering::Release);
         self.calls.store(0, Ordering::Release);
+        self.forget_window_index();
+    }
+
+    /// Drop the window index; the next window query rebuilds it from the rows held. Window
+    /// draws depend on the order the index lists segments in, which depends on when it was
+    /// queried; a rebuilt index lists them as a fresh store with the same rows would, so a
+    /// reseeded store (or one just saved, and its loaded copy) draws the same windows.
+    pub fn forget_window_index(&self) {
+        *self.windows.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// Restore the sampler's state (seed and calls made) from a snapshot.

@@ -737,7 +737,11 @@ impl PyRingBuffer {
     fn save(&self, py: Python<'_>, path: std::path::PathBuf) -> PyResult<()> {
         py.detach(|| self.inner.save_file(&path))
             .map(|_| ())
-            .map_err(persist_err)
+            .map_err(persist_err)?;
+        // The loaded copy builds its window index from the rows held; so does this store
+        // from now on, so both draw the same windows.
+        self.inner.forget_window_index();
+        Ok(())
     }
 
     /// Load a store saved by `save`: the same rows, metadata, counters and sampler state
