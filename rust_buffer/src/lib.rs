@@ -31,7 +31,8 @@
 //! (MAML support/query sets), `index` (the task index), `sequences` (episode windows), [`rng`]
 //! (seeded xoshiro256++), [`error`] (named errors), `sync` (std or loom atomics), `region`
 //! (heap or memory-mapped storage), [`persist`] (snapshots), [`shared`] (file-backed stores
-//! shared between processes).
+//! shared between processes), `format` (what both file formats share), `wait` (bounded,
+//! interruptible waits on another writer).
 //!
 //! [`add`]: RingBuffer::add
 
@@ -39,6 +40,8 @@
 
 mod column;
 pub mod error;
+#[cfg(not(loom))]
+mod format;
 mod index;
 #[cfg(not(loom))]
 pub mod persist;
@@ -52,12 +55,21 @@ mod slots;
 mod store;
 mod sync;
 mod tasks;
+mod wait;
 
 pub use error::{BufferError, Column};
 pub use sample::{Batch, MetaBatch};
 pub use sequences::SequenceBatch;
 pub use store::{Meta, MetaValues, Options, Retention, RingBuffer, RowInfo};
+pub use slots::MAX_ROWS;
 pub use tasks::{TaskBatch, TaskBuffers};
+pub use wait::DEFAULT_WAIT_TIMEOUT_MS;
+#[cfg(not(loom))]
+pub use wait::with_interrupt;
+
+#[cfg(loom)]
+#[doc(hidden)]
+pub use slots::model;
 
 /// The crate version.
 pub fn version() -> &'static str {

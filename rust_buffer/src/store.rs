@@ -155,7 +155,7 @@ impl std::fmt::Debug for RingBuffer {
 
 /// Index of the first non-finite value of `v`, if any. Checks blocks branch-free so the
 /// common all-finite case vectorizes.
-fn first_non_finite(v: &[f32]) -> Option<usize> {
+pub(crate) fn first_non_finite(v: &[f32]) -> Option<usize> {
     const EXP: u32 = 0x7f80_0000;
     let mut offset = 0;
     for block in v.chunks(256) {
@@ -431,6 +431,7 @@ impl RingBuffer {
         if let Some(shared) = &self.shared {
             shared.check_process(&self.stamps)?;
         }
+        crate::slots::check_room(self.counters[CURSOR].load(Ordering::Relaxed), rows)?;
         let first = self.counters[CURSOR].fetch_add(rows as u64, Ordering::AcqRel);
         let base = self.base();
         let end = first + rows as u64;
@@ -455,6 +456,8 @@ impl RingBuffer {
                 }
             }
         }
+        // A wait on another writer that timed out or was interrupted (see `wait`).
+        crate::wait::take_failure()?;
         Ok(rows)
     }
 
