@@ -60,12 +60,12 @@ mod wait;
 pub use error::{BufferError, Column};
 pub use sample::{Batch, MetaBatch};
 pub use sequences::SequenceBatch;
-pub use store::{Meta, MetaValues, Options, Retention, RingBuffer, RowInfo};
 pub use slots::MAX_ROWS;
+pub use store::{Meta, MetaValues, Options, Retention, RingBuffer, RowInfo};
 pub use tasks::{TaskBatch, TaskBuffers};
-pub use wait::DEFAULT_WAIT_TIMEOUT_MS;
 #[cfg(not(loom))]
 pub use wait::with_interrupt;
+pub use wait::DEFAULT_WAIT_TIMEOUT_MS;
 
 #[cfg(loom)]
 #[doc(hidden)]

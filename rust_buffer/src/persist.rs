@@ -42,9 +42,11 @@ use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::BufferError;
-use crate::format::{bad, check_endian, open_regular, put_magic, put_u32, put_u64, seal, u32_at, u64_at};
-pub use crate::slots::MAX_ROWS;
+use crate::format::{
+    bad, check_endian, open_regular, put_magic, put_u32, put_u64, seal, u32_at, u64_at,
+};
 use crate::slots::stable_row;
+pub use crate::slots::MAX_ROWS;
 use crate::store::{first_non_finite, Options, Retention, RingBuffer, BASE, CURSOR};
 use crate::sync::{fence, Backoff, Ordering};
 
@@ -695,7 +697,11 @@ impl RingBuffer {
         }
         for (values, name, dim) in [
             (&blk.obs[..n * self.obs_dim], "obs", self.obs_dim),
-            (&blk.target[..n * self.target_dim], "target", self.target_dim),
+            (
+                &blk.target[..n * self.target_dim],
+                "target",
+                self.target_dim,
+            ),
         ] {
             if let Some(i) = first_non_finite(values) {
                 return Some(format!(

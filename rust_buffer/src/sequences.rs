@@ -64,7 +64,7 @@ impl RingBuffer {
         let ok = last.row == first.row + span
             && last.episode_id == first.episode_id
             && last.task_id == first.task_id
-            && last.step == first.step + span as i64;
+            && first.step.checked_add(span as i64) == Some(last.step);
         ok.then_some(first)
     }
 
@@ -106,10 +106,12 @@ impl RingBuffer {
         if !consecutive || first.step < 0 {
             return None;
         }
-        for (slot, step) in ranges.clone().into_iter().flatten().zip(first.step..) {
+        // Checked: a window never wraps from step 2^63 - 1 to -2^63.
+        let steps = (0i64..).map(|k| first.step.checked_add(k));
+        for (slot, step) in ranges.clone().into_iter().flatten().zip(steps) {
             let ok = self.task_id[slot].load(Ordering::Relaxed) == first.task_id
                 && self.episode_id[slot].load(Ordering::Relaxed) == first.episode_id
-                && self.step[slot].load(Ordering::Relaxed) == step;
+                && Some(self.step[slot].load(Ordering::Relaxed)) == step;
             if !ok {
                 return None;
             }
@@ -353,7 +355,7 @@ fn continues(a: &RowInfo, b: &RowInfo, offset: u64) -> bool {
     b.row == a.row + offset
         && b.episode_id == a.episode_id
         && b.task_id == a.task_id
-        && b.step == a.step + offset as i64
+        && a.step.checked_add(offset as i64) == Some(b.step)
 }
 
 #[cfg(all(test, not(loom)))]

@@ -490,7 +490,10 @@ impl RingBuffer {
             let n = BLOCK.min(rows - a);
             self.obs.load_rows(a, &mut obs[..n * d_o]);
             self.target.load_rows(a, &mut target[..n * d_t]);
-            for (values, name, dim) in [(&obs[..n * d_o], "obs", d_o), (&target[..n * d_t], "target", d_t)] {
+            for (values, name, dim) in [
+                (&obs[..n * d_o], "obs", d_o),
+                (&target[..n * d_t], "target", d_t),
+            ] {
                 if let Some(i) = crate::store::first_non_finite(values) {
                     return bad(format!(
                         "slot {} {name} column {} is {}: stored rows must be finite (the file \

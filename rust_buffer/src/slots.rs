@@ -164,7 +164,11 @@ impl Stamps {
     /// skip the write.
     #[inline]
     pub(crate) fn begin_write(&self, slot: usize, row: u64) -> bool {
-        self.claim(slot, row, self.tag.load(std::sync::atomic::Ordering::Relaxed))
+        self.claim(
+            slot,
+            row,
+            self.tag.load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// `begin_write` under the writer tag `tag` (already shifted).

@@ -121,7 +121,11 @@ mod imp {
         /// giving up with [`BufferError::SlotBusy`] (default 10 s). Only a stopped or stuck
         /// writer holds a slot that long; a dead one's slots are reclaimed instead.
         pub fn wait_timeout(&self) -> Duration {
-            Duration::from_millis(self.stamps.timeout_ms.load(std::sync::atomic::Ordering::Relaxed))
+            Duration::from_millis(
+                self.stamps
+                    .timeout_ms
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            )
         }
 
         /// Set this handle's wait timeout (see [`wait_timeout`](Self::wait_timeout)).

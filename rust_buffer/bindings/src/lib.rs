@@ -510,23 +510,13 @@ impl PyRingBuffer {
     /// Zero-copy read-only view of the obs column: (len, obs_dim) float32, slot order.
     fn obs_view<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         let s = slf.get().store()?;
-        Ok(view(
-            slf,
-            s.obs_ptr(),
-            s.len(),
-            Some(s.obs_dim()),
-        ))
+        Ok(view(slf, s.obs_ptr(), s.len(), Some(s.obs_dim())))
     }
 
     /// Zero-copy read-only view of the target column: (len, target_dim) float32.
     fn target_view<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         let s = slf.get().store()?;
-        Ok(view(
-            slf,
-            s.target_ptr(),
-            s.len(),
-            Some(s.target_dim()),
-        ))
+        Ok(view(slf, s.target_ptr(), s.len(), Some(s.target_dim())))
     }
 
     /// Zero-copy read-only view of the task_id column: (len,) int64.
