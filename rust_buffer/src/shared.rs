@@ -596,6 +596,55 @@ mod tests {
     }
 
     #[test]
+    fn a_live_writers_slot_times_out_naming_its_process_and_the_other_rows_land() {
+        let path = temp("stopped");
+        let s = RingBuffer::create_file(&path, 8, 2, 1, Options::default()).unwrap();
+        add_ids(&s, 0..8);
+        // A live process (this one, standing in for a stopped writer) holds slots 3 and 4.
+        let me = u64::from(std::process::id());
+        forge_busy(&s, 40, me, 3, 11);
+        forge_busy(&s, 40, me, 4, 12);
+        s.set_wait_timeout(std::time::Duration::from_millis(50));
+        let obs: Vec<f32> = (8..16u64).flat_map(|i| [i as f32, -(i as f32)]).collect();
+        let target: Vec<f32> = (8..16u64).map(|i| i as f32 * 0.5).collect();
+        let err = s.add(&obs, &target, Meta::default()).unwrap_err();
+        match err {
+            BufferError::SlotBusy { slot, pid, waited_ms } => {
+                assert_eq!((slot, pid), (3, me));
+                assert!(waited_ms >= 50);
+            }
+            other => panic!("expected SlotBusy, got {other}"),
+        }
+        assert!(err.to_string().contains(&format!("process {me}")), "{err}");
+        let held = ids(&s);
+        assert_eq!(held[3], None, "still busy: the live writer may finish");
+        assert_eq!(held[4], None);
+        let others: Vec<_> = [0, 1, 2, 5, 6, 7].iter().map(|&i| held[i]).collect();
+        assert_eq!(others, [8, 9, 10, 13, 14, 15].map(Some));
+        // The next add is not affected by the earlier failure.
+        add_ids(&s, 16..18);
+        fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn an_interrupt_check_ends_the_wait() {
+        let path = temp("interrupt");
+        let s = RingBuffer::create_file(&path, 4, 2, 1, Options::default()).unwrap();
+        add_ids(&s, 0..4);
+        forge_busy(&s, 40, u64::from(std::process::id()), 0, 5);
+        let (obs, target) = ([4.0, -4.0], [2.0]);
+        let err = crate::wait::with_interrupt(
+            || true,
+            || s.add(&obs, &target, Meta::default()).unwrap_err(),
+        );
+        assert!(
+            matches!(err, BufferError::Interrupted { slot: 0, .. }),
+            "{err}"
+        );
+        fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
     fn open_sweeps_dead_writers_but_never_live_ones() {
         let path = temp("open");
         let s = RingBuffer::create_file(&path, 8, 2, 1, Options::default()).unwrap();

@@ -116,6 +116,7 @@ impl Stamps {
     }
 
     /// Set this handle's writer tag (the shift is applied here).
+    #[cfg_attr(loom, allow(dead_code))]
     pub(crate) fn set_tag(&self, tag: u64) {
         self.tag
             .store(tag << TAG_SHIFT, std::sync::atomic::Ordering::Relaxed);
