@@ -244,8 +244,8 @@ impl fmt::Display for BufferError {
             Contended => write!(
                 f,
                 "rows were overwritten faster than they could be read, on every retry; use a \
-                 larger capacity, fewer concurrent writers or smaller batches (the call is safe \
-                 to retry)"
+                 larger capacity (or window), fewer concurrent writers or smaller batches (the \
+                 call is safe to retry)"
             ),
             SlotBusy { slot, pid, waited_ms } => write!(
                 f,

@@ -609,7 +609,11 @@ mod tests {
         let target: Vec<f32> = (8..16u64).map(|i| i as f32 * 0.5).collect();
         let err = s.add(&obs, &target, Meta::default()).unwrap_err();
         match err {
-            BufferError::SlotBusy { slot, pid, waited_ms } => {
+            BufferError::SlotBusy {
+                slot,
+                pid,
+                waited_ms,
+            } => {
                 assert_eq!((slot, pid), (3, me));
                 assert!(waited_ms >= 50);
             }

@@ -58,26 +58,33 @@ fn python_interrupted() -> bool {
     })
 }
 
-/// Sampling attempts before `Contended` reaches Python: a sampler that keeps meeting rows
-/// overwritten under it (a small store, many writers) backs off and tries again.
-const SAMPLE_ATTEMPTS: u32 = 16;
+/// How long a sampler keeps retrying while it reports `Contended` before the error reaches
+/// Python: a sampler that keeps meeting rows overwritten under it (a small store or window,
+/// many writers) backs off and tries again, so a training loop does not die of it.
+const SAMPLE_RETRY_BUDGET: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Run a sampler, retrying (bounded, with back-off) while it reports `Contended`.
-fn retry_contended<T>(mut f: impl FnMut() -> Result<T, BufferError>) -> Result<T, BufferError> {
-    let mut attempt = 1;
+/// Run a sampler, retrying with back-off (bounded by `SAMPLE_RETRY_BUDGET`) while it reports
+/// `Contended`. Pauses release the GIL (so Python writer threads progress) and run Python's
+/// signal handlers (so Ctrl-C works).
+fn retry_contended<T>(
+    py: Python<'_>,
+    mut f: impl FnMut() -> Result<T, BufferError>,
+) -> PyResult<T> {
+    let start = std::time::Instant::now();
+    let mut attempt = 0u32;
     loop {
         match f() {
-            Err(BufferError::Contended) if attempt < SAMPLE_ATTEMPTS => {
-                // Yield first; then sleep 50 us, 100 us, ... up to 2 ms (about 15 ms in all).
-                if attempt < 4 {
-                    std::thread::yield_now();
-                } else {
-                    let us = (50u64 << (attempt - 4).min(6)).min(2000);
-                    std::thread::sleep(std::time::Duration::from_micros(us));
-                }
+            Err(BufferError::Contended) if start.elapsed() < SAMPLE_RETRY_BUDGET => {
+                py.check_signals()?;
+                // Yield first; then sleep 50 us, 100 us, ... up to 5 ms.
+                let pause = std::time::Duration::from_micros((50u64 << attempt.min(7)).min(5000));
+                py.detach(|| match attempt {
+                    0..=3 => std::thread::yield_now(),
+                    _ => std::thread::sleep(pause),
+                });
                 attempt += 1;
             }
-            other => return other,
+            other => return other.map_err(to_py_err),
         }
     }
 }
@@ -193,10 +200,9 @@ impl PyRingBuffer {
             batch * self.row_bytes()
         };
         let mut gather = gather;
-        maybe_detach(py, bytes, || {
-            retry_contended(|| gather(&mut obs, &mut target, meta.as_mut()))
-        })
-        .map_err(to_py_err)?;
+        retry_contended(py, || {
+            maybe_detach(py, bytes, || gather(&mut obs, &mut target, meta.as_mut()))
+        })?;
         let mut items = vec![
             pool::array(py, obs, &[batch, d_o])?,
             pool::array(py, target, &[batch, d_t])?,
@@ -367,10 +373,9 @@ impl PyRingBuffer {
             )
         };
         let inner = self.store()?;
-        maybe_detach(py, b * self.row_bytes(), || {
-            retry_contended(|| inner.sample_into(os, ts, None))
+        retry_contended(py, || {
+            maybe_detach(py, b * self.row_bytes(), || inner.sample_into(os, ts, None))
         })
-        .map_err(to_py_err)
     }
 
     /// `(support_obs, support_target, query_obs, query_target, task_ids)`: `n_tasks` distinct
@@ -405,8 +410,8 @@ impl PyRingBuffer {
         let mut qo = pool::take(t * q, d_o)?;
         let mut qt = pool::take(t * q, d_t)?;
         let mut ids = pool::ids(t)?;
-        maybe_detach(py, t * (s + q) * self.row_bytes(), || {
-            retry_contended(|| {
+        retry_contended(py, || {
+            maybe_detach(py, t * (s + q) * self.row_bytes(), || {
                 let out = TaskBuffers {
                     support_obs: &mut so,
                     support_target: &mut st,
@@ -416,8 +421,7 @@ impl PyRingBuffer {
                 };
                 inner.sample_tasks_into(s, q, contiguous, out)
             })
-        })
-        .map_err(to_py_err)?;
+        })?;
         PyTuple::new(
             py,
             [
@@ -447,10 +451,11 @@ impl PyRingBuffer {
         let mut obs = pool::take(bl, d_o)?;
         let mut target = pool::take(bl, d_t)?;
         let mut ids = pool::ids(b)?;
-        maybe_detach(py, b * l * self.row_bytes(), || {
-            retry_contended(|| inner.sample_sequences_into(l, &mut obs, &mut target, &mut ids))
-        })
-        .map_err(to_py_err)?;
+        retry_contended(py, || {
+            maybe_detach(py, b * l * self.row_bytes(), || {
+                inner.sample_sequences_into(l, &mut obs, &mut target, &mut ids)
+            })
+        })?;
         PyTuple::new(
             py,
             [
