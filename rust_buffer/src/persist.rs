@@ -342,6 +342,15 @@ impl Block {
         }
     }
 
+    /// Zero row `j` (an empty slot).
+    fn clear_row(&mut self, j: usize, d_o: usize, d_t: usize) {
+        self.obs[j * d_o..(j + 1) * d_o].fill(0.0);
+        self.target[j * d_t..(j + 1) * d_t].fill(0.0);
+        self.task_id[j] = 0;
+        self.episode_id[j] = 0;
+        self.step[j] = 0;
+    }
+
     /// The first `n` rows' columns, as byte slices in file order.
     fn parts(&self, n: usize, d_o: usize, d_t: usize) -> [&[u8]; 6] {
         [
@@ -404,7 +413,12 @@ impl RingBuffer {
                     end = end.max(row + 1);
                     blk.stamps[j]
                 }
-                _ => 0,
+                _ => {
+                    // An empty slot is saved as zeros: its memory may hold half a write (a
+                    // writer that was stopped or died mid-row), which views would show.
+                    blk.clear_row(j, d_o, d_t);
+                    0
+                }
             };
         }
         end
