@@ -70,11 +70,14 @@ fn retry_contended<T>(
     py: Python<'_>,
     mut f: impl FnMut() -> Result<T, BufferError>,
 ) -> PyResult<T> {
-    let start = std::time::Instant::now();
+    let mut start = None; // the clock is read only once a call has failed
     let mut attempt = 0u32;
     loop {
         match f() {
-            Err(BufferError::Contended) if start.elapsed() < SAMPLE_RETRY_BUDGET => {
+            Err(BufferError::Contended)
+                if start.get_or_insert_with(std::time::Instant::now).elapsed()
+                    < SAMPLE_RETRY_BUDGET =>
+            {
                 py.check_signals()?;
                 // Yield first; then sleep 50 us, 100 us, ... up to 5 ms.
                 let pause = std::time::Duration::from_micros((50u64 << attempt.min(7)).min(5000));
