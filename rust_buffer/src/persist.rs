@@ -613,7 +613,13 @@ impl RingBuffer {
             }
         }
         let mut magic = [0u8; 8];
-        let got = read_up_to(&mut open_regular(path, false)?, &mut magic)?;
+        let got = match open_regular(path, false) {
+            Ok(mut f) => read_up_to(&mut f, &mut magic)?,
+            // Unreadable: not a store this process could have open; replacing it needs
+            // only the directory's permission, as before.
+            Err(PersistError::Io(e)) if e.kind() == io::ErrorKind::PermissionDenied => 0,
+            Err(e) => return Err(e),
+        };
         if got == magic.len() && magic == crate::shared::SHARED_MAGIC {
             return refuse(format!(
                 "{} is a file-backed store (RingBuffer.create); save will not replace it, \
