@@ -136,7 +136,8 @@ pub enum BufferError {
         max: usize,
     },
     /// The store kept changing under a sampler (rows overwritten faster than they could be
-    /// read); retrying the call is safe.
+    /// read); retrying the call is safe. (The Python bindings retry with back-off for up to
+    /// 1 s before raising it.)
     Contended,
     /// Another writer held a slot this `add` needed for longer than the store's wait timeout
     /// (it is alive but stopped or stuck). The add's other rows were written; the rows for
