@@ -217,6 +217,39 @@ def test_ctrl_c_interrupts_an_add_waiting_on_a_stopped_writer(tmp_path: Path) ->
         kill(holder)
 
 
+@needs_proc
+def test_a_gil_holding_add_never_starves_a_waiting_gil_free_add(tmp_path: Path) -> None:
+    """A big add (GIL released) holds slots 0..39 and waits on slot 40, held by a stopped
+    writer; a small add (GIL held) then waits on slot 0. The big add's interrupt check needs
+    the GIL, so the waiting small add must let it go: the big add times out on slot 40 and
+    publishes the rest, and the small add then succeeds (no spurious TimeoutError)."""
+    wide = 64  # rows of 64 + 2 floats: a 64-row add is above the GIL-release threshold
+    path = tmp_path / "s.rbs"
+    store = RingBuffer.create(path, 64, wide, DT, seed=0)
+    store.add(np.zeros((64, wide)), np.zeros((64, DT)))
+    holder = stopped_writer(path, slot=40, row=40)
+    big, small = RingBuffer.open(path), RingBuffer.open(path)
+    big.wait_timeout, small.wait_timeout = 0.3, 10.0
+    errors: list[BaseException] = []
+
+    def big_add() -> None:
+        try:
+            big.add(np.ones((64, wide)), np.ones((64, DT)))
+        except TimeoutError as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=big_add)
+    try:
+        thread.start()
+        threading.Event().wait(0.1)  # the big add now holds slots 0..39 and waits on 40
+        small.add(np.full(wide, 2.0), np.full(DT, 2.0))  # row 128: slot 0
+        thread.join(timeout=PROC_TIMEOUT)
+    finally:
+        kill(holder)
+    assert len(errors) == 1 and f"process {holder.pid}" in str(errors[0])
+    assert store.obs_view()[0, 0] == 2.0  # the small add's row landed after the big one's
+
+
 def test_wait_timeout_is_validated() -> None:
     store = RingBuffer(4, DO, DT)
     assert store.wait_timeout == 10.0

@@ -46,14 +46,22 @@ thread_local! {
     static PENDING_SIGNAL: std::cell::RefCell<Option<PyErr>> = const { std::cell::RefCell::new(None) };
 }
 
-/// The interrupt check of a writer waiting on another's slot: run Python's signal handlers
-/// (taking the GIL for a moment); true when one raised (Ctrl-C), keeping its exception.
+/// The interrupt check of a writer waiting on another's slot (every 20 ms of a long wait):
+/// run Python's signal handlers (taking the GIL for a moment); true when one raised (Ctrl-C),
+/// keeping its exception.
+///
+/// A small `add` runs with the GIL held; if it waits on a slot held by a GIL-free `add` of
+/// another thread that is itself in this check (waiting for the GIL), neither could move. So
+/// the check first lets the GIL go for a moment: whoever waits for it gets a turn.
 fn python_interrupted() -> bool {
-    Python::attach(|py| match py.check_signals() {
-        Ok(()) => false,
-        Err(e) => {
-            PENDING_SIGNAL.with(|p| *p.borrow_mut() = Some(e));
-            true
+    Python::attach(|py| {
+        py.detach(std::thread::yield_now);
+        match py.check_signals() {
+            Ok(()) => false,
+            Err(e) => {
+                PENDING_SIGNAL.with(|p| *p.borrow_mut() = Some(e));
+                true
+            }
         }
     })
 }
