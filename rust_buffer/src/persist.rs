@@ -558,9 +558,12 @@ impl RingBuffer {
             let mut file = w.into_inner().map_err(|e| e.into_error())?;
             file.sync_all()?;
             self.verify(&mut file, &header).map_err(|e| {
+                let why = match e {
+                    PersistError::Format(m) => m,
+                    other => other.to_string(),
+                };
                 PersistError::Format(format!(
-                    "the snapshot failed verification before replacing {} (which is \
-                     unchanged): {e}",
+                    "the snapshot read back fails verification, so {} was not replaced: {why}",
                     path.display()
                 ))
             })?;
