@@ -30,9 +30,11 @@
 //! columns), `store` (add, clear, single-row reads), `sample` (uniform gathers), `tasks`
 //! (MAML support/query sets), `index` (the task index), `sequences` (episode windows), [`rng`]
 //! (seeded xoshiro256++), `window_index` (every valid window start, by length and task),
-//! `windows` (weighted, recent and anchored windows, gathers by slot), [`error`] (named errors), `sync` (std or loom atomics), `region`
+//! `windows` (weighted, recent and anchored windows, gathers by slot), [`error`] (named
+//! errors), `sync` (std or loom atomics), `region`
 //! (heap or memory-mapped storage), [`persist`] (snapshots), [`shared`] (file-backed stores
-//! shared between processes).
+//! shared between processes), `format` (what both file formats share), `wait` (bounded,
+//! interruptible waits on another writer).
 //!
 //! [`add`]: RingBuffer::add
 
@@ -40,6 +42,8 @@
 
 mod column;
 pub mod error;
+#[cfg(not(loom))]
+mod format;
 mod index;
 #[cfg(not(loom))]
 pub mod persist;
@@ -53,14 +57,23 @@ mod slots;
 mod store;
 mod sync;
 mod tasks;
+mod wait;
 mod window_index;
 mod windows;
 
 pub use error::{BufferError, Column};
 pub use sample::{Batch, MetaBatch};
 pub use sequences::SequenceBatch;
+pub use slots::MAX_ROWS;
 pub use store::{Meta, MetaValues, Options, Retention, RingBuffer, RowInfo};
 pub use tasks::{TaskBatch, TaskBuffers, TaskQuery};
+#[cfg(not(loom))]
+pub use wait::with_interrupt;
+pub use wait::DEFAULT_WAIT_TIMEOUT_MS;
+
+#[cfg(loom)]
+#[doc(hidden)]
+pub use slots::model;
 pub use windows::WindowQuery;
 
 /// The crate version.

@@ -157,7 +157,7 @@ impl std::fmt::Debug for RingBuffer {
 
 /// Index of the first non-finite value of `v`, if any. The all-finite case (every accepted
 /// `add`) is one branch-free pass at vector width; only a batch with a bad value is searched.
-fn first_non_finite(v: &[f32]) -> Option<usize> {
+pub(crate) fn first_non_finite(v: &[f32]) -> Option<usize> {
     if !any_non_finite(v) {
         return None;
     }
@@ -480,6 +480,7 @@ impl RingBuffer {
         if let Some(shared) = &self.shared {
             shared.check_process(&self.stamps)?;
         }
+        crate::slots::check_room(self.counters[CURSOR].load(Ordering::Relaxed), rows)?;
         let first = self.counters[CURSOR].fetch_add(rows as u64, Ordering::AcqRel);
         let base = self.base();
         let end = first + rows as u64;
@@ -504,6 +505,8 @@ impl RingBuffer {
                 }
             }
         }
+        // A wait on another writer that timed out or was interrupted (see `wait`).
+        crate::wait::take_failure()?;
         Ok(rows)
     }
 
