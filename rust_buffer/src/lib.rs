@@ -6,7 +6,7 @@
 //! through a per-slot sequence stamp, so a sampler never returns a torn or half-written row.
 //!
 //! ```
-//! use rust_buffer::{BufferError, Meta, RingBuffer};
+//! use rust_buffer::{BufferError, Meta, RingBuffer, WindowQuery};
 //!
 //! let store = RingBuffer::new(1000, 2, 1)?; // capacity, obs_dim, target_dim
 //! // Two rows of one episode of task 7: obs is rows x obs_dim, row-major.
@@ -19,6 +19,11 @@
 //!
 //! let windows = store.sample_sequences(3, 2)?; // 3 windows of 2 consecutive steps
 //! assert_eq!(windows.obs, [0.0, 1.0, 2.0, 3.0].repeat(3));
+//!
+//! // Task-weighted windows from a generator of their own (reproducible, shared stream untouched).
+//! let weights = [(7, 1.0)];
+//! let query = WindowQuery { task_weights: Some(&weights), seed: Some(3), ..Default::default() };
+//! assert_eq!(store.sample_windows(2, 2, query)?.task_ids, [7, 7]);
 //!
 //! // Errors are named and say what was expected.
 //! let err = store.add(&[1.0; 3], &[0.0], Meta::default()).unwrap_err();
