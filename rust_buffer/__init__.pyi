@@ -40,7 +40,11 @@ class RingBuffer:
         episode_id: _Meta = -1,
         step: _Meta = -1,
     ) -> None:
-        """Add one row (1-D obs (do,), target (dt,)) or a batch (2-D (n, do), (n, dt))."""
+        """Add one row (1-D obs (do,), target (dt,)) or a batch (2-D (n, do), (n, dt)).
+
+        Metadata set to None is a TypeError (omit it for the default). TimeoutError when
+        another writer (a stopped process) holds a needed slot past wait_timeout.
+        """
     @overload
     def sample(self, batch_size: int, *, with_meta: Literal[False] = False) -> tuple[_F32, _F32]:
         """(obs (b, do), target (b, dt)), uniform with replacement."""
@@ -157,7 +161,10 @@ class RingBuffer:
     def reap_dead_writers(self) -> int:
         """Reset slots left half-written by dead writer processes; returns how many."""
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Save atomically (temp file, fsync, rename) in the documented snapshot format."""
+        """Save atomically and verified (temp file, fsync, read back, rename).
+
+        Refuses symlinks, FIFOs, devices, directories and file-backed stores (ValueError).
+        """
     @staticmethod
     def load(path: str | os.PathLike[str]) -> RingBuffer:
         """Load a snapshot written by save (ValueError if damaged, truncated or foreign)."""
@@ -176,3 +183,8 @@ class RingBuffer:
     def retention(self) -> Literal["fifo", "reservoir"]: ...
     @property
     def seed(self) -> int: ...
+    @property
+    def wait_timeout(self) -> float:
+        """Seconds add waits on a slot another writer holds before TimeoutError (default 10)."""
+    @wait_timeout.setter
+    def wait_timeout(self, seconds: float) -> None: ...

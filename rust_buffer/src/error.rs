@@ -136,7 +136,8 @@ pub enum BufferError {
         max: usize,
     },
     /// The store kept changing under a sampler (rows overwritten faster than they could be
-    /// read); retrying the call is safe.
+    /// read); retrying the call is safe. (The Python bindings retry with back-off for up to
+    /// 1 s before raising it.)
     Contended,
     /// A task weight is negative, NaN or infinite.
     BadWeight {
@@ -161,6 +162,44 @@ pub enum BufferError {
         /// The selection, in words.
         within: String,
     },
+    /// Another writer held a slot this `add` needed for longer than the store's wait timeout
+    /// (it is alive but stopped or stuck). The add's other rows were written; the rows for
+    /// slots that writer held were dropped.
+    SlotBusy {
+        /// The slot waited on.
+        slot: usize,
+        /// The process holding it (this process when another thread holds it).
+        pid: u64,
+        /// Milliseconds waited.
+        waited_ms: u64,
+    },
+    /// A wait on another writer was interrupted (a signal, e.g. Ctrl-C, from the bindings).
+    /// As for `SlotBusy`, rows for the held slots were dropped and the others written.
+    Interrupted {
+        /// The slot waited on.
+        slot: usize,
+        /// The process holding it.
+        pid: u64,
+    },
+    /// Adding would take the row counter to the limit row numbers must stay below.
+    RowLimit {
+        /// Rows counted so far.
+        cursor: u64,
+        /// Rows in the call.
+        rows: usize,
+        /// The limit.
+        limit: u64,
+    },
+    /// The file behind a file-backed store is shorter than its mapping: another process
+    /// truncated it, and touching the lost pages would raise SIGBUS.
+    Truncated {
+        /// The file.
+        path: String,
+        /// Its length now.
+        actual: u64,
+        /// The length the store needs.
+        expected: u64,
+    },
 }
 
 impl fmt::Display for BufferError {
@@ -169,8 +208,12 @@ impl fmt::Display for BufferError {
         match self {
             ZeroCapacity => write!(f, "capacity must be at least 1, got 0"),
             ZeroDim { column } => write!(f, "{column}_dim must be at least 1, got 0"),
+            TooLarge { elements } if *elements == usize::MAX => write!(
+                f,
+                "capacity x dim overflows a 64-bit size; use a smaller capacity"
+            ),
             TooLarge { elements } => {
-                write!(f, "cannot allocate a column of {elements} float32 values; use a smaller capacity")
+                write!(f, "cannot allocate a column of {elements} values; use a smaller capacity")
             }
             Columns { column, got, expected } => write!(
                 f,
@@ -224,7 +267,33 @@ impl fmt::Display for BufferError {
             ),
             Contended => write!(
                 f,
-                "rows were overwritten faster than they could be read; retry the call"
+                "rows were overwritten faster than they could be read, on every retry; use a \
+                 larger capacity (or window), fewer concurrent writers or smaller batches (the \
+                 call is safe to retry)"
+            ),
+            SlotBusy { slot, pid, waited_ms } => write!(
+                f,
+                "slot {slot} is still being written by process {pid} after waiting {:.1} s: \
+                 that writer is alive but stopped or stuck (SIGSTOP, a debugger). This add \
+                 dropped the rows for its slots and wrote the others. Resume or kill process \
+                 {pid} (a dead writer's slots are reclaimed), or raise wait_timeout",
+                *waited_ms as f64 / 1000.0
+            ),
+            Interrupted { slot, pid } => write!(
+                f,
+                "interrupted while waiting for slot {slot}, held by process {pid}; this add \
+                 dropped the rows for the held slots and wrote the others"
+            ),
+            RowLimit { cursor, rows, limit } => write!(
+                f,
+                "the store has counted {cursor} rows; adding {rows} would reach the limit of \
+                 {limit} rows (row numbers must fit the slot stamps); save what you need and \
+                 start a new store"
+            ),
+            Truncated { path, actual, expected } => write!(
+                f,
+                "the file-backed store {path} was truncated to {actual} bytes by another \
+                 process (it needs {expected}); this handle can no longer use it"
             ),
             BadWeight { task_id, weight } => write!(
                 f,

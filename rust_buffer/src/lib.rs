@@ -6,7 +6,7 @@
 //! through a per-slot sequence stamp, so a sampler never returns a torn or half-written row.
 //!
 //! ```
-//! use rust_buffer::{BufferError, Meta, RingBuffer};
+//! use rust_buffer::{BufferError, Meta, RingBuffer, WindowQuery};
 //!
 //! let store = RingBuffer::new(1000, 2, 1)?; // capacity, obs_dim, target_dim
 //! // Two rows of one episode of task 7: obs is rows x obs_dim, row-major.
@@ -20,6 +20,11 @@
 //! let windows = store.sample_sequences(3, 2)?; // 3 windows of 2 consecutive steps
 //! assert_eq!(windows.obs, [0.0, 1.0, 2.0, 3.0].repeat(3));
 //!
+//! // Task-weighted windows from a generator of their own (reproducible, shared stream untouched).
+//! let weights = [(7, 1.0)];
+//! let query = WindowQuery { task_weights: Some(&weights), seed: Some(3), ..Default::default() };
+//! assert_eq!(store.sample_windows(2, 2, query)?.task_ids, [7, 7]);
+//!
 //! // Errors are named and say what was expected.
 //! let err = store.add(&[1.0; 3], &[0.0], Meta::default()).unwrap_err();
 //! assert!(matches!(err, BufferError::Columns { .. }));
@@ -30,9 +35,11 @@
 //! columns), `store` (add, clear, single-row reads), `sample` (uniform gathers), `tasks`
 //! (MAML support/query sets), `index` (the task index), `sequences` (episode windows), [`rng`]
 //! (seeded xoshiro256++), `window_index` (every valid window start, by length and task),
-//! `windows` (weighted, recent and anchored windows, gathers by slot), [`error`] (named errors), `sync` (std or loom atomics), `region`
+//! `windows` (weighted, recent and anchored windows, gathers by slot), [`error`] (named
+//! errors), `sync` (std or loom atomics), `region`
 //! (heap or memory-mapped storage), [`persist`] (snapshots), [`shared`] (file-backed stores
-//! shared between processes).
+//! shared between processes), `format` (what both file formats share), `wait` (bounded,
+//! interruptible waits on another writer).
 //!
 //! [`add`]: RingBuffer::add
 
@@ -40,6 +47,8 @@
 
 mod column;
 pub mod error;
+#[cfg(not(loom))]
+mod format;
 mod index;
 #[cfg(not(loom))]
 pub mod persist;
@@ -53,14 +62,23 @@ mod slots;
 mod store;
 mod sync;
 mod tasks;
+mod wait;
 mod window_index;
 mod windows;
 
 pub use error::{BufferError, Column};
 pub use sample::{Batch, MetaBatch};
 pub use sequences::SequenceBatch;
+pub use slots::MAX_ROWS;
 pub use store::{Meta, MetaValues, Options, Retention, RingBuffer, RowInfo};
 pub use tasks::{TaskBatch, TaskBuffers, TaskQuery};
+#[cfg(not(loom))]
+pub use wait::with_interrupt;
+pub use wait::DEFAULT_WAIT_TIMEOUT_MS;
+
+#[cfg(loom)]
+#[doc(hidden)]
+pub use slots::model;
 pub use windows::WindowQuery;
 
 /// The crate version.

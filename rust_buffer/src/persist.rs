@@ -16,15 +16,25 @@
 //! run: a block is copied under the slot stamps (one seqlock section per block, with a
 //! per-row retry for rows that changed), so every saved row is one whole write; a slot whose
 //! write has not finished after a bounded wait is saved as empty (stamp 0). Rows added during
-//! the save may or may not be in the file. `save_file` writes a temporary file in the target's
-//! directory, fsyncs it, renames it over the target and fsyncs the directory: a crash leaves
-//! the old file or the new one, never a torn one.
+//! the save may or may not be in the file. A row is saved only if it sits in the slot the
+//! saved base assigns it (a row added concurrently with an earlier `clear` can sit elsewhere
+//! until overwritten). The base (the `clear` generation) is read before and after the copy:
+//! if a `clear` ran in between, the copy is a mix of two generations and is retried, at most
+//! [`SAVE_ATTEMPTS`] times, then the save fails ([`PersistError::Cleared`]).
 //!
-//! **Loading** validates the whole header (magic, version, CRC, every size against the
+//! `save_file` refuses destinations that are not regular files (symlinks, FIFOs, devices,
+//! directories), the store's own file and any file-backed store. It writes a temporary file
+//! in the target's directory, fsyncs it, **reads it back and verifies it** exactly as `load`
+//! would (without building a store), renames it over the target and fsyncs the directory: a
+//! crash leaves the old file or the new one, and the target is only ever replaced by a file
+//! that loads.
+//!
+//! **Loading** opens only regular files (a FIFO is refused without blocking), validates the
+//! whole header (magic, version, CRC, counters below [`MAX_ROWS`], every size against the
 //! file's length, with checked arithmetic) before allocating anything, then streams the
 //! blocks into a fresh store, checking every stamp against the counters and the retention's
-//! slot mapping, and the body's CRC at the end. Every failure is a [`PersistError`], never a
-//! panic or an out-of-bounds read.
+//! slot mapping, every value for finiteness, and the body's CRC at the end. Every failure is
+//! a [`PersistError`], never a panic or an out-of-bounds read.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -32,8 +42,12 @@ use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::BufferError;
+use crate::format::{
+    bad, check_endian, open_regular, put_magic, put_u32, put_u64, seal, u32_at, u64_at,
+};
 use crate::slots::stable_row;
-use crate::store::{Options, Retention, RingBuffer, BASE, CURSOR};
+pub use crate::slots::MAX_ROWS;
+use crate::store::{first_non_finite, Options, Retention, RingBuffer, BASE, CURSOR};
 use crate::sync::{fence, Backoff, Ordering};
 
 /// The first 8 bytes of every snapshot.
@@ -53,6 +67,8 @@ const BLOCK_BYTES: usize = 4 << 20;
 const MAX_BLOCK_ROWS: usize = 1 << 16;
 /// How long a save waits for one unfinished write before saving that slot as empty.
 const MAX_SNOOZES: u32 = 2000;
+/// Copies a save makes before giving up when every one of them overlaps a `clear`.
+pub const SAVE_ATTEMPTS: u32 = 8;
 
 /// Why a snapshot could not be written or read.
 #[derive(Debug)]
@@ -63,6 +79,13 @@ pub enum PersistError {
     Format(String),
     /// The file is valid but the store it describes cannot be built (too large to allocate).
     Store(BufferError),
+    /// A path that `save`/`load` refuse: not a regular file, a symlink, or a file-backed store.
+    Destination(String),
+    /// Every copy a save made overlapped a `clear` (nothing was written to the destination).
+    Cleared {
+        /// Copies made.
+        attempts: u32,
+    },
 }
 
 impl fmt::Display for PersistError {
@@ -71,6 +94,13 @@ impl fmt::Display for PersistError {
             PersistError::Io(e) => write!(f, "{e}"),
             PersistError::Format(m) => write!(f, "invalid rust_buffer file: {m}"),
             PersistError::Store(e) => write!(f, "{e}"),
+            PersistError::Destination(m) => f.write_str(m),
+            PersistError::Cleared { attempts } => write!(
+                f,
+                "the store was cleared during each of {attempts} attempts to copy it, so no \
+                 consistent snapshot was taken; the destination is unchanged (save while no \
+                 thread calls clear)"
+            ),
         }
     }
 }
@@ -85,10 +115,6 @@ impl From<io::Error> for PersistError {
             PersistError::Io(e)
         }
     }
-}
-
-fn bad<T>(msg: impl Into<String>) -> Result<T, PersistError> {
-    Err(PersistError::Format(msg.into()))
 }
 
 /// The fixed-size header, decoded.
@@ -138,9 +164,8 @@ impl Header {
 
     fn encode(&self) -> [u8; HEADER_LEN] {
         let mut h = [0u8; HEADER_LEN];
-        h[0..8].copy_from_slice(&MAGIC);
-        h[8..12].copy_from_slice(&VERSION.to_le_bytes());
-        h[12..16].copy_from_slice(&(HEADER_LEN as u32).to_le_bytes());
+        put_magic(&mut h, &MAGIC, VERSION);
+        put_u32(&mut h, 12, HEADER_LEN as u32);
         let words = [
             (16, self.capacity),
             (24, self.obs_dim),
@@ -154,12 +179,11 @@ impl Header {
             (96, self.file_len),
         ];
         for (at, v) in words {
-            h[at..at + 8].copy_from_slice(&v.to_le_bytes());
+            put_u64(&mut h, at, v);
         }
-        h[40..44].copy_from_slice(&self.retention.to_le_bytes());
-        h[44..48].copy_from_slice(&self.block_rows.to_le_bytes());
-        let crc = crc32fast::hash(&h[..124]);
-        h[124..128].copy_from_slice(&crc.to_le_bytes());
+        put_u32(&mut h, 40, self.retention);
+        put_u32(&mut h, 44, self.block_rows);
+        seal(&mut h, 124);
         h
     }
 
@@ -181,39 +205,32 @@ impl Header {
                 h.len()
             ));
         }
-        let u32_at = |at: usize| u32::from_le_bytes(h[at..at + 4].try_into().expect("4 bytes"));
-        let u64_at = |at: usize| u64::from_le_bytes(h[at..at + 8].try_into().expect("8 bytes"));
-        let version = u32_at(8);
-        if version != VERSION {
-            return bad(format!(
-                "format version {version} is not supported (this build reads version {VERSION})"
-            ));
-        }
-        if u32_at(12) as usize != HEADER_LEN {
+        crate::format::check_version(h, VERSION, "reads")?;
+        if u32_at(h, 12) as usize != HEADER_LEN {
             return bad(format!(
                 "header length {} (expected {HEADER_LEN})",
-                u32_at(12)
+                u32_at(h, 12)
             ));
         }
-        if crc32fast::hash(&h[..124]) != u32_at(124) {
+        if !crate::format::sealed(h, 124) {
             return bad("header checksum mismatch (the header is corrupted)");
         }
         if h[104..124].iter().any(|&b| b != 0) {
             return bad("reserved header bytes are not zero");
         }
         let hd = Header {
-            capacity: u64_at(16),
-            obs_dim: u64_at(24),
-            target_dim: u64_at(32),
-            retention: u32_at(40),
-            block_rows: u32_at(44),
-            rows: u64_at(48),
-            cursor: u64_at(56),
-            base: u64_at(64),
-            placement_seed: u64_at(72),
-            sampler_seed: u64_at(80),
-            sampler_calls: u64_at(88),
-            file_len: u64_at(96),
+            capacity: u64_at(h, 16),
+            obs_dim: u64_at(h, 24),
+            target_dim: u64_at(h, 32),
+            retention: u32_at(h, 40),
+            block_rows: u32_at(h, 44),
+            rows: u64_at(h, 48),
+            cursor: u64_at(h, 56),
+            base: u64_at(h, 64),
+            placement_seed: u64_at(h, 72),
+            sampler_seed: u64_at(h, 80),
+            sampler_calls: u64_at(h, 88),
+            file_len: u64_at(h, 96),
         };
         hd.validate(actual_len)?;
         Ok(hd)
@@ -238,12 +255,7 @@ impl Header {
                 self.retention
             ));
         }
-        if self.base > self.cursor {
-            return bad(format!(
-                "base {} is beyond the cursor {}",
-                self.base, self.cursor
-            ));
-        }
+        check_counters(self.cursor, self.base)?;
         let held = (self.cursor - self.base).min(self.capacity);
         if self.rows > held {
             return bad(format!(
@@ -330,6 +342,15 @@ impl Block {
         }
     }
 
+    /// Zero row `j` (an empty slot).
+    fn clear_row(&mut self, j: usize, d_o: usize, d_t: usize) {
+        self.obs[j * d_o..(j + 1) * d_o].fill(0.0);
+        self.target[j * d_t..(j + 1) * d_t].fill(0.0);
+        self.task_id[j] = 0;
+        self.episode_id[j] = 0;
+        self.step[j] = 0;
+    }
+
     /// The first `n` rows' columns, as byte slices in file order.
     fn parts(&self, n: usize, d_o: usize, d_t: usize) -> [&[u8]; 6] {
         [
@@ -348,9 +369,17 @@ fn block_rows_for(row_bytes: usize) -> usize {
     (BLOCK_BYTES / row_bytes.max(1)).clamp(1, MAX_BLOCK_ROWS)
 }
 
-fn check_endian() -> Result<(), PersistError> {
-    if cfg!(target_endian = "big") {
-        return bad("snapshots are little-endian; this machine is big-endian");
+/// The counters a file may hold: `base <= cursor < MAX_ROWS` (row numbers must fit the slot
+/// stamps, and the next `add` must not wrap them). Shared by snapshots and file-backed stores.
+pub(crate) fn check_counters(cursor: u64, base: u64) -> Result<(), PersistError> {
+    if cursor >= MAX_ROWS {
+        return bad(format!(
+            "the row counter {cursor} is at or above the limit of {MAX_ROWS} rows (2^54); \
+             the counters are forged or corrupted"
+        ));
+    }
+    if base > cursor {
+        return bad(format!("base {base} is beyond the cursor {cursor}"));
     }
     Ok(())
 }
@@ -377,12 +406,19 @@ impl RingBuffer {
             if !settled {
                 self.snapshot_row(a + j, j, blk);
             }
+            // A row that is not in the slot `base` assigns it (it was added concurrently with
+            // an earlier clear) is left out: `load` would rightly reject it.
             blk.stamps[j] = match stable_row(blk.stamps[j]) {
-                Some(row) if row >= base => {
+                Some(row) if row >= base && self.slot_for(row, base) == Some(a + j) => {
                     end = end.max(row + 1);
                     blk.stamps[j]
                 }
-                _ => 0,
+                _ => {
+                    // An empty slot is saved as zeros: its memory may hold half a write (a
+                    // writer that was stopped or died mid-row), which views would show.
+                    blk.clear_row(j, d_o, d_t);
+                    0
+                }
             };
         }
         end
@@ -419,7 +455,9 @@ impl RingBuffer {
     }
 
     /// Write a snapshot of the store to `w` (header first, rewritten at the end through
-    /// `Seek`). Safe while other threads add and sample; see the module docs.
+    /// `Seek`). Safe while other threads add and sample; see the module docs. Fails with
+    /// [`PersistError::Cleared`] (after writing to `w`) when a `clear` ran during the copy;
+    /// [`save_file`](Self::save_file) then retries.
     pub fn save_to<W: Write + Seek>(&self, w: &mut W) -> Result<Header, PersistError> {
         check_endian()?;
         let (d_o, d_t) = (self.obs_dim, self.target_dim);
@@ -444,6 +482,10 @@ impl RingBuffer {
         }
         w.write_all(&crc.finalize().to_le_bytes())?;
         w.write_all(&END)?;
+        // SeqCst pairs with `clear`'s: a clear that ran before this load is seen here.
+        if self.counters[BASE].load(Ordering::SeqCst) != base {
+            return Err(PersistError::Cleared { attempts: 1 });
+        }
         let header = Header {
             capacity: self.capacity as u64,
             obs_dim: d_o as u64,
@@ -469,10 +511,13 @@ impl RingBuffer {
         Ok(header)
     }
 
-    /// Save to `path` atomically: a temporary file in the same directory is written, flushed
-    /// to disk (fsync), and renamed over `path`; then the directory is fsynced. A crash at
-    /// any point leaves the old file or the new one.
+    /// Save to `path` atomically and verified: a temporary file in the same directory is
+    /// written, flushed to disk (fsync), read back and checked as `load` checks it, and only
+    /// then renamed over `path`; then the directory is fsynced. A crash at any point leaves
+    /// the old file or the new one. Refuses destinations that are not regular files, symlinks,
+    /// the store's own file and file-backed stores ([`PersistError::Destination`]).
     pub fn save_file(&self, path: &Path) -> Result<Header, PersistError> {
+        self.check_destination(path)?;
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
@@ -489,12 +534,42 @@ impl RingBuffer {
         ));
         let tmp = dir.join(tmp_name);
         let result = (|| {
-            let file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&tmp)?;
             let mut w = BufWriter::with_capacity(1 << 20, file);
-            let header = self.save_to(&mut w)?;
-            let file = w.into_inner().map_err(|e| e.into_error())?;
+            let mut attempt = 1;
+            let header = loop {
+                match self.save_to(&mut w) {
+                    Err(PersistError::Cleared { .. }) if attempt < SAVE_ATTEMPTS => {
+                        attempt += 1;
+                        w.flush()?;
+                        w.get_mut().set_len(0)?;
+                        w.seek(SeekFrom::Start(0))?;
+                    }
+                    Err(PersistError::Cleared { .. }) => {
+                        return Err(PersistError::Cleared { attempts: attempt })
+                    }
+                    other => break other?,
+                }
+            };
+            let mut file = w.into_inner().map_err(|e| e.into_error())?;
             file.sync_all()?;
+            self.verify(&mut file, &header).map_err(|e| {
+                let why = match e {
+                    PersistError::Format(m) => m,
+                    other => other.to_string(),
+                };
+                PersistError::Format(format!(
+                    "the snapshot read back fails verification, so {} was not replaced: {why}",
+                    path.display()
+                ))
+            })?;
             drop(file);
+            // The destination may have changed kind since the first check.
+            self.check_destination(path)?;
             fs::rename(&tmp, path)?;
             // Make the rename itself durable.
             if let Ok(d) = File::open(&dir) {
@@ -506,6 +581,78 @@ impl RingBuffer {
             fs::remove_file(&tmp).ok();
         }
         result
+    }
+
+    /// Refuse a save destination that is not a regular file (or absent), is a symlink, is
+    /// this store's own file, or is any file-backed store: renaming over a live store's file
+    /// would leave every process that maps it writing into a deleted file.
+    fn check_destination(&self, path: &Path) -> Result<(), PersistError> {
+        let meta = match fs::symlink_metadata(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            other => other?,
+        };
+        let refuse = |why: String| Err(PersistError::Destination(why));
+        if meta.file_type().is_symlink() {
+            return refuse(format!(
+                "{} is a symbolic link; save refuses to replace links (pass the real path)",
+                path.display()
+            ));
+        }
+        if !meta.is_file() {
+            return refuse(format!(
+                "{} is {}, not a regular file; save writes only regular files",
+                path.display(),
+                crate::format::describe(meta.file_type())
+            ));
+        }
+        #[cfg(unix)]
+        if let Some(own) = self.path().and_then(|p| fs::metadata(p).ok()) {
+            use std::os::unix::fs::MetadataExt;
+            if (own.dev(), own.ino()) == (meta.dev(), meta.ino()) {
+                return refuse(format!(
+                    "{} is this store's own file; save a snapshot to another path",
+                    path.display()
+                ));
+            }
+        }
+        let mut magic = [0u8; 8];
+        let got = match open_regular(path, false) {
+            Ok(mut f) => read_up_to(&mut f, &mut magic)?,
+            // Unreadable: not a store this process could have open; replacing it needs
+            // only the directory's permission, as before.
+            Err(PersistError::Io(e)) if e.kind() == io::ErrorKind::PermissionDenied => 0,
+            Err(e) => return Err(e),
+        };
+        if got == magic.len() && magic == crate::shared::SHARED_MAGIC {
+            return refuse(format!(
+                "{} is a file-backed store (RingBuffer.create); save will not replace it, \
+                 since processes that have it open would keep writing into a deleted file",
+                path.display()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Read back a snapshot just written to `file` and check it as `load` would, without
+    /// building a store: the header must be the one written, and the body must pass every
+    /// check of [`load_from`](Self::load_from).
+    fn verify(&self, file: &mut File, written: &Header) -> Result<(), PersistError> {
+        let len = file.metadata()?.len();
+        file.seek(SeekFrom::Start(0))?;
+        let mut r = BufReader::with_capacity(1 << 20, &mut *file);
+        let mut head = [0u8; HEADER_LEN];
+        let got = read_up_to(&mut r, &mut head)?;
+        let hd = Header::decode(&head[..got], len)?;
+        if hd != *written {
+            return bad("the header read back differs from the one written");
+        }
+        let mut problem = None;
+        read_body(&mut r, &hd, |a, n, blk| {
+            if problem.is_none() {
+                problem = self.block_problem(a, n, blk, &hd);
+            }
+        })?;
+        problem.map_or(Ok(()), bad)
     }
 
     /// Read a snapshot from `r`, whose total length is `len` bytes.
@@ -532,69 +679,109 @@ impl RingBuffer {
         store.counters[CURSOR].store(hd.cursor, Ordering::Relaxed);
         store.counters[BASE].store(hd.base, Ordering::Relaxed);
         store.restore_sampler(hd.sampler_seed, hd.sampler_calls);
-        let rows = hd.rows as usize;
-        let block_rows = hd.block_rows as usize;
-        let mut blk = Block::new(block_rows.min(rows.max(1)), d_o, d_t);
-        let mut crc = crc32fast::Hasher::new();
-        let mut bad_stamp = None;
-        let mut a = 0;
-        while a < rows {
-            let n = block_rows.min(rows - a);
-            read_block(r, &mut blk, n, d_o, d_t, &mut crc)?;
-            let found = store.restore_block(a, n, &blk, &hd);
-            bad_stamp = bad_stamp.or(found);
-            a += n;
-        }
-        let mut trailer = [0u8; TRAILER_LEN];
-        r.read_exact(&mut trailer)?;
-        if trailer[4..] != END {
-            return bad("missing end marker (the file is truncated or corrupted)");
-        }
-        let want = u32::from_le_bytes(trailer[..4].try_into().expect("4 bytes"));
-        if crc.finalize() != want {
-            return bad("data checksum mismatch (the rows are corrupted)");
-        }
-        if let Some((slot, stamp)) = bad_stamp {
-            return bad(format!(
-                "slot {slot} has stamp {stamp}, which no row of this store can have"
-            ));
+        let mut problem = None;
+        read_body(r, &hd, |a, n, blk| {
+            if problem.is_none() {
+                problem = store.block_problem(a, n, blk, &hd);
+            }
+            store.restore_block(a, n, blk);
+        })?;
+        // Reported after the body's checksum, so that damaged data is reported as such.
+        if let Some(p) = problem {
+            return bad(p);
         }
         Ok(store)
     }
 
     /// Load a snapshot written by [`save_file`](Self::save_file).
+    /// Only regular files are read: a FIFO or device is refused without blocking.
     pub fn load_file(path: &Path) -> Result<RingBuffer, PersistError> {
-        let file = File::open(path)?;
+        let file = open_regular(path, false)?;
         let len = file.metadata()?.len();
         let mut r = BufReader::with_capacity(1 << 20, file);
         Self::load_from(&mut r, len)
     }
 
-    /// Put a loaded block into slots `a..a + n`; returns the first slot whose stamp no row of
-    /// this store can have (reported after the body's checksum, so that damaged data is
-    /// reported as such).
-    fn restore_block(&self, a: usize, n: usize, blk: &Block, hd: &Header) -> Option<(usize, u64)> {
-        let (d_o, d_t) = (self.obs_dim, self.target_dim);
-        self.obs.store_rows(a, &blk.obs[..n * d_o]);
-        self.target.store_rows(a, &blk.target[..n * d_t]);
-        let mut bad_stamp = None;
+    /// The first problem of a block read from a snapshot of this store's shape and
+    /// placement, if any: a stamp that no row of the store can have (outside the counters, or
+    /// not in the slot the retention assigns its row), or a value that is NaN or infinite.
+    fn block_problem(&self, a: usize, n: usize, blk: &Block, hd: &Header) -> Option<String> {
         for j in 0..n {
             let (slot, stamp) = (a + j, blk.stamps[j]);
-            self.task_id[slot].store(blk.task_id[j], Ordering::Relaxed);
-            self.episode_id[slot].store(blk.episode_id[j], Ordering::Relaxed);
-            self.step[slot].store(blk.step[j], Ordering::Relaxed);
             let ok = stamp == 0
                 || matches!(stable_row(stamp), Some(row) if row >= hd.base
                     && row < hd.cursor
                     && self.slot_for(row, hd.base) == Some(slot));
-            if ok {
-                self.stamps.set(slot, stamp);
-            } else {
-                bad_stamp = bad_stamp.or(Some((slot, stamp)));
+            if !ok {
+                return Some(format!(
+                    "slot {slot} has stamp {stamp}, which no row of this store can have"
+                ));
             }
         }
-        bad_stamp
+        for (values, name, dim) in [
+            (&blk.obs[..n * self.obs_dim], "obs", self.obs_dim),
+            (
+                &blk.target[..n * self.target_dim],
+                "target",
+                self.target_dim,
+            ),
+        ] {
+            if let Some(i) = first_non_finite(values) {
+                return Some(format!(
+                    "slot {} {name} column {} is {} (stored rows must be finite)",
+                    a + i / dim,
+                    i % dim,
+                    values[i]
+                ));
+            }
+        }
+        None
     }
+
+    /// Put a loaded block into slots `a..a + n` (checked by `block_problem`).
+    fn restore_block(&self, a: usize, n: usize, blk: &Block) {
+        let (d_o, d_t) = (self.obs_dim, self.target_dim);
+        self.obs.store_rows(a, &blk.obs[..n * d_o]);
+        self.target.store_rows(a, &blk.target[..n * d_t]);
+        for j in 0..n {
+            let slot = a + j;
+            self.task_id[slot].store(blk.task_id[j], Ordering::Relaxed);
+            self.episode_id[slot].store(blk.episode_id[j], Ordering::Relaxed);
+            self.step[slot].store(blk.step[j], Ordering::Relaxed);
+            self.stamps.set(slot, blk.stamps[j]);
+        }
+    }
+}
+
+/// Stream the body and trailer of a snapshot whose header is `hd` from `r`, handing each
+/// block (first slot, rows, columns) to `each`; fails on a short body, a missing end marker
+/// or a body checksum mismatch.
+fn read_body<R: Read>(
+    r: &mut R,
+    hd: &Header,
+    mut each: impl FnMut(usize, usize, &Block),
+) -> Result<(), PersistError> {
+    let (d_o, d_t) = (hd.obs_dim as usize, hd.target_dim as usize);
+    let rows = hd.rows as usize;
+    let block_rows = hd.block_rows as usize;
+    let mut blk = Block::new(block_rows.min(rows.max(1)), d_o, d_t);
+    let mut crc = crc32fast::Hasher::new();
+    let mut a = 0;
+    while a < rows {
+        let n = block_rows.min(rows - a);
+        read_block(r, &mut blk, n, d_o, d_t, &mut crc)?;
+        each(a, n, &blk);
+        a += n;
+    }
+    let mut trailer = [0u8; TRAILER_LEN];
+    r.read_exact(&mut trailer)?;
+    if trailer[4..] != END {
+        return bad("missing end marker (the file is truncated or corrupted)");
+    }
+    if crc.finalize() != u32_at(&trailer, 0) {
+        return bad("data checksum mismatch (the rows are corrupted)");
+    }
+    Ok(())
 }
 
 /// Read `n` rows of a block into `blk`, updating the body CRC.

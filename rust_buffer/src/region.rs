@@ -124,6 +124,8 @@ impl<A> std::ops::Deref for Region<A> {
 
 impl<A> Drop for Region<A> {
     fn drop(&mut self) {
+        // Under loom `Heap` is the only variant.
+        #[allow(irrefutable_let_patterns)]
         if let Owner::Heap = self.owner {
             // SAFETY: a heap region's pointer came from `Box::into_raw` of a `Box<[A]>` of
             // `len` elements, and is dropped exactly once, here.

@@ -26,8 +26,22 @@
 //! process's entry (a sweep of that entry's stamps). Only the exact busy value is reset (a
 //! compare-exchange), and rows are written once, so a live write is never reclaimed. A process
 //! is gone when `/proc/<pid>` is missing or a zombie; without `/proc` nothing is reclaimed.
+//!
+//! **Stopped writers.** A stopped process (SIGSTOP, a debugger) is alive, so its busy slots
+//! are never reclaimed: it may resume and finish the write. A writer that waits on such a slot
+//! gives up after the store's wait timeout (see `wait`) with an error naming the process.
+//!
+//! **Truncation.** Touching a page of a mapping beyond the end of its file raises SIGBUS, and
+//! POSIX offers no way to stop another process from truncating a file it may write. So every
+//! handle keeps its file open and [`RingBuffer::check_file`] compares the file's length
+//! (`fstat`) with the layout's before each call of the Python bindings: a truncated file is an
+//! error, not a signal. A truncation that lands *during* a call can still raise SIGBUS; the
+//! only full protection is not letting other processes write the file (permissions).
+//!
+//! **Opening** checks the counters (`base <= cursor < MAX_ROWS`: the header's counters are
+//! live atomics, so they carry no checksum) and that every held row is finite.
 
-use std::fs::{self, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, AtomicUsize};
@@ -37,6 +51,7 @@ use memmap2::MmapRaw;
 
 use crate::column::{FloatColumn, Words};
 use crate::error::BufferError;
+use crate::format::{bad, put_magic, put_u32, put_u64, seal, sealed, u32_at, u64_at};
 use crate::persist::PersistError;
 use crate::region::Region;
 use crate::slots::{Reaper, Stamps, TAG_SHIFT};
@@ -52,10 +67,6 @@ const COUNTERS_AT: usize = 128;
 const TABLE_AT: usize = 256;
 /// Entries of the process table (entry 0 is never used: tag 0 means "untagged").
 pub const MAX_HANDLES: usize = 64;
-
-fn bad<T>(msg: impl Into<String>) -> Result<T, PersistError> {
-    Err(PersistError::Format(msg.into()))
-}
 
 /// Section offsets of a store of this shape, and the file length.
 #[derive(Debug, Clone, Copy)]
@@ -122,8 +133,12 @@ struct ProcessTable {
 
 impl Reaper for ProcessTable {
     fn is_dead(&self, tag: u64) -> bool {
-        let pid = self.table[tag as usize % MAX_HANDLES].load(Ordering::SeqCst);
+        let pid = self.holder(tag);
         pid != 0 && !pid_alive(pid)
+    }
+
+    fn holder(&self, tag: u64) -> u64 {
+        self.table[tag as usize % MAX_HANDLES].load(Ordering::SeqCst)
     }
 }
 
@@ -135,6 +150,10 @@ pub(crate) struct SharedFile {
     /// The process that holds `entry` (a forked child re-registers on its first add).
     pid: AtomicU32,
     path: std::path::PathBuf,
+    /// The file, kept open so its length can be checked (`fstat`) before each access.
+    file: File,
+    /// The length the layout needs.
+    len: u64,
 }
 
 impl SharedFile {
@@ -188,6 +207,19 @@ impl SharedFile {
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Fail when the file is now shorter than the mapping (truncated by another process).
+    fn check_len(&self) -> Result<(), BufferError> {
+        let actual = self.file.metadata().map(|m| m.len()).unwrap_or(0);
+        if actual < self.len {
+            return Err(BufferError::Truncated {
+                path: self.path.display().to_string(),
+                actual,
+                expected: self.len,
+            });
+        }
+        Ok(())
+    }
 }
 
 impl Drop for SharedFile {
@@ -214,9 +246,8 @@ struct SharedHeader {
 impl SharedHeader {
     fn encode(&self) -> Vec<u8> {
         let mut h = vec![0u8; PAGE as usize];
-        h[0..8].copy_from_slice(&SHARED_MAGIC);
-        h[8..12].copy_from_slice(&SHARED_VERSION.to_le_bytes());
-        h[12..16].copy_from_slice(&(PAGE as u32).to_le_bytes());
+        put_magic(&mut h, &SHARED_MAGIC, SHARED_VERSION);
+        put_u32(&mut h, 12, PAGE as u32);
         for (at, v) in [
             (16, self.capacity),
             (24, self.obs_dim),
@@ -225,11 +256,10 @@ impl SharedHeader {
             (56, self.sampler_seed),
             (64, self.file_len),
         ] {
-            h[at..at + 8].copy_from_slice(&v.to_le_bytes());
+            put_u64(&mut h, at, v);
         }
-        h[40..44].copy_from_slice(&self.retention.to_le_bytes());
-        let crc = crc32fast::hash(&h[..72]);
-        h[72..76].copy_from_slice(&crc.to_le_bytes());
+        put_u32(&mut h, 40, self.retention);
+        seal(&mut h, 72);
         h
     }
 
@@ -250,25 +280,18 @@ impl SharedHeader {
                 "wrong magic bytes: not a file-backed store made by RingBuffer.create{hint}"
             ));
         }
-        let u32_at = |at: usize| u32::from_le_bytes(h[at..at + 4].try_into().expect("4 bytes"));
-        let u64_at = |at: usize| u64::from_le_bytes(h[at..at + 8].try_into().expect("8 bytes"));
-        if u32_at(8) != SHARED_VERSION {
-            return bad(format!(
-                "format version {} is not supported (this build opens version {SHARED_VERSION})",
-                u32_at(8)
-            ));
-        }
-        if crc32fast::hash(&h[..72]) != u32_at(72) || u64::from(u32_at(12)) != PAGE {
+        crate::format::check_version(h, SHARED_VERSION, "opens")?;
+        if !sealed(h, 72) || u64::from(u32_at(h, 12)) != PAGE {
             return bad("header checksum mismatch (the header is corrupted)");
         }
         let hd = SharedHeader {
-            capacity: u64_at(16),
-            obs_dim: u64_at(24),
-            target_dim: u64_at(32),
-            retention: u32_at(40),
-            placement_seed: u64_at(48),
-            sampler_seed: u64_at(56),
-            file_len: u64_at(64),
+            capacity: u64_at(h, 16),
+            obs_dim: u64_at(h, 24),
+            target_dim: u64_at(h, 32),
+            retention: u32_at(h, 40),
+            placement_seed: u64_at(h, 48),
+            sampler_seed: u64_at(h, 56),
+            file_len: u64_at(h, 64),
         };
         if hd.capacity == 0 || hd.obs_dim == 0 || hd.target_dim == 0 || hd.retention > 1 {
             return bad("invalid schema in the header");
@@ -365,14 +388,18 @@ impl RingBuffer {
 
     /// Open a file-backed store made by [`create_file`](Self::create_file), from any process.
     /// `seed` is this handle's sampler seed (`None`: the seed given at creation).
+    ///
+    /// Refuses non-regular files (without blocking on a FIFO), damaged headers, counters at
+    /// or above [`MAX_ROWS`](crate::persist::MAX_ROWS) or with `base > cursor`, and stores
+    /// holding a non-finite value (which only a write outside `add` can put there).
     pub fn open_file(path: &Path, seed: Option<u64>) -> Result<RingBuffer, PersistError> {
-        let mut file = OpenOptions::new().read(true).write(true).open(path)?;
+        crate::format::check_endian()?;
+        let mut file = crate::format::open_regular(path, true)?;
         let actual = file.metadata()?.len();
         let mut head = vec![0u8; 80.min(actual as usize)];
         file.read_exact(&mut head)?;
         let (hd, layout) = SharedHeader::decode(&head, actual)?;
         let map = Arc::new(MmapRaw::map_raw(&file)?);
-        drop(file);
         let (cap, d_o, d_t) = (
             hd.capacity as usize,
             hd.obs_dim as usize,
@@ -403,6 +430,8 @@ impl RingBuffer {
                 entry: AtomicUsize::new(0),
                 pid: AtomicU32::new(0),
                 path: path.to_path_buf(),
+                file,
+                len: layout.len,
             };
             shared.register(&stamps)?;
             let store = RingBuffer::from_parts(
@@ -432,8 +461,52 @@ impl RingBuffer {
             Ok(store)
         })()
         .map_err(PersistError::Store)?;
+        crate::persist::check_counters(store.cursor(), store.base())?;
+        store.check_finite()?;
         store.reap_dead_writers();
         Ok(store)
+    }
+
+    /// Check that the file behind a file-backed store still has its full length: `Err`
+    /// ([`BufferError::Truncated`]) when another process truncated it, where touching the
+    /// lost pages would raise SIGBUS. One `fstat`; always `Ok` for heap stores. The Python
+    /// bindings call it before every operation.
+    pub fn check_file(&self) -> Result<(), BufferError> {
+        match &self.shared {
+            Some(shared) => shared.check_len(),
+            None => Ok(()),
+        }
+    }
+
+    /// Fail on the first held row with a NaN or infinite value (block by block).
+    fn check_finite(&self) -> Result<(), PersistError> {
+        const BLOCK: usize = 4096;
+        let (d_o, d_t) = (self.obs_dim, self.target_dim);
+        let mut obs = vec![0.0f32; BLOCK * d_o];
+        let mut target = vec![0.0f32; BLOCK * d_t];
+        let rows = self.len();
+        let mut a = 0;
+        while a < rows {
+            let n = BLOCK.min(rows - a);
+            self.obs.load_rows(a, &mut obs[..n * d_o]);
+            self.target.load_rows(a, &mut target[..n * d_t]);
+            for (values, name, dim) in [
+                (&obs[..n * d_o], "obs", d_o),
+                (&target[..n * d_t], "target", d_t),
+            ] {
+                if let Some(i) = crate::store::first_non_finite(values) {
+                    return bad(format!(
+                        "slot {} {name} column {} is {}: stored rows must be finite (the file \
+                         was written outside RingBuffer.add)",
+                        a + i / dim,
+                        i % dim,
+                        values[i]
+                    ));
+                }
+            }
+            a += n;
+        }
+        Ok(())
     }
 
     /// Reset every slot of `0..len()` left busy by a writer whose process died (file-backed
@@ -519,6 +592,59 @@ mod tests {
         // reclaims the slot and writes.
         add_ids(&s, 8..16);
         assert_eq!(ids(&s), (8..16).map(Some).collect::<Vec<_>>());
+        fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_live_writers_slot_times_out_naming_its_process_and_the_other_rows_land() {
+        let path = temp("stopped");
+        let s = RingBuffer::create_file(&path, 8, 2, 1, Options::default()).unwrap();
+        add_ids(&s, 0..8);
+        // A live process (this one, standing in for a stopped writer) holds slots 3 and 4.
+        let me = u64::from(std::process::id());
+        forge_busy(&s, 40, me, 3, 11);
+        forge_busy(&s, 40, me, 4, 12);
+        s.set_wait_timeout(std::time::Duration::from_millis(50));
+        let obs: Vec<f32> = (8..16u64).flat_map(|i| [i as f32, -(i as f32)]).collect();
+        let target: Vec<f32> = (8..16u64).map(|i| i as f32 * 0.5).collect();
+        let err = s.add(&obs, &target, Meta::default()).unwrap_err();
+        match err {
+            BufferError::SlotBusy {
+                slot,
+                pid,
+                waited_ms,
+            } => {
+                assert_eq!((slot, pid), (3, me));
+                assert!(waited_ms >= 50);
+            }
+            other => panic!("expected SlotBusy, got {other}"),
+        }
+        assert!(err.to_string().contains(&format!("process {me}")), "{err}");
+        let held = ids(&s);
+        assert_eq!(held[3], None, "still busy: the live writer may finish");
+        assert_eq!(held[4], None);
+        let others: Vec<_> = [0, 1, 2, 5, 6, 7].iter().map(|&i| held[i]).collect();
+        assert_eq!(others, [8, 9, 10, 13, 14, 15].map(Some));
+        // The next add is not affected by the earlier failure.
+        add_ids(&s, 16..18);
+        fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn an_interrupt_check_ends_the_wait() {
+        let path = temp("interrupt");
+        let s = RingBuffer::create_file(&path, 4, 2, 1, Options::default()).unwrap();
+        add_ids(&s, 0..4);
+        forge_busy(&s, 40, u64::from(std::process::id()), 0, 5);
+        let (obs, target) = ([4.0, -4.0], [2.0]);
+        let err = crate::wait::with_interrupt(
+            || true,
+            || s.add(&obs, &target, Meta::default()).unwrap_err(),
+        );
+        assert!(
+            matches!(err, BufferError::Interrupted { slot: 0, .. }),
+            "{err}"
+        );
         fs::remove_file(&path).unwrap();
     }
 

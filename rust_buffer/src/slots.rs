@@ -19,6 +19,12 @@
 //! mean no write overlapped the copy: if one had, the reader's copy would have read a value
 //! stored after the writer's release fence, so the acquire fence would make the odd stamp
 //! visible to the reload (the classic seqlock argument, Boehm 2012).
+//!
+//! **Bounded waits.** The writer's wait on an odd stamp is the only place a call waits on
+//! another writer. Every `REAP_AFTER` snoozes it asks the reaper whether the writer is dead
+//! (then the slot is reclaimed), and it is bounded by the store's wait timeout and an
+//! optional interrupt check (`wait`): a wait that gives up drops that row, the rest of the
+//! `add` skips busy slots without waiting, and `add` reports the failure at its end.
 
 use crate::error::BufferError;
 use crate::region::Region;
@@ -37,10 +43,32 @@ pub(crate) fn stable_row(stamp: u64) -> Option<u64> {
 /// Bit position of the writer tag in a busy (odd) stamp.
 pub(crate) const TAG_SHIFT: u32 = 56;
 
+/// Row counters (and so row numbers) stay below this: a stable stamp `2k + 2` must stay
+/// clear of the writer tag bits (`k < 2^55 - 1`), with a margin for concurrent adds that pass
+/// the check together. `add` refuses to go past it; `load` and `open` reject files at or
+/// above it.
+pub const MAX_ROWS: u64 = 1 << 54;
+
+/// `Err` when adding `rows` rows to a store that has counted `cursor` would reach
+/// [`MAX_ROWS`] (checked arithmetic: the counters never wrap).
+#[inline]
+pub(crate) fn check_room(cursor: u64, rows: usize) -> Result<(), BufferError> {
+    match cursor.checked_add(rows as u64) {
+        Some(end) if end < MAX_ROWS => Ok(()),
+        _ => Err(BufferError::RowLimit {
+            cursor,
+            rows,
+            limit: MAX_ROWS,
+        }),
+    }
+}
+
 /// Decides whether the writer that left a busy stamp is gone (file-backed stores only).
-pub(crate) trait Reaper: Send + Sync {
+pub trait Reaper: Send + Sync {
     /// True when the writer with `tag` can never finish its write (its process died).
     fn is_dead(&self, tag: u64) -> bool;
+    /// The process id behind `tag` (0 when the entry is free).
+    fn holder(&self, tag: u64) -> u64;
 }
 
 /// Per-slot sequence stamps.
@@ -55,10 +83,17 @@ pub(crate) struct Stamps {
     tag: std::sync::atomic::AtomicU64,
     /// Recognises dead writers (file-backed stores).
     reaper: Option<Box<dyn Reaper>>,
+    /// How long a writer waits on another's busy slot before giving up (milliseconds).
+    pub(crate) timeout_ms: std::sync::atomic::AtomicU64,
 }
 
-/// Snoozes spent waiting on one busy stamp before asking the reaper about its writer.
-const REAP_AFTER: u32 = 64;
+/// Snoozes spent waiting on one busy stamp before asking the reaper about its writer (and
+/// checking the wait's deadline). 1 under loom, so models reach the reclaim path.
+const REAP_AFTER: u32 = if cfg!(loom) { 1 } else { 64 };
+
+fn default_timeout() -> std::sync::atomic::AtomicU64 {
+    std::sync::atomic::AtomicU64::new(crate::wait::DEFAULT_WAIT_TIMEOUT_MS)
+}
 
 impl Stamps {
     pub(crate) fn new(capacity: usize) -> Result<Self, BufferError> {
@@ -66,21 +101,22 @@ impl Stamps {
             s: Region::zeroed(capacity)?,
             tag: std::sync::atomic::AtomicU64::new(0),
             reaper: None,
+            timeout_ms: default_timeout(),
         })
     }
 
     /// Stamps over an existing region (a shared mapping) with a reaper of dead writers.
-    #[cfg(not(loom))]
     pub(crate) fn shared(s: Region<AtomicU64>, reaper: Box<dyn Reaper>) -> Self {
         Stamps {
             s,
             tag: std::sync::atomic::AtomicU64::new(0),
             reaper: Some(reaper),
+            timeout_ms: default_timeout(),
         }
     }
 
     /// Set this handle's writer tag (the shift is applied here).
-    #[cfg(not(loom))]
+    #[cfg_attr(loom, allow(dead_code))]
     pub(crate) fn set_tag(&self, tag: u64) {
         self.tag
             .store(tag << TAG_SHIFT, std::sync::atomic::Ordering::Relaxed);
@@ -115,19 +151,48 @@ impl Stamps {
             .is_ok()
     }
 
-    /// Claim `slot` for row `row`. `false`: a newer row holds the slot, so skip the write.
+    /// The process behind a busy stamp's tag (this process for untagged stamps).
+    fn holder(&self, busy: u64) -> u64 {
+        let tag = busy >> TAG_SHIFT;
+        match &self.reaper {
+            Some(r) if tag != 0 => r.holder(tag),
+            _ => u64::from(std::process::id()),
+        }
+    }
+
+    /// Claim `slot` for row `row`. `false`: a newer row holds the slot, or the wait for the
+    /// slot's current writer gave up (timeout or interrupt, recorded for `add` to report), so
+    /// skip the write.
     #[inline]
     pub(crate) fn begin_write(&self, slot: usize, row: u64) -> bool {
+        self.claim(
+            slot,
+            row,
+            self.tag.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    /// `begin_write` under the writer tag `tag` (already shifted).
+    #[inline]
+    fn claim(&self, slot: usize, row: u64, tag: u64) -> bool {
         let stamp = &self.s[slot];
         let mut backoff = Backoff::new();
         let mut cur = stamp.load(Ordering::Relaxed);
         let mut waited = 0u32;
+        let mut wait = None;
         loop {
             if cur & 1 == 1 {
+                // An earlier wait of this add gave up: do not wait again.
+                if crate::wait::gave_up() {
+                    return false;
+                }
                 backoff.snooze();
                 waited += 1;
-                if waited % REAP_AFTER == 0 {
-                    self.reap(slot, None);
+                if waited % REAP_AFTER == 0 && !self.reap(slot, None) {
+                    let w = wait.get_or_insert_with(|| crate::wait::Wait::new(&self.timeout_ms));
+                    if !w.tick(slot, || self.holder(cur)) {
+                        return false;
+                    }
                 }
                 cur = stamp.load(Ordering::Relaxed);
                 continue;
@@ -135,7 +200,7 @@ impl Stamps {
             if matches!(stable_row(cur), Some(held) if held > row) {
                 return false;
             }
-            let busy = (2 * row + 1) | self.tag.load(std::sync::atomic::Ordering::Relaxed);
+            let busy = (2 * row + 1) | tag;
             match stamp.compare_exchange_weak(cur, busy, Ordering::AcqRel, Ordering::Relaxed) {
                 Ok(_) => break,
                 Err(now) => cur = now,
@@ -182,5 +247,51 @@ impl Stamps {
     pub(crate) fn read_validate(&self, slot: usize, begun: u64) -> bool {
         fence(Ordering::Acquire);
         self.s[slot].load(Ordering::Relaxed) == begun
+    }
+}
+
+/// The slot protocol with a reaper, exposed to the loom models of `tests/loom.rs` only (not
+/// part of the API): the dead-writer reclaim path has no public entry point to drive it.
+#[cfg(loom)]
+#[doc(hidden)]
+pub mod model {
+    pub use super::Reaper;
+    use super::*;
+
+    /// Stamps of `capacity` slots with a reaper.
+    pub struct Slots(Stamps);
+
+    impl Slots {
+        /// Zeroed stamps judged by `reaper`.
+        pub fn new(capacity: usize, reaper: Box<dyn Reaper>) -> Self {
+            Slots(Stamps::shared(
+                Region::zeroed(capacity).expect("tiny"),
+                reaper,
+            ))
+        }
+        /// See `Stamps::begin_write`, as the writer with table entry `tag`.
+        pub fn begin_write(&self, tag: u64, slot: usize, row: u64) -> bool {
+            self.0.claim(slot, row, tag << TAG_SHIFT)
+        }
+        /// See `Stamps::end_write`.
+        pub fn end_write(&self, slot: usize, row: u64) {
+            self.0.end_write(slot, row)
+        }
+        /// See `Stamps::reap`.
+        pub fn reap(&self, slot: usize, only_tag: Option<u64>) -> bool {
+            self.0.reap(slot, only_tag)
+        }
+        /// See `Stamps::read_begin`.
+        pub fn read_begin(&self, slot: usize) -> u64 {
+            self.0.read_begin(slot)
+        }
+        /// See `Stamps::read_validate`.
+        pub fn read_validate(&self, slot: usize, begun: u64) -> bool {
+            self.0.read_validate(slot, begun)
+        }
+        /// The stamp now.
+        pub fn peek(&self, slot: usize) -> u64 {
+            self.0.peek(slot)
+        }
     }
 }

@@ -157,7 +157,7 @@ impl std::fmt::Debug for RingBuffer {
 
 /// Index of the first non-finite value of `v`, if any. The all-finite case (every accepted
 /// `add`) is one branch-free pass at vector width; only a batch with a bad value is searched.
-fn first_non_finite(v: &[f32]) -> Option<usize> {
+pub(crate) fn first_non_finite(v: &[f32]) -> Option<usize> {
     if !any_non_finite(v) {
         return None;
     }
@@ -341,6 +341,15 @@ impl RingBuffer {
     pub fn reseed(&self, seed: u64) {
         self.seed.store(seed, Ordering::Release);
         self.calls.store(0, Ordering::Release);
+        self.forget_window_index();
+    }
+
+    /// Drop the window index; the next window query rebuilds it from the rows held. Window
+    /// draws depend on the order the index lists segments in, which depends on when it was
+    /// queried; a rebuilt index lists them as a fresh store with the same rows would, so a
+    /// reseeded store (or one just saved, and its loaded copy) draws the same windows.
+    pub fn forget_window_index(&self) {
+        *self.windows.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// Restore the sampler's state (seed and calls made) from a snapshot.
@@ -471,6 +480,7 @@ impl RingBuffer {
         if let Some(shared) = &self.shared {
             shared.check_process(&self.stamps)?;
         }
+        crate::slots::check_room(self.counters[CURSOR].load(Ordering::Relaxed), rows)?;
         let first = self.counters[CURSOR].fetch_add(rows as u64, Ordering::AcqRel);
         let base = self.base();
         let end = first + rows as u64;
@@ -495,6 +505,8 @@ impl RingBuffer {
                 }
             }
         }
+        // A wait on another writer that timed out or was interrupted (see `wait`).
+        crate::wait::take_failure()?;
         Ok(rows)
     }
 

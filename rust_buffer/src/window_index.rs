@@ -56,7 +56,7 @@ pub(crate) fn links(a: &RowInfo, b: &RowInfo, offset: u64) -> bool {
         && b.row == a.row + offset
         && b.episode_id == a.episode_id
         && b.task_id == a.task_id
-        && b.step == a.step + offset as i64
+        && a.step.checked_add(offset as i64) == Some(b.step)
 }
 
 /// Segments grouped by length, with Fenwick trees over lengths in decreasing order.

@@ -171,3 +171,117 @@ fn batched_writers_claim_slots_in_order_without_deadlock_or_tearing() {
         assert_eq!(s.total_added(), 4);
     });
 }
+
+// ---- The dead-writer reclaim path of file-backed stores (`Stamps::reap`). ----
+
+use loom::sync::atomic::{AtomicU64, Ordering};
+use rust_buffer::model::{Reaper, Slots};
+
+/// Process ids of the models: 100 died mid-write; 200 and 300 are alive.
+const DEAD: u64 = 100;
+
+/// A process table of 4 entries (entry = writer tag), as in a shared store's header.
+struct Table(Arc<[AtomicU64; 4]>);
+
+impl Reaper for Table {
+    fn is_dead(&self, tag: u64) -> bool {
+        self.holder(tag) == DEAD
+    }
+    fn holder(&self, tag: u64) -> u64 {
+        self.0[tag as usize].load(Ordering::SeqCst)
+    }
+}
+
+/// One slot's stamps judged by a shared table, plus the slot's data word.
+fn reclaim_setup() -> (Arc<Slots>, Arc<[AtomicU64; 4]>, Arc<AtomicU64>) {
+    let table = Arc::new([
+        AtomicU64::new(0),
+        AtomicU64::new(DEAD),
+        AtomicU64::new(200),
+        AtomicU64::new(0),
+    ]);
+    let slots = Arc::new(Slots::new(1, Box::new(Table(table.clone()))));
+    let data = Arc::new(AtomicU64::new(0));
+    // Writer tag 1 (process 100) claimed slot 0 for row 0, wrote half its data and died.
+    assert!(slots.begin_write(1, 0, 0));
+    data.store(999, Ordering::Relaxed);
+    (slots, table, data)
+}
+
+/// Write `row` (its data is the row number) as writer `tag`; false if the slot had a newer row.
+fn write(slots: &Slots, data: &AtomicU64, tag: u64, row: u64) -> bool {
+    if !slots.begin_write(tag, 0, row) {
+        return false;
+    }
+    data.store(row, Ordering::Relaxed);
+    slots.end_write(0, row);
+    true
+}
+
+/// A reader never sees the dead writer's row, nor a row whose data is from another write.
+fn read_checked(slots: &Slots, data: &AtomicU64) {
+    let s1 = slots.read_begin(0);
+    if s1 == 0 || s1 & 1 == 1 {
+        return;
+    }
+    let row = s1 / 2 - 1;
+    let d = data.load(Ordering::Relaxed);
+    if slots.read_validate(0, s1) {
+        assert_ne!(row, 0, "the dead writer's row was published");
+        assert_eq!(d, row, "row {row} read with data {d}");
+    }
+}
+
+#[test]
+fn a_dead_writers_slot_is_reclaimed_and_the_new_row_is_never_torn() {
+    model(|| {
+        let (slots, _table, data) = reclaim_setup();
+        let w = {
+            let (slots, data) = (slots.clone(), data.clone());
+            thread::spawn(move || assert!(write(&slots, &data, 2, 1), "row 1 was dropped"))
+        };
+        let r = {
+            let (slots, data) = (slots.clone(), data.clone());
+            thread::spawn(move || read_checked(&slots, &data))
+        };
+        w.join().unwrap();
+        r.join().unwrap();
+        assert_eq!(slots.peek(0), 2 * 1 + 2);
+        assert_eq!(data.load(Ordering::Relaxed), 1);
+    });
+}
+
+#[test]
+fn a_new_owner_of_a_dead_writers_tag_is_never_reclaimed() {
+    model(|| {
+        let (slots, table, data) = reclaim_setup();
+        // Process 300 takes over entry 1 (as `register` does): claim the entry, sweep the dead
+        // holder's busy stamps, then write row 1 under tag 1.
+        let newcomer = {
+            let (slots, table, data) = (slots.clone(), table.clone(), data.clone());
+            thread::spawn(move || {
+                table[1]
+                    .compare_exchange(DEAD, 300, Ordering::SeqCst, Ordering::Relaxed)
+                    .unwrap();
+                slots.reap(0, Some(1));
+                write(&slots, &data, 1, 1);
+            })
+        };
+        // Process 200 writes row 2 into the same slot, reclaiming dead stamps as it waits.
+        let lapper = {
+            let (slots, data) = (slots.clone(), data.clone());
+            thread::spawn(move || assert!(write(&slots, &data, 2, 2), "row 2 was dropped"))
+        };
+        let r = {
+            let (slots, data) = (slots.clone(), data.clone());
+            thread::spawn(move || read_checked(&slots, &data))
+        };
+        newcomer.join().unwrap();
+        lapper.join().unwrap();
+        r.join().unwrap();
+        // The newest row wins and its data is whole: no live write was ever reset under its
+        // writer (that would let both write the slot at once).
+        assert_eq!(slots.peek(0), 2 * 2 + 2);
+        assert_eq!(data.load(Ordering::Relaxed), 2);
+    });
+}

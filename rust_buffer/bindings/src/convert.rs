@@ -101,6 +101,7 @@ pub(crate) fn float_rows<'py>(
     let array = match obj.cast::<PyArrayDyn<f32>>() {
         Ok(a) if has_flags(a.as_untyped(), NPY_ARRAY_ALIGNED) && a.is_c_contiguous() => a.clone(),
         _ => {
+            reject_none(obj, name)?;
             let require = REQUIRE.import(py, "numpy", "require")?;
             let kwargs = PyDict::new(py);
             kwargs.set_item("dtype", "float32")?;
@@ -136,6 +137,49 @@ pub(crate) fn float_rows<'py>(
         rows,
         batched,
     })
+}
+
+/// NumPy turns `None` into NaN when converting an object array to float: report it as what
+/// it is. Only object arrays (and lists holding non-numbers) are scanned, element by element.
+fn reject_none(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<()> {
+    let py = obj.py();
+    let Ok(arr) = ASARRAY.import(py, "numpy", "asarray")?.call1((obj,)) else {
+        return Ok(()); // not array-like: the conversion below reports it
+    };
+    let Ok(arr) = arr.cast_into::<PyUntypedArray>() else {
+        return Ok(());
+    };
+    if arr.dtype().kind() != b'O' {
+        return Ok(());
+    }
+    let shape = arr.shape().to_vec();
+    for (i, item) in arr.call_method0("ravel")?.try_iter()?.enumerate() {
+        if item?.is_none() {
+            let at = match shape.as_slice() {
+                [_, c] if *c > 0 => format!("[{}, {}]", i / c, i % c),
+                _ => format!("[{i}]"),
+            };
+            return Err(PyTypeError::new_err(format!(
+                "{name}{at} is None, which is not a number; {name} must hold numbers"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A metadata keyword of `add`: omitted (the default applies) or given (`None` included, so
+/// that `meta_or` can refuse it by name instead of letting it mean the default).
+pub(crate) enum MetaParam<'py> {
+    Omitted,
+    Given(Bound<'py, PyAny>),
+}
+
+impl<'a, 'py> FromPyObject<'a, 'py> for MetaParam<'py> {
+    type Error = PyErr;
+
+    fn extract(obj: pyo3::Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        Ok(MetaParam::Given(obj.to_owned()))
+    }
 }
 
 /// Per-row metadata (or a scalar) for `add`.

@@ -6,11 +6,13 @@ mod convert;
 mod pool;
 mod select;
 
-use convert::{float_rows, meta_arg, out_rows, size, DETACH_BYTES};
+use convert::{float_rows, meta_arg, out_rows, size, MetaParam, DETACH_BYTES};
 use numpy::ndarray::{Array1, ArrayView1, ArrayView2};
 use numpy::npyffi::{_PyArray_GET_ITEM_DATA, NPY_ARRAY_WRITEABLE};
 use numpy::{Element, IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
-use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{
+    PyInterruptedError, PyOSError, PyRuntimeError, PyTimeoutError, PyTypeError, PyValueError,
+};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use rust_buffer::persist::PersistError;
@@ -22,6 +24,12 @@ use rust_buffer::{
 fn to_py_err(e: BufferError) -> PyErr {
     match e {
         BufferError::Contended => PyRuntimeError::new_err(e.to_string()),
+        BufferError::SlotBusy { .. } => PyTimeoutError::new_err(e.to_string()),
+        // The signal's own exception (KeyboardInterrupt from Ctrl-C) when one was raised.
+        BufferError::Interrupted { .. } => PENDING_SIGNAL
+            .with(|p| p.borrow_mut().take())
+            .unwrap_or_else(|| PyInterruptedError::new_err(e.to_string())),
+        BufferError::Truncated { .. } => PyOSError::new_err(e.to_string()),
         _ => PyValueError::new_err(e.to_string()),
     }
 }
@@ -30,20 +38,86 @@ fn persist_err(e: PersistError) -> PyErr {
     match e {
         PersistError::Io(e) => e.into(),
         PersistError::Store(e) => to_py_err(e),
-        e @ PersistError::Format(_) => PyValueError::new_err(e.to_string()),
+        e @ PersistError::Cleared { .. } => PyRuntimeError::new_err(e.to_string()),
+        e @ (PersistError::Format(_) | PersistError::Destination(_)) => {
+            PyValueError::new_err(e.to_string())
+        }
     }
 }
 
-/// A metadata argument, or its default when omitted (or None).
+thread_local! {
+    /// The exception a signal handler raised during a wait (re-raised by `to_py_err`).
+    static PENDING_SIGNAL: std::cell::RefCell<Option<PyErr>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The interrupt check of a writer waiting on another's slot (every 20 ms of a long wait):
+/// run Python's signal handlers (taking the GIL for a moment); true when one raised (Ctrl-C),
+/// keeping its exception.
+///
+/// A small `add` runs with the GIL held; if it waits on a slot held by a GIL-free `add` of
+/// another thread that is itself in this check (waiting for the GIL), neither could move. So
+/// the check first lets the GIL go for a moment: whoever waits for it gets a turn.
+fn python_interrupted() -> bool {
+    Python::attach(|py| {
+        py.detach(std::thread::yield_now);
+        match py.check_signals() {
+            Ok(()) => false,
+            Err(e) => {
+                PENDING_SIGNAL.with(|p| *p.borrow_mut() = Some(e));
+                true
+            }
+        }
+    })
+}
+
+/// How long a sampler keeps retrying while it reports `Contended` before the error reaches
+/// Python: a sampler that keeps meeting rows overwritten under it (a small store or window,
+/// many writers) backs off and tries again, so a training loop does not die of it.
+const SAMPLE_RETRY_BUDGET: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Run a sampler, retrying with back-off (bounded by `SAMPLE_RETRY_BUDGET`) while it reports
+/// `Contended`. Pauses release the GIL (so Python writer threads progress) and run Python's
+/// signal handlers (so Ctrl-C works).
+fn retry_contended<T>(
+    py: Python<'_>,
+    mut f: impl FnMut() -> Result<T, BufferError>,
+) -> PyResult<T> {
+    let mut start = None; // the clock is read only once a call has failed
+    let mut attempt = 0u32;
+    loop {
+        match f() {
+            Err(BufferError::Contended)
+                if start.get_or_insert_with(std::time::Instant::now).elapsed()
+                    < SAMPLE_RETRY_BUDGET =>
+            {
+                py.check_signals()?;
+                // Yield first; then sleep 50 us, 100 us, ... up to 5 ms.
+                let pause = std::time::Duration::from_micros((50u64 << attempt.min(7)).min(5000));
+                py.detach(|| match attempt {
+                    0..=3 => std::thread::yield_now(),
+                    _ => std::thread::sleep(pause),
+                });
+                attempt += 1;
+            }
+            other => return other.map_err(to_py_err),
+        }
+    }
+}
+
+/// A metadata argument, or its default when omitted; `None` is a `TypeError`.
 fn meta_or<'py>(
-    v: Option<&Bound<'py, PyAny>>,
+    v: &MetaParam<'py>,
     name: &str,
     rows: usize,
     default: i64,
 ) -> PyResult<convert::MetaArg<'py>> {
     match v {
-        Some(v) if !v.is_none() => meta_arg(v, name, rows),
-        _ => Ok(convert::MetaArg::Scalar(default)),
+        MetaParam::Given(v) if v.is_none() => Err(PyTypeError::new_err(format!(
+            "{name}=None is not allowed; omit {name} for its default ({default}), or pass an \
+             int or one int per row"
+        ))),
+        MetaParam::Given(v) => meta_arg(v, name, rows),
+        MetaParam::Omitted => Ok(convert::MetaArg::Scalar(default)),
     }
 }
 
@@ -106,6 +180,13 @@ pub struct PyRingBuffer {
 }
 
 impl PyRingBuffer {
+    /// The store, after checking that a file-backed store's file was not truncated (where
+    /// touching it would raise SIGBUS); every method that reads the store goes through here.
+    fn store(&self) -> PyResult<&RingBuffer> {
+        self.inner.check_file().map_err(to_py_err)?;
+        Ok(&self.inner)
+    }
+
     fn row_bytes(&self) -> usize {
         4 * (self.inner.obs_dim() + self.inner.target_dim())
     }
@@ -121,11 +202,11 @@ impl PyRingBuffer {
         gather: F,
     ) -> PyResult<Bound<'py, PyTuple>>
     where
-        F: Send + FnOnce(&mut [f32], &mut [f32], Option<&mut MetaBatch>) -> Result<(), BufferError>,
+        F: Send + FnMut(&mut [f32], &mut [f32], Option<&mut MetaBatch>) -> Result<(), BufferError>,
     {
         let (d_o, d_t) = (self.inner.obs_dim(), self.inner.target_dim());
         // Every uniform sampler needs batch <= len: check before allocating the outputs.
-        self.inner.check_batch(batch).map_err(to_py_err)?;
+        self.store()?.check_batch(batch).map_err(to_py_err)?;
         let mut obs = pool::take(batch, d_o)?;
         let mut target = pool::take(batch, d_t)?;
         let mut meta = match with_meta {
@@ -141,8 +222,10 @@ impl PyRingBuffer {
         } else {
             batch * self.row_bytes()
         };
-        maybe_detach(py, bytes, || gather(&mut obs, &mut target, meta.as_mut()))
-            .map_err(to_py_err)?;
+        let mut gather = gather;
+        retry_contended(py, || {
+            maybe_detach(py, bytes, || gather(&mut obs, &mut target, meta.as_mut()))
+        })?;
         let mut items = vec![
             pool::array(py, obs, &[batch, d_o])?,
             pool::array(py, target, &[batch, d_t])?,
@@ -215,17 +298,20 @@ impl PyRingBuffer {
     /// Add one row (1-D `obs`, `target`) or a batch (2-D); metadata is a scalar or one int per
     /// row. Anything convertible to float32 is accepted; NaN/inf rejects the whole call.
     #[pyo3(
-        signature = (obs, target, *, task_id=None, episode_id=None, step=None),
+        signature = (
+            obs, target, *,
+            task_id=MetaParam::Omitted, episode_id=MetaParam::Omitted, step=MetaParam::Omitted
+        ),
         text_signature = "(self, obs, target, *, task_id=0, episode_id=-1, step=-1)"
     )]
-    fn add(
+    fn add<'py>(
         &self,
-        py: Python<'_>,
-        obs: &Bound<'_, PyAny>,
-        target: &Bound<'_, PyAny>,
-        task_id: Option<&Bound<'_, PyAny>>,
-        episode_id: Option<&Bound<'_, PyAny>>,
-        step: Option<&Bound<'_, PyAny>>,
+        py: Python<'py>,
+        obs: &Bound<'py, PyAny>,
+        target: &Bound<'py, PyAny>,
+        task_id: MetaParam<'py>,
+        episode_id: MetaParam<'py>,
+        step: MetaParam<'py>,
     ) -> PyResult<()> {
         let o = float_rows(obs, "obs", self.inner.obs_dim())?;
         let t = float_rows(target, "target", self.inner.target_dim())?;
@@ -243,17 +329,21 @@ impl PyRingBuffer {
             )));
         }
         let rows = o.rows;
-        let task_id = meta_or(task_id, "task_id", rows, 0)?;
-        let episode_id = meta_or(episode_id, "episode_id", rows, -1)?;
-        let step = meta_or(step, "step", rows, -1)?;
+        let task_id = meta_or(&task_id, "task_id", rows, 0)?;
+        let episode_id = meta_or(&episode_id, "episode_id", rows, -1)?;
+        let step = meta_or(&step, "step", rows, -1)?;
         let meta = Meta {
             task_id: task_id.values(),
             episode_id: episode_id.values(),
             step: step.values(),
         };
         let (ov, tv) = (o.values(), t.values());
-        let inner = &self.inner;
-        maybe_detach(py, rows * self.row_bytes(), || inner.add(ov, tv, meta)).map_err(to_py_err)?;
+        let inner = self.store()?;
+        // A wait on another writer's slot runs Python's signal handlers (Ctrl-C works).
+        rust_buffer::with_interrupt(python_interrupted, || {
+            maybe_detach(py, rows * self.row_bytes(), || inner.add(ov, tv, meta))
+        })
+        .map_err(to_py_err)?;
         Ok(())
     }
 
@@ -267,7 +357,7 @@ impl PyRingBuffer {
         with_meta: bool,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let b = size(batch_size, "batch_size", 0)?;
-        let inner = &self.inner;
+        let inner = self.store()?;
         self.gather_tuple(py, b, with_meta, false, |o, t, m| {
             inner.sample_into(o, t, m)
         })
@@ -305,9 +395,10 @@ impl PyRingBuffer {
                 std::slice::from_raw_parts_mut(tp, tl),
             )
         };
-        let inner = &self.inner;
-        maybe_detach(py, b * self.row_bytes(), || inner.sample_into(os, ts, None))
-            .map_err(to_py_err)
+        let inner = self.store()?;
+        retry_contended(py, || {
+            maybe_detach(py, b * self.row_bytes(), || inner.sample_into(os, ts, None))
+        })
     }
 
     /// `(support_obs, support_target, query_obs, query_target, task_ids)`: `n_tasks` distinct
@@ -335,7 +426,7 @@ impl PyRingBuffer {
             _ => None,
         };
         let seed = opt_seed(seed)?;
-        let inner = &self.inner;
+        let inner = self.store()?;
         let (d_o, d_t) = (inner.obs_dim(), inner.target_dim());
         // Distinct tasks with distinct rows: more than the store holds can never be satisfied
         // (checked before allocating, so absurd sizes are a ValueError, not an abort).
@@ -352,21 +443,22 @@ impl PyRingBuffer {
         let mut qo = pool::take(t * q, d_o)?;
         let mut qt = pool::take(t * q, d_t)?;
         let mut ids = pool::ids(t)?;
-        maybe_detach(py, t * (s + q) * self.row_bytes(), || {
-            let out = TaskBuffers {
-                support_obs: &mut so,
-                support_target: &mut st,
-                query_obs: &mut qo,
-                query_target: &mut qt,
-                task_ids: &mut ids,
-            };
-            let query = TaskQuery {
-                tasks: subset.as_deref(),
-                seed,
-            };
-            inner.sample_tasks_query_into(s, q, contiguous, query, out)
-        })
-        .map_err(to_py_err)?;
+        retry_contended(py, || {
+            maybe_detach(py, t * (s + q) * self.row_bytes(), || {
+                let out = TaskBuffers {
+                    support_obs: &mut so,
+                    support_target: &mut st,
+                    query_obs: &mut qo,
+                    query_target: &mut qt,
+                    task_ids: &mut ids,
+                };
+                let query = TaskQuery {
+                    tasks: subset.as_deref(),
+                    seed,
+                };
+                inner.sample_tasks_query_into(s, q, contiguous, query, out)
+            })
+        })?;
         PyTuple::new(
             py,
             [
@@ -389,17 +481,18 @@ impl PyRingBuffer {
     ) -> PyResult<Bound<'py, PyTuple>> {
         let b = size(batch_size, "batch_size", 0)?;
         let l = size(seq_len, "seq_len", 1)?;
-        let inner = &self.inner;
+        let inner = self.store()?;
         let (d_o, d_t) = (inner.obs_dim(), inner.target_dim());
         inner.check_seq_len(l).map_err(to_py_err)?;
         let bl = b.saturating_mul(l);
         let mut obs = pool::take(bl, d_o)?;
         let mut target = pool::take(bl, d_t)?;
         let mut ids = pool::ids(b)?;
-        maybe_detach(py, b * l * self.row_bytes(), || {
-            inner.sample_sequences_into(l, &mut obs, &mut target, &mut ids)
-        })
-        .map_err(to_py_err)?;
+        retry_contended(py, || {
+            maybe_detach(py, b * l * self.row_bytes(), || {
+                inner.sample_sequences_into(l, &mut obs, &mut target, &mut ids)
+            })
+        })?;
         PyTuple::new(
             py,
             [
@@ -431,7 +524,7 @@ impl PyRingBuffer {
         let weights = select::task_weights(task_weights)?;
         let recent = opt_size(recent, "recent")?;
         let seed = opt_seed(seed)?;
-        let inner = &self.inner;
+        let inner = self.store()?;
         let (d_o, d_t) = (inner.obs_dim(), inner.target_dim());
         let query = WindowQuery {
             task_weights: weights.as_deref(),
@@ -443,10 +536,11 @@ impl PyRingBuffer {
         let mut obs = pool::take(bl, d_o)?;
         let mut target = pool::take(bl, d_t)?;
         let mut ids = pool::ids(b)?;
-        maybe_detach(py, bl.saturating_mul(self.row_bytes()), || {
-            inner.sample_windows_into(l, query, &mut obs, &mut target, &mut ids)
-        })
-        .map_err(to_py_err)?;
+        retry_contended(py, || {
+            maybe_detach(py, bl.saturating_mul(self.row_bytes()), || {
+                inner.sample_windows_into(l, query, &mut obs, &mut target, &mut ids)
+            })
+        })?;
         PyTuple::new(
             py,
             [
@@ -501,14 +595,15 @@ impl PyRingBuffer {
             )
         };
         let mut ids = pool::ids(b)?;
-        let inner = &self.inner;
+        let inner = self.store()?;
         let query = WindowQuery {
             task_weights: weights.as_deref(),
             recent,
             seed,
         };
-        py.detach(|| inner.sample_windows_into(l, query, os, ts, &mut ids))
-            .map_err(to_py_err)?;
+        retry_contended(py, || {
+            py.detach(|| inner.sample_windows_into(l, query, &mut *os, &mut *ts, &mut ids))
+        })?;
         Ok(vector(py, ids))
     }
 
@@ -520,7 +615,7 @@ impl PyRingBuffer {
         length: &Bound<'_, PyAny>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let l = size(length, "length", 1)?;
-        let inner = &self.inner;
+        let inner = self.store()?;
         let counts = py.detach(|| inner.window_counts(l)).map_err(to_py_err)?;
         let d = PyDict::new(py);
         for (t, n) in counts {
@@ -541,7 +636,7 @@ impl PyRingBuffer {
     ) -> PyResult<Bound<'py, PyTuple>> {
         let anchors = select::int_list(anchors, "anchors")?;
         let l = size(length, "length", 1)?;
-        let inner = &self.inner;
+        let inner = self.store()?;
         let (d_o, d_t) = (inner.obs_dim(), inner.target_dim());
         let k = anchors.len();
         let kl = k.saturating_mul(l);
@@ -549,10 +644,11 @@ impl PyRingBuffer {
         let mut target = pool::take(kl, d_t)?;
         let mut valid = pool::zeros::<bool>(k)
             .map_err(|_| PyValueError::new_err("cannot allocate the output; pass fewer anchors"))?;
-        maybe_detach(py, kl.saturating_mul(self.row_bytes()), || {
-            inner.windows_at_into(&anchors, l, &mut obs, &mut target, &mut valid)
-        })
-        .map_err(to_py_err)?;
+        retry_contended(py, || {
+            maybe_detach(py, kl.saturating_mul(self.row_bytes()), || {
+                inner.windows_at_into(&anchors, l, &mut obs, &mut target, &mut valid)
+            })
+        })?;
         PyTuple::new(
             py,
             [
@@ -571,15 +667,16 @@ impl PyRingBuffer {
         rows: &Bound<'_, PyAny>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let slots = select::int_list(rows, "rows")?;
-        let inner = &self.inner;
+        let inner = self.store()?;
         let (d_o, d_t) = (inner.obs_dim(), inner.target_dim());
         let k = slots.len();
         let mut obs = pool::take(k, d_o)?;
         let mut target = pool::take(k, d_t)?;
-        maybe_detach(py, k.saturating_mul(self.row_bytes()), || {
-            inner.gather_into(&slots, &mut obs, &mut target)
-        })
-        .map_err(to_py_err)?;
+        retry_contended(py, || {
+            maybe_detach(py, k.saturating_mul(self.row_bytes()), || {
+                inner.gather_into(&slots, &mut obs, &mut target)
+            })
+        })?;
         PyTuple::new(
             py,
             [
@@ -600,7 +697,7 @@ impl PyRingBuffer {
     ) -> PyResult<Bound<'py, PyTuple>> {
         let b = size(batch_size, "batch_size", 0)?;
         let w = size(window, "window", 1)?;
-        let inner = &self.inner;
+        let inner = self.store()?;
         self.gather_tuple(py, b, with_meta, false, |o, t, m| {
             inner.sample_recent_into(w, o, t, m)
         })
@@ -617,7 +714,7 @@ impl PyRingBuffer {
     ) -> PyResult<Bound<'py, PyTuple>> {
         let task_id = convert::int64(task_id, "task_id")?;
         let b = size(batch_size, "batch_size", 0)?;
-        let inner = &self.inner;
+        let inner = self.store()?;
         // Always without the GIL: finding the task's rows scans the task_id column.
         self.gather_tuple(py, b, with_meta, true, |o, t, m| {
             inner.sample_task_rows_into(task_id, o, t, m)
@@ -626,7 +723,7 @@ impl PyRingBuffer {
 
     /// Rows currently held per task id.
     fn task_counts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let inner = &self.inner;
+        let inner = self.store()?;
         let counts = py.detach(|| inner.task_counts());
         let d = PyDict::new(py);
         for (t, n) in counts {
@@ -636,52 +733,43 @@ impl PyRingBuffer {
     }
 
     /// Zero-copy read-only view of the obs column: (len, obs_dim) float32, slot order.
-    fn obs_view<'py>(slf: &Bound<'py, Self>) -> Bound<'py, PyAny> {
-        let s = slf.get();
-        view(
-            slf,
-            s.inner.obs_ptr(),
-            s.inner.len(),
-            Some(s.inner.obs_dim()),
-        )
+    fn obs_view<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let s = slf.get().store()?;
+        Ok(view(slf, s.obs_ptr(), s.len(), Some(s.obs_dim())))
     }
 
     /// Zero-copy read-only view of the target column: (len, target_dim) float32.
-    fn target_view<'py>(slf: &Bound<'py, Self>) -> Bound<'py, PyAny> {
-        let s = slf.get();
-        view(
-            slf,
-            s.inner.target_ptr(),
-            s.inner.len(),
-            Some(s.inner.target_dim()),
-        )
+    fn target_view<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let s = slf.get().store()?;
+        Ok(view(slf, s.target_ptr(), s.len(), Some(s.target_dim())))
     }
 
     /// Zero-copy read-only view of the task_id column: (len,) int64.
-    fn task_id_view<'py>(slf: &Bound<'py, Self>) -> Bound<'py, PyAny> {
-        let s = slf.get();
-        view(slf, s.inner.task_id_ptr(), s.inner.len(), None)
+    fn task_id_view<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let s = slf.get().store()?;
+        Ok(view(slf, s.task_id_ptr(), s.len(), None))
     }
 
     /// Zero-copy read-only view of the episode_id column: (len,) int64.
-    fn episode_id_view<'py>(slf: &Bound<'py, Self>) -> Bound<'py, PyAny> {
-        let s = slf.get();
-        view(slf, s.inner.episode_id_ptr(), s.inner.len(), None)
+    fn episode_id_view<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let s = slf.get().store()?;
+        Ok(view(slf, s.episode_id_ptr(), s.len(), None))
     }
 
     /// Zero-copy read-only view of the step column: (len,) int64.
-    fn step_view<'py>(slf: &Bound<'py, Self>) -> Bound<'py, PyAny> {
-        let s = slf.get();
-        view(slf, s.inner.step_ptr(), s.inner.len(), None)
+    fn step_view<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let s = slf.get().store()?;
+        Ok(view(slf, s.step_ptr(), s.len(), None))
     }
 
     /// Forget every row (total_added keeps counting).
-    fn clear(&self) {
-        self.inner.clear();
+    fn clear(&self) -> PyResult<()> {
+        self.store()?.clear();
+        Ok(())
     }
 
-    fn __len__(&self) -> usize {
-        self.inner.len()
+    fn __len__(&self) -> PyResult<usize> {
+        Ok(self.store()?.len())
     }
 
     /// Maximum number of rows.
@@ -704,8 +792,28 @@ impl PyRingBuffer {
 
     /// Rows ever added since creation (not reset by clear).
     #[getter]
-    fn total_added(&self) -> u64 {
-        self.inner.total_added()
+    fn total_added(&self) -> PyResult<u64> {
+        Ok(self.store()?.total_added())
+    }
+
+    /// Seconds an `add` waits on a slot another writer is still writing before raising
+    /// TimeoutError (default 10). Only a stopped or stuck writer holds a slot that long; a
+    /// dead writer's slots are reclaimed instead. Per handle.
+    #[getter]
+    fn wait_timeout(&self) -> f64 {
+        self.inner.wait_timeout().as_secs_f64()
+    }
+
+    #[setter]
+    fn set_wait_timeout(&self, seconds: f64) -> PyResult<()> {
+        if !(seconds.is_finite() && seconds >= 0.0) {
+            return Err(PyValueError::new_err(format!(
+                "wait_timeout must be a finite number of seconds >= 0, got {seconds}"
+            )));
+        }
+        self.inner
+            .set_wait_timeout(std::time::Duration::from_secs_f64(seconds.min(1e9)));
+        Ok(())
     }
 
     /// "fifo" or "reservoir".
@@ -735,9 +843,14 @@ impl PyRingBuffer {
     /// written to a temporary file beside it, fsynced and renamed over `path`, so a crash
     /// leaves the old file or the new one. Safe while other threads add or sample.
     fn save(&self, py: Python<'_>, path: std::path::PathBuf) -> PyResult<()> {
-        py.detach(|| self.inner.save_file(&path))
+        let inner = self.store()?;
+        py.detach(|| inner.save_file(&path))
             .map(|_| ())
-            .map_err(persist_err)
+            .map_err(persist_err)?;
+        // The loaded copy builds its window index from the rows held; so does this store
+        // from now on, so both draw the same windows.
+        self.inner.forget_window_index();
+        Ok(())
     }
 
     /// Load a store saved by `save`: the same rows, metadata, counters and sampler state
@@ -804,13 +917,14 @@ impl PyRingBuffer {
 
     /// Reset slots left half-written by writer processes that died (file-backed stores;
     /// `open` does this too). Returns how many were reset.
-    fn reap_dead_writers(&self, py: Python<'_>) -> usize {
-        py.detach(|| self.inner.reap_dead_writers())
+    fn reap_dead_writers(&self, py: Python<'_>) -> PyResult<usize> {
+        let inner = self.store()?;
+        Ok(py.detach(|| inner.reap_dead_writers()))
     }
 
-    fn __repr__(&self) -> String {
-        let s = &self.inner;
-        format!(
+    fn __repr__(&self) -> PyResult<String> {
+        let s = self.store()?;
+        Ok(format!(
             "RingBuffer(len={}, capacity={}, obs_dim={}, target_dim={}, retention='{}', total_added={})",
             s.len(),
             s.capacity(),
@@ -818,7 +932,7 @@ impl PyRingBuffer {
             s.target_dim(),
             self.retention(),
             s.total_added()
-        )
+        ))
     }
 }
 
