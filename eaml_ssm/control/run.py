@@ -34,13 +34,7 @@ from eaml_ssm.control.loop import Adaptation, EpisodeResult, LiveIds, run_episod
 from eaml_ssm.control.model import SSMDynamics
 from eaml_ssm.control.oracle import OracleDynamics, has_oracle
 from eaml_ssm.control.planners import PLANNERS, Planner, make_planner
-from eaml_ssm.control.report import (
-    DEFAULT_RESULTS_DIR,
-    render_markdown,
-    rerender,
-    summarize_grid,
-    write_outputs,
-)
+from eaml_ssm.control.report import DEFAULT_RESULTS_DIR, render_markdown, rerender, summarize_grid
 from eaml_ssm.control.rewards import get_reward
 from eaml_ssm.features import Normalizer
 from eaml_ssm.tasks import Task, get_family, sample_tasks
@@ -303,7 +297,12 @@ def run_grid(trained: TrainedRun, opts: ControlOptions) -> dict[str, Any]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", type=str, default="", help="trained run folder (config.json, "
-                        "checkpoint.pt, store.rbuf), e.g. runs/Pendulum-v1-seed0")  # fmt: skip
+                        "checkpoint.pt, store.rbuf); default: the newest run of --env_name "
+                        "in --out, or --out/--name")  # fmt: skip
+    parser.add_argument("--out", type=str, default="runs", help="parent folder of run folders")
+    parser.add_argument("--name", type=str, default="", help="run folder name under --out")
+    parser.add_argument("--env_name", type=str, default="Pendulum-v1",
+                        help="task family of the run to find (without --run/--name)")  # fmt: skip
     parser.add_argument("--profile", choices=sorted(PROFILES), default="full",
                         help="grid size: quick (< 10 min on 2 cores) or full (default)")  # fmt: skip
     parser.add_argument("--planner", choices=PLANNERS, default="rs",
@@ -358,22 +357,29 @@ def options_from_args(args: argparse.Namespace) -> ControlOptions:
     )
 
 
+def run_folder(args: argparse.Namespace) -> Path:
+    """--run, else the newest trained run of --env_name under --out (as `adapt` finds it)."""
+    if args.run:
+        return Path(args.run)
+    from eaml_ssm.config import RunConfig
+    from eaml_ssm.pipeline import existing_run
+
+    return existing_run(RunConfig(env_name=args.env_name, out=args.out, name=args.name))
+
+
 def main(args: argparse.Namespace) -> int:
     if args.rerender:
         for path in rerender():
             print(f"rendered {path}")
         return 0
-    if not args.run:
-        raise ValueError("control needs --run <trained run folder> (or --rerender)")
     torch.set_num_threads(1)  # the issue's budget: one core per control step
     opts = options_from_args(args)
     opts.validate()
-    from eaml_ssm.pipeline import resolve_device
+    from eaml_ssm.pipeline import control_stage
 
-    trained = load_trained(args.run, resolve_device(opts.device))
-    summary = run_grid(trained, opts)
-    results = Path(args.results) if args.results else trained.path / "control.json"
-    write_outputs(summary, results)
+    folder = run_folder(args)
+    results = Path(args.results) if args.results else folder / "control.json"
+    summary = control_stage(folder, opts, results)
     print(render_markdown(summary))
     print(f"\nresults: {results}")
     return 0
