@@ -438,7 +438,6 @@ def control_stage(path: Path, options: Any, results: Path | None = None) -> dict
     return summary
 
 
-
 def load_data(cfg: RunConfig, run: RunDir) -> Data:
     """The store of an earlier `collect` in this run folder, or a fresh collection."""
     import rust_buffer

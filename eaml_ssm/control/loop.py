@@ -122,9 +122,20 @@ def run_episode(
     env = task.make_env()
     try:
         return _play(
-            env, family, reward, coder, planner, dynamics, start_seed, max_steps,
-            normalizer, adaptation, store, ids, dev,
-        )  # fmt: skip
+            env,
+            family,
+            reward,
+            coder,
+            planner,
+            dynamics,
+            start_seed,
+            max_steps,
+            normalizer,
+            adaptation,
+            store,
+            ids,
+            dev,
+        )
     finally:
         env.close()
 

@@ -31,15 +31,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from eaml_ssm.features import Normalizer
-from eaml_ssm.ssm import SSM
+from eaml_ssm.ssm import SSM, SSMBlock
 from eaml_ssm.tasks import TaskFamily
 
 
 class _Layer:
     """One SSM block with its discretization and complex layout precomputed."""
 
-    def __init__(self, w: Mapping[str, Tensor], prefix: str, block: torch.nn.Module) -> None:
-        ssm = block.ssm  # type: ignore[union-attr]
+    def __init__(self, w: Mapping[str, Tensor], prefix: str, block: SSMBlock) -> None:
+        ssm = block.ssm
         with torch.no_grad():
             # discretize with the given weights: swap them into a scratch copy of the layer
             saved = {k: p.detach().clone() for k, p in ssm.named_parameters()}
@@ -107,16 +107,17 @@ class FastSSMStep:
         self.w_out = (w_out * norm.target_std[:, None]).contiguous()
         self.b_out = b_out * norm.target_std + norm.target_mean
         self.out_norm = (w["out_norm.weight"], w["out_norm.bias"])
-        self.layers = [
-            _Layer(w, f"blocks.{i}", block) for i, block in enumerate(self.model.blocks)
-        ]
+        blocks = [cast(SSMBlock, b) for b in self.model.blocks]
+        self.layers = [_Layer(w, f"blocks.{i}", b) for i, b in enumerate(blocks)]
         self.modes = int(self.layers[0].a.shape[0])
 
     def init_hidden(self, n: int) -> list[Tensor]:
         dev = self.w_state.device
         return [torch.zeros(n, self.modes, dtype=torch.complex64, device=dev) for _ in self.layers]
 
-    def step(self, states: Tensor, encoded: Tensor, hidden: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+    def step(
+        self, states: Tensor, encoded: Tensor, hidden: list[Tensor]
+    ) -> tuple[Tensor, list[Tensor]]:
         h = torch.addmm(self.b_in, states, self.w_state.t())
         h = h.addmm_(encoded, self.w_action.t())  # (n, h)
         width = h.shape[1]
@@ -191,7 +192,9 @@ class SSMDynamics:
 
     def load(self, weights: Mapping[str, Tensor] | None) -> None:
         """Use new (e.g. adapted) weights; call `prepare` again before planning."""
-        self.fast.load(None if weights is None else {k: v.to(self.device) for k, v in weights.items()})
+        self.fast.load(
+            None if weights is None else {k: v.to(self.device) for k, v in weights.items()}
+        )
 
     def prepare(self, history: tuple[Tensor, Tensor] | None, num_candidates: int = 1) -> None:
         hidden = self.fast.init_hidden(1)

@@ -52,7 +52,12 @@ def _cartpole(p: Mapping[str, float]) -> StepFn:
         )
         xacc = temp - polemass_length * thetaacc * costheta / total_mass
         return torch.stack(
-            (x + tau * x_dot, x_dot + tau * xacc, theta + tau * theta_dot, theta_dot + tau * thetaacc),
+            (
+                x + tau * x_dot,
+                x_dot + tau * xacc,
+                theta + tau * theta_dot,
+                theta_dot + tau * thetaacc,
+            ),
             dim=1,
         )
 

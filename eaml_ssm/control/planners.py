@@ -202,7 +202,7 @@ class CEM(Planner):
         self.iterations = int(iterations)
         # each iteration gets an equal share of the candidate budget
         self.per_iter = max(2, num_candidates // self.iterations)
-        self.num_elites = max(1, int(round(elite_frac * self.per_iter)))
+        self.num_elites = max(1, round(elite_frac * self.per_iter))
         self.alpha = alpha
         self.init_std = init_std
 

@@ -34,6 +34,10 @@ def _ratio(num: float, den: float) -> float | None:
     return num / den if abs(den) > 1e-9 else None
 
 
+def _task_mean(episodes: list[dict[str, Any]], task: int) -> float:
+    return float(np.mean([e["return"] for e in episodes if e["task"] == task]))
+
+
 def summarize_grid(
     *,
     env_name: str,
@@ -59,10 +63,8 @@ def summarize_grid(
             if "oracle" in mean_r and "random" in mean_r:
                 norm = _ratio(mean_r[m] - mean_r["random"], mean_r["oracle"] - mean_r["random"])
                 for ti in range(len(tasks[split])):
-                    def tm(name: str, ti: int = ti) -> float:
-                        return float(np.mean([e["return"] for e in by[name] if e["task"] == ti]))
-
-                    per_task.append(_ratio(tm(m) - tm("random"), tm("oracle") - tm("random")))
+                    t_m, t_o, t_r = (_task_mean(by[k], ti) for k in (m, "oracle", "random"))
+                    per_task.append(_ratio(t_m - t_r, t_o - t_r))
             curves = [e["model_error"] for e in eps if e["model_error"]]
             length = min((len(c) for c in curves), default=0)
             out[m] = {
@@ -75,7 +77,9 @@ def summarize_grid(
                 "plan_ms": float(np.mean([e["plan_ms"] for e in eps])),
                 "step_ms": float(np.mean([e["step_ms"] for e in eps])),
                 "step_cpu_ms": float(np.mean([e["step_cpu_ms"] for e in eps])),
-                "model_error_mean": float(np.mean([np.mean(c) for c in curves])) if curves else None,
+                "model_error_mean": float(np.mean([np.mean(c) for c in curves]))
+                if curves
+                else None,
                 "model_error_curve": (
                     np.mean([c[:length] for c in curves], axis=0).tolist() if length else []
                 ),
@@ -110,8 +114,11 @@ def check_targets(summary: dict[str, Any]) -> dict[str, Any]:
     if held:
         _, row = held
         score = row["normalized_score"]
-        out["heldout_score"] = {"value": score, "target": TARGET_HELDOUT,
-                                "met": score is not None and score >= TARGET_HELDOUT}  # fmt: skip
+        out["heldout_score"] = {
+            "value": score,
+            "target": TARGET_HELDOUT,
+            "met": score is not None and score >= TARGET_HELDOUT,
+        }
         out["heldout_every_episode_in_goal"] = {
             "value": f"{row['episodes_ending_in_goal']}/{row['episodes']}",
             "met": row["episodes_ending_in_goal"] == row["episodes"],
@@ -121,13 +128,19 @@ def check_targets(summary: dict[str, Any]) -> dict[str, Any]:
     if ood:
         _, row = ood
         score = row["normalized_score"]
-        out["ood_score"] = {"value": score, "target": TARGET_OOD,
-                            "met": score is not None and score >= TARGET_OOD}  # fmt: skip
+        out["ood_score"] = {
+            "value": score,
+            "target": TARGET_OOD,
+            "met": score is not None and score >= TARGET_OOD,
+        }
         if none and none[1]["normalized_score"] is not None and score is not None:
             base = none[1]["normalized_score"]
             gap = _ratio(score - base, 1.0 - base)
-            out["ood_gap_closed"] = {"value": gap, "target": TARGET_GAP,
-                                     "met": gap is not None and gap >= TARGET_GAP}  # fmt: skip
+            out["ood_gap_closed"] = {
+                "value": gap,
+                "target": TARGET_GAP,
+                "met": gap is not None and gap >= TARGET_GAP,
+            }
     s = summary["settings"]
     if held:
         # CPU time of the one thread: wall time on a shared machine also counts other jobs
@@ -193,29 +206,43 @@ def write_outputs(summary: dict[str, Any], results: Path) -> None:
     from eaml_ssm.artifacts import finite
 
     results.parent.mkdir(parents=True, exist_ok=True)
-    results.write_text(json.dumps(finite(summary), indent=1, sort_keys=True) + "\n")
+    results.write_text(json.dumps(finite(summary), indent=1) + "\n")
     results.with_suffix(".md").write_text(render_markdown(summary) + "\n")
-    plot(summary, results.with_name(results.stem + "_returns.png"),
-         results.with_name(results.stem + "_model_error.png"))  # fmt: skip
+    plot(
+        summary,
+        results.with_name(results.stem + "_returns.png"),
+        results.with_name(results.stem + "_model_error.png"),
+    )
 
 
 def plot(summary: dict[str, Any], returns_png: Path, error_png: Path) -> None:
     from eaml_ssm.plots import plot_bars, plot_curves
 
     groups = {
-        split: {m: (row["return"]["mean"], row["return"]["ci95"]) for m, row in d["methods"].items()}
+        split: {
+            m: (row["return"]["mean"], row["return"]["ci95"]) for m, row in d["methods"].items()
+        }
         for split, d in summary["splits"].items()
     }
-    plot_bars(returns_png, groups, title=f"{summary['env_name']}: return per method",
-              ylabel="episode return (mean ± 95% CI)")  # fmt: skip
+    plot_bars(
+        returns_png,
+        groups,
+        title=f"{summary['env_name']}: return per method",
+        ylabel="episode return (mean ± 95% CI)",
+    )
     curves = {
         f"{split}: {m}": row["model_error_curve"]
         for split, d in summary["splits"].items()
         for m, row in d["methods"].items()
         if row["model_error_curve"] and m != "oracle"
     }
-    plot_curves(error_png, curves, title="one-step model error along an episode",
-                xlabel="control step", ylabel="normalized MSE (mean over episodes)")  # fmt: skip
+    plot_curves(
+        error_png,
+        curves,
+        title="one-step model error along an episode",
+        xlabel="control step",
+        ylabel="normalized MSE (mean over episodes)",
+    )
 
 
 def rerender(results_dir: Path = DEFAULT_RESULTS_DIR, root: Path = Path(".")) -> list[Path]:

@@ -155,7 +155,6 @@ def model_episode(
 ) -> EpisodeResult:
     """One episode of a model-based method on a private copy of the weights and store."""
     import rust_buffer
-
     from eaml_ssm.pipeline import Data, Trained, base_adapter, methods
 
     cfg = trained.cfg
@@ -174,9 +173,12 @@ def model_episode(
     adapter, adapts = variants[method]
     every = opts.adapt_every or cfg.support_len
     dyn = SSMDynamics(
-        copy.deepcopy(trained.maml.model), trained.normalizer, family,
-        warmup=opts.warmup, device=device,
-    )  # fmt: skip
+        copy.deepcopy(trained.maml.model),
+        trained.normalizer,
+        family,
+        warmup=opts.warmup,
+        device=device,
+    )
     adaptation = Adaptation(adapter, every, cfg.support_len) if adapts else None
     return run_episode(
         task,
@@ -215,9 +217,15 @@ def reference_episode(
         )
     if method == "random":
         return run_episode(
-            task, planner=None, dynamics=None, start_seed=start_seed,
-            max_steps=opts.max_steps, store=store, ids=ids, device=device,
-        )  # fmt: skip
+            task,
+            planner=None,
+            dynamics=None,
+            start_seed=start_seed,
+            max_steps=opts.max_steps,
+            store=store,
+            ids=ids,
+            device=device,
+        )
     raise ValueError(f"unknown reference method {method!r}; expected 'oracle' or 'random'")
 
 
@@ -257,13 +265,25 @@ def run_grid(trained: TrainedRun, opts: ControlOptions) -> dict[str, Any]:
                     else:
                         res = model_episode(trained, method, task, opts, seed, ids, device)
                     episodes.append(
-                        {"split": split, "task": ti, "episode": e, "start_seed": seed,
-                         "method": method, **res.to_dict()}
-                    )  # fmt: skip
+                        {
+                            "split": split,
+                            "task": ti,
+                            "episode": e,
+                            "start_seed": seed,
+                            "method": method,
+                            **res.to_dict(),
+                        }
+                    )
                     log.info(
                         "%s task %d ep %d %-20s return %8.1f  goal %.2f  %.1f ms/step",
-                        split, ti, e, method, res.ret, res.goal_fraction, res.step_ms,
-                    )  # fmt: skip
+                        split,
+                        ti,
+                        e,
+                        method,
+                        res.ret,
+                        res.goal_fraction,
+                        res.step_ms,
+                    )
     settings = {
         "planner": opts.planner,
         "num_candidates": opts.num_candidates,
@@ -281,54 +301,100 @@ def run_grid(trained: TrainedRun, opts: ControlOptions) -> dict[str, Any]:
     return summarize_grid(
         env_name=cfg.env_name,
         run=str(trained.path),
-        run_config={k: getattr(cfg, k) for k in ("seed", "num_tasks", "num_epochs",
-                                                  "support_len", "query_len",
-                                                  "experience_weight")},
+        run_config={
+            k: getattr(cfg, k)
+            for k in (
+                "seed",
+                "num_tasks",
+                "num_epochs",
+                "support_len",
+                "query_len",
+                "experience_weight",
+            )
+        },
         settings=settings,
         tasks=tasks,
         episodes=episodes,
         methods=chosen,
         seconds=time.perf_counter() - t0,
-    )  # fmt: skip
+    )
 
 
 # --- command line ---------------------------------------------------------------------------
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", type=str, default="", help="trained run folder (config.json, "
-                        "checkpoint.pt, store.rbuf); default: the newest run of --env_name "
-                        "in --out, or --out/--name")  # fmt: skip
+    parser.add_argument(
+        "--run",
+        type=str,
+        default="",
+        help="trained run folder (config.json, "
+        "checkpoint.pt, store.rbuf); default: the newest run of --env_name "
+        "in --out, or --out/--name",
+    )
     parser.add_argument("--out", type=str, default="runs", help="parent folder of run folders")
     parser.add_argument("--name", type=str, default="", help="run folder name under --out")
-    parser.add_argument("--env_name", type=str, default="Pendulum-v1",
-                        help="task family of the run to find (without --run/--name)")  # fmt: skip
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="full",
-                        help="grid size: quick (< 10 min on 2 cores) or full (default)")  # fmt: skip
-    parser.add_argument("--planner", choices=PLANNERS, default="rs",
-                        help="rs = random shooting (default), cem = cross-entropy method")  # fmt: skip
-    parser.add_argument("--num_candidates", type=int, default=None,
-                        help="candidate action sequences per control step (N)")  # fmt: skip
+    parser.add_argument(
+        "--env_name",
+        type=str,
+        default="Pendulum-v1",
+        help="task family of the run to find (without --run/--name)",
+    )
+    parser.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        default="full",
+        help="grid size: quick (< 10 min on 2 cores) or full (default)",
+    )
+    parser.add_argument(
+        "--planner",
+        choices=PLANNERS,
+        default="rs",
+        help="rs = random shooting (default), cem = cross-entropy method",
+    )
+    parser.add_argument(
+        "--num_candidates",
+        type=int,
+        default=None,
+        help="candidate action sequences per control step (N)",
+    )
     parser.add_argument("--horizon", type=int, default=None, help="planning horizon H (steps)")
     parser.add_argument("--cem_iterations", type=int, default=5, help="CEM refits per step")
     parser.add_argument("--elite_frac", type=float, default=0.1, help="CEM elite fraction")
-    parser.add_argument("--warmup", type=int, default=4,
-                        help="real steps that warm the hidden state before each plan")  # fmt: skip
-    parser.add_argument("--adapt_every", type=int, default=0,
-                        help="adapt every M steps (0 = the run's support_len)")  # fmt: skip
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=4,
+        help="real steps that warm the hidden state before each plan",
+    )
+    parser.add_argument(
+        "--adapt_every", type=int, default=0, help="adapt every M steps (0 = the run's support_len)"
+    )
     parser.add_argument("--tasks", type=int, default=None, help="test tasks per split")
-    parser.add_argument("--episodes", type=int, default=None, help="episodes (start seeds) per task")
+    parser.add_argument(
+        "--episodes", type=int, default=None, help="episodes (start seeds) per task"
+    )
     parser.add_argument("--max_steps", type=int, default=None, help="steps per episode")
-    parser.add_argument("--methods", type=str, default="",
-                        help="comma-separated subset of the methods (default: all)")  # fmt: skip
+    parser.add_argument(
+        "--methods",
+        type=str,
+        default="",
+        help="comma-separated subset of the methods (default: all)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the start states")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--results", type=str, default="",
-                        help="results JSON path (default: <run>/control.json); the markdown "
-                        "table and plots go beside it")  # fmt: skip
-    parser.add_argument("--rerender", action="store_true",
-                        help=f"only re-render README.md and docs/control.md from "
-                        f"{DEFAULT_RESULTS_DIR}/*.json")  # fmt: skip
+    parser.add_argument(
+        "--results",
+        type=str,
+        default="",
+        help="results JSON path (default: <run>/control.json); the markdown "
+        "table and plots go beside it",
+    )
+    parser.add_argument(
+        "--rerender",
+        action="store_true",
+        help=f"only re-render README.md and docs/control.md from {DEFAULT_RESULTS_DIR}/*.json",
+    )
     parser.add_argument("--quiet", action="store_true", help="less logging")
 
 

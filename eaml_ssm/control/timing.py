@@ -51,7 +51,10 @@ def control_timings(
     dyn = SSMDynamics(model, Normalizer(family.input_dim, family.target_dim), family, device=dev)
     coder = ActionCoder(family, dev)
     reward = get_reward(env_name)
-    hist = (torch.randn(4, family.state_dim, device=dev), torch.rand(4, family.action_dim, device=dev))
+    hist = (
+        torch.randn(4, family.state_dim, device=dev),
+        torch.rand(4, family.action_dim, device=dev),
+    )
     state = torch.tensor([1.0, 0.0, 0.0], device=dev)[: family.state_dim]
     out: dict[str, Any] = {"device": str(dev), "threads": torch.get_num_threads()}
     for n, h in sizes:
