@@ -24,6 +24,7 @@ Shape letters: n candidates, ds state dim, da action-encoding dim, h width, m mo
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import cast
 
 import numpy as np
 import torch
