@@ -476,6 +476,8 @@ def test_control_options_reject_bad_values(tiny_run: Path) -> None:
         ControlOptions(planner="mppi").validate()
     with pytest.raises(ValueError, match="--horizon"):
         ControlOptions(horizon=0).validate()
+    with pytest.raises(ValueError, match="--splits"):
+        ControlOptions(splits=("train",)).validate()
     trained = load_trained(tiny_run, torch.device("cpu"))
     with pytest.raises(ValueError, match="unknown methods"):
         run_grid(trained, ControlOptions(methods=("telepathy",)))

@@ -68,6 +68,7 @@ class ControlOptions:
     seed: int = 0
     device: str = "auto"
     methods: tuple[str, ...] = ()  # empty: all
+    splits: tuple[str, ...] = SPLITS
 
     def validate(self) -> None:
         if self.planner not in PLANNERS:
@@ -77,6 +78,9 @@ class ControlOptions:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
         if self.num_candidates < 2:
             raise ValueError(f"--num_candidates must be >= 2, got {self.num_candidates}")
+        bad = sorted(set(self.splits) - set(SPLITS))
+        if bad or not self.splits:
+            raise ValueError(f"--splits must be some of {SPLITS}, got {list(self.splits)}")
         if self.warmup < 0 or self.adapt_every < 0:
             raise ValueError("--warmup and --adapt_every must be >= 0")
         if self.episodes < 2:
@@ -253,6 +257,8 @@ def run_grid(trained: TrainedRun, opts: ControlOptions) -> dict[str, Any]:
     tasks: dict[str, list[dict[str, float]]] = {}
     t0 = time.perf_counter()
     for si, split in enumerate(SPLITS):
+        if split not in opts.splits:
+            continue
         split_tasks = sample_tasks(cfg.env_name, opts.tasks, seed=cfg.seed, split=split)
         tasks[split] = [dict(t.params) for t in split_tasks]
         for ti, task in enumerate(split_tasks):
@@ -381,6 +387,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="",
         help="comma-separated subset of the methods (default: all)",
     )
+    parser.add_argument(
+        "--splits", type=str, default=",".join(SPLITS), help="comma-separated test splits"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the start states")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument(
@@ -420,6 +429,7 @@ def options_from_args(args: argparse.Namespace) -> ControlOptions:
         seed=args.seed,
         device=args.device,
         methods=methods,
+        splits=tuple(x.strip() for x in args.splits.split(",") if x.strip()),
     )
 
 
