@@ -189,6 +189,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
                 f"| {_fmt(row['step_cpu_ms']) if planned else '-'} "
                 f"| {_fmt(row['model_error_mean'], digits=4)} |"
             )
+    lines += ["", *_per_task_table(summary)]
     t = summary.get("targets", {})
     if t:
         lines += ["", "Targets (adapted = hybrid):"]
@@ -199,6 +200,27 @@ def render_markdown(summary: dict[str, Any]) -> str:
             target = f" (target {v['target']})" if "target" in v else ""
             lines.append(f"- {key}: {shown}{target}: **{met}** {v.get('note', '')}".rstrip())
     return "\n".join(lines)
+
+
+def _per_task_table(summary: dict[str, Any]) -> list[str]:
+    """Normalized score of each model-based method on each task (where adaptation helps)."""
+    first = next(iter(summary["splits"].values()))
+    names = [m for m in first["methods"] if m not in ("oracle", "random")]
+    if not names:
+        return []
+    lines = [
+        "Normalized score per task (mean over start seeds):",
+        "",
+        "| split | task | " + " | ".join(names) + " |",
+        "|---|---|" + "---|" * len(names),
+    ]
+    for split, data in summary["splits"].items():
+        for ti, params in enumerate(data["tasks"]):
+            label = ", ".join(f"{k}={v:.2f}" for k, v in params.items())
+            per = [data["methods"][m]["normalized_per_task"] for m in names]
+            cells = [_fmt(p[ti] if p else None, True) for p in per]
+            lines.append(f"| {split} | {label} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def write_outputs(summary: dict[str, Any], results: Path) -> None:
