@@ -211,6 +211,9 @@ def rerender_file(results: Path) -> None:
     """Recompute the target checks and the table of one results JSON (e.g. after a change
     to the checks); the episodes and summaries in it are left as they are."""
     summary = json.loads(results.read_text())
+    order = list(dict.fromkeys(e["method"] for e in summary["episodes"]))  # as they were run
+    for data in summary["splits"].values():
+        data["methods"] = {m: data["methods"][m] for m in order if m in data["methods"]}
     summary["targets"] = check_targets(summary)
     results.write_text(json.dumps(summary, indent=1) + "\n")
     results.with_suffix(".md").write_text(render_markdown(summary) + "\n")
