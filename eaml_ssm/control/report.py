@@ -21,6 +21,7 @@ import numpy as np
 from eaml_ssm.stats import summarize
 
 DEFAULT_RESULTS_DIR = Path("docs/results/control")
+README_RESULT = "pendulum_rs.json"  # the grid the README shows (docs/control.md shows all)
 BEGIN, END = "<!-- control-results:begin -->", "<!-- control-results:end -->"
 # Issue 13's targets (Pendulum-v1, random shooting 500 x 20, one core)
 TARGET_HELDOUT = 0.95
@@ -285,23 +286,28 @@ def plot(summary: dict[str, Any], returns_png: Path, error_png: Path) -> None:
 
 
 def rerender(results_dir: Path = DEFAULT_RESULTS_DIR, root: Path = Path(".")) -> list[Path]:
-    """Rewrite the marked sections of README.md and docs/control.md from the results JSON."""
+    """Rewrite the marked sections of README.md (the headline result, README_RESULT, when it
+    exists) and docs/control.md (every result) from the results JSON files."""
     files = sorted((root / results_dir).glob("*.json"))
     if not files:
         raise FileNotFoundError(f"no results JSON in {root / results_dir}; run the grid first")
-    blocks = []
+    blocks = {}
     for f in files:
         rerender_file(f)  # target checks and table as the current code computes them
         summary = json.loads(f.read_text())
-        blocks.append(f"From `{results_dir / f.name}`:\n\n" + render_markdown(summary))
-    text = "\n\n".join(blocks)
+        blocks[f.name] = f"From `{results_dir / f.name}`:\n\n" + render_markdown(summary)
+    headline = [b for name, b in blocks.items() if name == README_RESULT] or list(blocks.values())
     written = []
-    for doc in (root / "README.md", root / "docs" / "control.md"):
+    for doc, chosen in (
+        (root / "README.md", headline),
+        (root / "docs" / "control.md", list(blocks.values())),
+    ):
         body = doc.read_text()
         if BEGIN not in body or END not in body:
             raise ValueError(f"{doc} lacks the markers {BEGIN} ... {END}")
         head, rest = body.split(BEGIN, 1)
         _, tail = rest.split(END, 1)
+        text = "\n\n".join(chosen)
         doc.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
         written.append(doc)
     return written
