@@ -483,3 +483,11 @@ def test_control_options_reject_bad_values(tiny_run: Path) -> None:
         run_grid(trained, ControlOptions(methods=("telepathy",)))
     with pytest.raises(FileNotFoundError, match="not a run folder"):
         load_trained(tiny_run / "missing", torch.device("cpu"))
+
+
+def test_a_fallen_pole_counts_as_out_of_goal_for_the_rest_of_the_episode() -> None:
+    task = sample_task("CartPole-v1", 0, "heldout")
+    res = run_episode(task, planner=None, dynamics=None, start_seed=0, max_steps=400)
+    assert res.steps < 100  # random actions drop the pole early
+    assert res.goal_fraction == pytest.approx((res.steps - 1) / 400)
+    assert res.final_goal_fraction == 0.0

@@ -60,8 +60,11 @@ class LiveIds:
 class EpisodeResult:
     ret: float
     steps: int
-    goal_fraction: float  # fraction of steps whose next state is in the goal region
-    final_goal_fraction: float  # the same over the last quarter of the episode
+    # fraction of the episode's max_steps whose next state is in the goal region; after an
+    # early termination the final state counts for the remaining steps (CartPole: fallen,
+    # MountainCar: at the flag)
+    goal_fraction: float
+    final_goal_fraction: float  # the same over the last quarter of max_steps
     plan_ms: float  # mean planning time per control step (wall clock)
     step_ms: float  # planning + adaptation, amortized per control step (wall clock)
     step_cpu_ms: float  # the same in CPU time of this process (robust to a shared machine)
@@ -167,7 +170,7 @@ def _play(
     total, in_goal, plan_s, adapt_s, adaptations = 0.0, [], 0.0, 0.0, 0
     cpu_s = 0.0
     errors: list[float] = []
-    steps = 0
+    steps, ended = 0, False
     for t in range(max_steps):
         s = torch.as_tensor(np.asarray(obs, dtype=np.float32), device=dev)
         t0, c0 = time.perf_counter(), time.process_time()
@@ -214,8 +217,11 @@ def _play(
             cpu_s += time.process_time() - ca
             adaptations += 1
         if terminated or truncated:
+            ended = bool(terminated)
             break
-    tail = in_goal[-max(1, steps // 4) :]
+    if ended:  # terminated: the state it ended in (fallen / at the flag) stays
+        in_goal += [in_goal[-1]] * (max_steps - steps)
+    tail = in_goal[-max(1, len(in_goal) // 4) :]
     return EpisodeResult(
         ret=total,
         steps=steps,
