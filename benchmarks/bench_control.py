@@ -78,23 +78,26 @@ def main() -> None:
         dyn.prepare(hist)
         planner.plan(dyn, coder, reward, state)
 
-    results = {}
+    fns = {"straightforward": straightforward, "fast": fast}
+    wall: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
     with torch.inference_mode():
-        for name, fn in (("straightforward", straightforward), ("fast", fast)):
+        for fn in fns.values():
             for _ in range(3):
                 fn()
-            wall, cpu = [], []
-            for _ in range(args.repeats):
+        for _ in range(args.repeats):  # interleaved: both see the same machine load
+            for name, fn in fns.items():
                 if dev.type == "cuda":
                     torch.cuda.synchronize()
                 t0, c0 = time.perf_counter(), time.process_time()
                 fn()
                 if dev.type == "cuda":
                     torch.cuda.synchronize()
-                wall.append(1000 * (time.perf_counter() - t0))
-                cpu.append(1000 * (time.process_time() - c0))
-            results[name] = (statistics.median(wall), statistics.median(cpu))
-            print(f"{name:16s} wall {results[name][0]:7.2f} ms   cpu {results[name][1]:7.2f} ms")
+                wall[name].append(1000 * (time.perf_counter() - t0))
+                cpu[name].append(1000 * (time.process_time() - c0))
+    results = {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in fns}
+    for name, (w, c) in results.items():
+        print(f"{name:16s} wall {w:7.2f} ms   cpu {c:7.2f} ms")
     ratio = results["straightforward"][1] / results["fast"][1]
     print(f"N x H = {n} x {horizon} on {dev}: fast is {ratio:.2f}x the straightforward loop (CPU)")
 

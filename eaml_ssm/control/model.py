@@ -157,11 +157,11 @@ class StateProjector:
         self.high = torch.tensor(np.where(bounded, high, big), dtype=torch.float32, device=device)
 
     def __call__(self, s: Tensor) -> Tensor:
+        """Project `s` (a fresh tensor the caller owns: it is modified in place)."""
         if self.unit_circle:
-            cs = s[:, :2]
-            s = torch.cat((cs / cs.norm(dim=1, keepdim=True).clamp_min(1e-6), s[:, 2:]), dim=1)
+            s[:, :2] = F.normalize(s[:, :2], dim=1, eps=1e-6)
         if self.clip:
-            s = torch.maximum(torch.minimum(s, self.high), self.low)
+            s = torch.clamp(s, self.low, self.high)
         return s
 
 

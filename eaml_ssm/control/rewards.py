@@ -53,10 +53,6 @@ class FamilyReward:
     reward_after_termination: bool = False  # CartPole pays 1 only while the pole is up
 
 
-def _angle_normalize(x: Tensor) -> Tensor:
-    return ((x + math.pi) % (2 * math.pi)) - math.pi
-
-
 def pendulum_angle(states: Tensor) -> Tensor:
     """theta in [-pi, pi) from an observation (cos theta, sin theta, thdot): (n,)."""
     return torch.atan2(states[:, 1], states[:, 0])
@@ -65,9 +61,10 @@ def pendulum_angle(states: Tensor) -> Tensor:
 def _pendulum_reward(s: Tensor, a: Tensor, s2: Tensor) -> Tensor:
     # gymnasium: costs = angle_normalize(th)^2 + 0.1 thdot^2 + 0.001 u^2, u clipped to [-2, 2],
     # scored on the state *before* the step
+    # atan2 of the observation is already angle_normalize(th)
     u = a[:, 0].clamp(-2.0, 2.0)
     th = pendulum_angle(s)
-    return -(_angle_normalize(th) ** 2 + 0.1 * s[:, 2] ** 2 + 0.001 * u**2)
+    return -(th * th + 0.1 * s[:, 2] * s[:, 2] + 0.001 * u * u)
 
 
 def _pendulum_goal(s2: Tensor) -> Tensor:
