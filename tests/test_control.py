@@ -491,3 +491,11 @@ def test_a_fallen_pole_counts_as_out_of_goal_for_the_rest_of_the_episode() -> No
     assert res.steps < 100  # random actions drop the pole early
     assert res.goal_fraction == pytest.approx((res.steps - 1) / 400)
     assert res.final_goal_fraction == 0.0
+
+
+def test_random_shooting_draws_new_candidates_at_every_step() -> None:
+    planner = RandomShooting(8, 3, seed=0)
+    planner.reset(seed=0)
+    first = planner._uniform(8, 1, torch.device("cpu"))
+    second = planner._uniform(8, 1, torch.device("cpu"))
+    assert not torch.equal(first, second)

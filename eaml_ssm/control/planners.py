@@ -143,7 +143,9 @@ class Planner:
         return torch.cat((self.previous[1:], self.previous[-1:]), dim=0)
 
     def _gen(self, device: torch.device) -> torch.Generator:
-        if self.generator is None or self.generator.device != device:
+        # compare types: a generator made for "cuda" reports "cuda:0"; resetting it on every
+        # call would replay the same candidates at every control step
+        if self.generator is None or self.generator.device.type != device.type:
             self.reset(device=device)
         assert self.generator is not None
         return self.generator
