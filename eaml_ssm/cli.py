@@ -97,6 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     sinusoid.add_arguments(sn)
+    from eaml_ssm.control import run as control_run
+
+    ct = sub.add_parser(
+        "control",
+        help="act with the adapted model: model-predictive control on a trained run folder",
+        description=control_run.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    control_run.add_arguments(ct)
     return parser
 
 
@@ -171,6 +180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from eaml_ssm import evaluate
 
             return evaluate.run(args)
+        if command == "control":
+            from eaml_ssm.control import run as control_run
+
+            return control_run.main(args)
         resume = bool(getattr(args, "resume", False))
         cfg: RunConfig = config_from_args(args, check=False)  # checked once its base is known
         from eaml_ssm.pipeline import existing_run, named_run, saved_config

@@ -493,6 +493,18 @@ def format_table(summary: dict[str, Any]) -> str:
 # --- stages ---------------------------------------------------------------------------------
 
 
+def control_stage(path: Path, options: Any, results: Path | None = None) -> dict[str, Any]:
+    """Model-predictive control grid (eaml_ssm.control) on the trained run folder `path`;
+    writes control.json, control.md and plots there (or at `results`)."""
+    from eaml_ssm.control.report import write_outputs
+    from eaml_ssm.control.run import load_trained, run_grid
+
+    trained = load_trained(path, resolve_device(options.device))
+    summary = run_grid(trained, options)
+    write_outputs(summary, results or Path(path) / "control.json")
+    return summary
+
+
 def saved_store(cfg: RunConfig, run: RunDir) -> Any:
     """The store an earlier `collect` kept in this run folder, or None."""
     import rust_buffer

@@ -100,3 +100,33 @@ def plot_pareto(
     ax.set(title=title, xlabel="new-task nMSE", ylabel="few-shot forgetting (train tasks)")
     ax.grid(alpha=0.3)
     return _finish(plt, fig, path)
+
+
+def plot_bars(
+    path: Path,
+    groups: Mapping[str, Mapping[str, tuple[float, float | None]]],
+    *,
+    title: str,
+    ylabel: str,
+) -> Path | None:
+    """Grouped bars with error bars: groups (e.g. splits) -> label -> (mean, half-width)."""
+    plt = _pyplot()
+    if plt is None or not groups:
+        return None
+    labels = list(dict.fromkeys(k for g in groups.values() for k in g))
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(labels) * len(groups)), 4))
+    width = 0.8 / max(1, len(labels))
+    for j, label in enumerate(labels):
+        xs, ys, es = [], [], []
+        for i, g in enumerate(groups.values()):
+            if label in g:
+                mean, half = g[label]
+                xs.append(i + (j - (len(labels) - 1) / 2) * width)
+                ys.append(mean)
+                es.append(half if half is not None and half == half else 0.0)
+        ax.bar(xs, ys, width=width, yerr=es, capsize=3, label=label)
+    ax.set_xticks(range(len(groups)), list(groups))
+    ax.set(title=title, ylabel=ylabel)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=7)
+    return _finish(plt, fig, path)
