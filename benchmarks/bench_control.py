@@ -40,9 +40,9 @@ def main() -> None:
     fam = get_family("Pendulum-v1")
     cfg = RunConfig()
     torch.manual_seed(0)
-    model = SSM(cfg.state_dim, fam.input_dim, fam.target_dim, cfg.hidden_dim, cfg.num_layers).to(
-        dev
-    )
+    model = SSM(
+        cfg.state_dim, fam.input_dim, fam.target_dim, cfg.hidden_dim, num_layers=cfg.num_layers
+    ).to(dev)
     norm = Normalizer(fam.input_dim, fam.target_dim).to(dev)
     params = {k: v.detach().clone() for k, v in model.named_parameters()}
     coder, reward = ActionCoder(fam, dev), get_reward("Pendulum-v1")

@@ -36,7 +36,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        quiet_default = action.default in (None, False, argparse.SUPPRESS)
+        # `is`, not `in`: a default of 0 equals False but is worth stating
+        quiet_default = any(action.default is v for v in (None, False, argparse.SUPPRESS))
         if action.option_strings and "default" not in text.lower() and not quiet_default:
             text += " (default: %(default)s)"
         return text
@@ -103,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         "control",
         help="act with the adapted model: model-predictive control on a trained run folder",
         description=control_run.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     control_run.add_arguments(ct)
     return parser
@@ -170,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args.command or "run"
     setup_logging(bool(getattr(args, "quiet", False)))
     try:
-        if command in ("sinusoid", "evaluate"):
+        if command in ("sinusoid", "evaluate", "control"):
             check_device(args.device)
         if command == "sinusoid":
             from eaml_ssm import sinusoid

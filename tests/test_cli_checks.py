@@ -214,14 +214,16 @@ def test_resume_skips_a_cut_off_last_metrics_line(
     assert [r["step"] for r in rows if r["kind"] == "train"] == [0, 1, 2, 3]
 
 
-@pytest.mark.parametrize("name", ["run", "collect", "train", "adapt", "evaluate", "sinusoid"])
+@pytest.mark.parametrize(
+    "name", ["run", "collect", "train", "adapt", "evaluate", "sinusoid", "control"]
+)
 def test_every_computing_subcommand_takes_device(name: str) -> None:
     args = build_parser().parse_args([name, "--device", "cpu"])
     assert args.device == "cpu"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
-@pytest.mark.parametrize("name", ["evaluate", "sinusoid"])
+@pytest.mark.parametrize("name", ["evaluate", "sinusoid", "control"])
 def test_cuda_without_cuda_is_refused_by_evaluate_and_sinusoid(
     cli: Callable[..., tuple[int, str]], name: str, tmp_path: Path
 ) -> None:

@@ -100,7 +100,7 @@ def test_unsupported_families_fail_clearly() -> None:
 
 def _model_and_normalizer(seed: int = 0) -> tuple[SSM, Normalizer]:
     torch.manual_seed(seed)
-    model = SSM(8, 4, 3, 16, 2)
+    model = SSM(8, 4, 3, 16, num_layers=2)
     norm = Normalizer(4, 3)
     norm.input_mean = torch.tensor([0.3, -0.2, 1.5, 0.0])
     norm.input_std = torch.tensor([0.7, 0.6, 2.5, 1.0])
@@ -410,6 +410,7 @@ def test_tiny_control_run_end_to_end(tiny_run: Path, tmp_path: Path) -> None:
             "GrBAL reset (w=0)",
             "continual (w=0)",
             "hybrid (w=0.1)",
+            "hybrid (w=0.1, replay_live=True)",  # replay also draws on the live episode
             "oracle",
             "random",
         ]

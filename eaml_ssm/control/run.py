@@ -140,6 +140,11 @@ def method_names(cfg: Any) -> list[str]:
 class _NullAdapter:
     """Stands in for an adapter where only the method names are needed."""
 
+    def __init__(self) -> None:
+        from eaml_ssm.adaptation import AdaptationConfig
+
+        self.config = AdaptationConfig()
+
     def fork(self, **_: Any) -> _NullAdapter:
         return self
 
@@ -362,9 +367,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--num_candidates",
         type=int,
         default=None,
-        help="candidate action sequences per control step (N)",
+        help="candidate action sequences per control step (N; default: the profile's)",
     )
-    parser.add_argument("--horizon", type=int, default=None, help="planning horizon H (steps)")
+    parser.add_argument(
+        "--horizon",
+        type=int,
+        default=None,
+        help="planning horizon H (steps; default: the profile's)",
+    )
     parser.add_argument("--cem_iterations", type=int, default=5, help="CEM refits per step")
     parser.add_argument("--elite_frac", type=float, default=0.1, help="CEM elite fraction")
     parser.add_argument(
@@ -374,13 +384,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="real steps that warm the hidden state before each plan",
     )
     parser.add_argument(
-        "--adapt_every", type=int, default=0, help="adapt every M steps (0 = the run's support_len)"
+        "--adapt_every",
+        type=int,
+        default=0,
+        help="adapt every M steps (default 0: the run's support_len)",
     )
-    parser.add_argument("--tasks", type=int, default=None, help="test tasks per split")
     parser.add_argument(
-        "--episodes", type=int, default=None, help="episodes (start seeds) per task"
+        "--tasks", type=int, default=None, help="test tasks per split (default: the profile's)"
     )
-    parser.add_argument("--max_steps", type=int, default=None, help="steps per episode")
+    parser.add_argument(
+        "--episodes",
+        type=int,
+        default=None,
+        help="episodes (start seeds) per task (default: the profile's)",
+    )
+    parser.add_argument(
+        "--max_steps", type=int, default=None, help="steps per episode (default: the profile's)"
+    )
     parser.add_argument(
         "--methods",
         type=str,
@@ -391,7 +411,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--splits", type=str, default=",".join(SPLITS), help="comma-separated test splits"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the start states")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where the model plans: auto = cuda when torch sees a GPU",
+    )
     parser.add_argument(
         "--results",
         type=str,

@@ -47,7 +47,13 @@ def control_timings(
     family = get_family(env_name)
     cfg = RunConfig()
     torch.manual_seed(0)
-    model = SSM(cfg.state_dim, family.input_dim, family.target_dim, cfg.hidden_dim, cfg.num_layers)
+    model = SSM(
+        cfg.state_dim,
+        family.input_dim,
+        family.target_dim,
+        cfg.hidden_dim,
+        num_layers=cfg.num_layers,
+    )
     dyn = SSMDynamics(model, Normalizer(family.input_dim, family.target_dim), family, device=dev)
     coder = ActionCoder(family, dev)
     reward = get_reward(env_name)
