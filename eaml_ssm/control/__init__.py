@@ -14,7 +14,7 @@ See docs/control.md.
 
 from __future__ import annotations
 
-from eaml_ssm.control.loop import EpisodeResult, record_transition, run_episode
+from eaml_ssm.control.loop import EpisodeResult, run_episode
 from eaml_ssm.control.model import FastSSMStep, SSMDynamics
 from eaml_ssm.control.oracle import OracleDynamics
 from eaml_ssm.control.planners import CEM, ActionCoder, RandomShooting, make_planner
@@ -32,6 +32,5 @@ __all__ = [
     "control_timings",
     "get_reward",
     "make_planner",
-    "record_transition",
     "run_episode",
 ]

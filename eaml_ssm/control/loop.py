@@ -7,7 +7,7 @@ One call of `run_episode` plays one episode of one task from one start seed:
 2. execute the plan's first action; score the model's one-step prediction of that action
    against what happened (the model-error curve);
 3. write the transition into the experience store at once, with its own task / episode /
-   step ids (`record_transition`), so hybrid replay can draw on it;
+   step ids (`eaml_ssm.feed.LiveWriter`), so hybrid replay can draw on it;
 4. every ``adapt_every`` steps, adapt on the latest window (normalized exactly as in
    training, from a zero hidden state as the meta-training windows were) and load the adapted
    weights into the planner's model; the next step re-warms from the new weights.
@@ -28,24 +28,8 @@ from eaml_ssm.control.model import SSMDynamics
 from eaml_ssm.control.planners import ActionCoder, Dynamics, Planner
 from eaml_ssm.control.rewards import get_reward
 from eaml_ssm.features import Normalizer, encode_inputs, encode_targets
+from eaml_ssm.feed import LiveWriter
 from eaml_ssm.tasks import Task
-
-
-def record_transition(
-    store: Any,
-    inputs: np.ndarray,
-    target: np.ndarray,
-    *,
-    task_id: int,
-    episode_id: int,
-    step: int,
-) -> None:
-    """Add one executed transition (raw input row (di,), raw target row (dt,)) to the store.
-
-    The one place control writes live experience; point it at the feed's live-experience
-    helper when that exists. The store's retention (a ring) keeps memory flat on long runs.
-    """
-    store.add(inputs, target, task_id=task_id, episode_id=episode_id, step=step)
 
 
 @dataclass
@@ -159,6 +143,9 @@ def _play(
     dev: torch.device,
 ) -> EpisodeResult:
     obs, _ = env.reset(seed=start_seed)
+    writer = None
+    if store is not None and ids is not None:  # episode `ids.episode_id`, steps 0, 1, ...
+        writer = LiveWriter(store, ids.task_id, episode_base=ids.episode_id)
     if planner is not None:
         planner.reset(seed=start_seed, device=dev)
     rng = torch.Generator().manual_seed(start_seed)
@@ -195,10 +182,8 @@ def _play(
         inputs[t], targets[t] = x_row, y_row
         states[t] = s
         actions[t] = torch.as_tensor(x_row[ds:], device=dev)
-        if store is not None and ids is not None:
-            record_transition(
-                store, x_row, y_row, task_id=ids.task_id, episode_id=ids.episode_id, step=t
-            )
+        if writer is not None:  # live experience, through the feed's one writer
+            writer.add(x_row, y_row, episode_start=t == 0)
         if predicted is not None and normalizer is not None:
             err = normalizer.normalize_targets(predicted.cpu() - s.cpu()) - (
                 normalizer.normalize_targets(torch.from_numpy(y_row))
