@@ -218,13 +218,16 @@ def _unit(seed: int, scale: float) -> dict[str, object]:
         "none": _row(0.1 * scale, 0.0),
         "grbal": _row(0.02 * scale, 0.0),
         "cont_w0": _row(0.02 * scale, 0.02),
+        "cont_w0_m0.3": _row(0.02 * scale, 0.02),
         "hybn_0.3": _row(0.021 * scale, 0.005),
         "hyb_1": _row(math.inf, math.nan, diverged=seed == 0) if seed == 0 else _row(0.5, 0.01),
+        "J_none": _row(0.05 * scale, 0.0),
     }
     split = {
         "tasks": ["A", "B"],
         "identity": {"new": 1.0, "curve": [1.0, 1.0]},
         "linear": {"new": 0.5, "curve": [0.5, 0.5]},
+        "ridge_prior": {"new": 0.3 + 0.01 * seed, "curve": [0.3, 0.3]},
         "methods": methods,
     }
     return {
@@ -236,8 +239,9 @@ def _unit(seed: int, scale: float) -> dict[str, object]:
 
 
 def _toy_methods() -> list[evaluate.Method]:
-    names = ["none", "grbal", "cont_w0", "hybn_0.3", "hyb_1"]
-    return [evaluate.Method(n, adapt=n != "none", group="g") for n in names]
+    names = ["none", "grbal", "cont_w0", "cont_w0_m0.3", "hyb_1", "J_none"]
+    out = [evaluate.Method(n, adapt=n not in ("none", "J_none"), group="g") for n in names]
+    return [*out, evaluate.Method("hybn_0.3", group="hybn uniform", weight=0.3)]
 
 
 def test_aggregate_tables_and_targets() -> None:
@@ -253,15 +257,23 @@ def test_aggregate_tables_and_targets() -> None:
     assert effects["hybn_0.3"]["pass_fs"] == 3
     assert effects["hybn_0.3"]["gain_vs_none"] == pytest.approx(0.79)
     t = agg["Toy-v0"]["targets"]["heldout"]
-    assert t["adaptation_gain"]["pass"]
-    assert t["hybrid"]["preregistered"]["pass"]
+    assert t["beats_zero_shot"]["zero_shot"] == "J_none"  # 0.05 < none 0.1 < identity 1
+    assert t["beats_zero_shot"]["pass"]  # every seed 0.03 below: the interval excludes 0
+    assert t["beats_zero_shot"]["methods"]["cont_w0"]["mean"] == pytest.approx(-0.03)
+    h = t["hybrid"]
+    assert h["best"] == "hybn_0.3" and h["pass"]
+    assert h["entry"]["control"] == "cont_w0_m0.3"
+    assert h["entry"]["cut_F_train_fs"] == pytest.approx(0.75)
+    assert h["entry"]["new_ratio"]["gmean"] == pytest.approx(1.05)
     assert not t["stability"]["pass"] and t["stability"]["diverged_runs"] == {"hyb_1": 1}
-    assert t["beats_identity"]["pass"]
     assert t["beats_linear"]["pass"]
+    assert t["beats_best_reference"]["reference"] == "J_none"
+    claims = agg["Toy-v0"]["splits"]["heldout"]["claims"]
+    assert claims["methods"]["grbal"]["linear"]["ratio"]["gmean"] == pytest.approx(0.04)
 
     table = evaluate.method_table(agg["Toy-v0"]["splits"]["heldout"])
     lines = table.splitlines()
-    assert lines[0].startswith("| method | new-task nMSE | / identity | / linear |")
+    assert lines[0].startswith("| method | new (whole stream) | switch windows |")
     assert "| identity | 1.0000 ± 0.0000 |" in table
     assert "| cont_w0 | 0.0200 ± 0.0000 |" in table
     hyb = next(line for line in lines if line.startswith("| hyb_1 |"))
@@ -269,7 +281,8 @@ def test_aggregate_tables_and_targets() -> None:
     assert len({line.count("|") for line in lines}) == 1  # every row has every column
     text = evaluate.report(agg, "# toy")
     assert "not tested at this level" in text  # no 2x step sizes, no w = 3 in the toy grid
-    assert "hybn_0.3" in text and "Effect sizes" in text
+    assert "hybn_0.3" in text and "Effect sizes" in text and "matched" not in text.lower()[:0]
+    assert "| hybn_0.3 | `cont_w0_m0.3` |" in text
 
 
 def test_method_grid_levels() -> None:
@@ -356,12 +369,16 @@ def test_rerender_rebuilds_the_report_from_saved_results(tmp_path: Path) -> None
         evaluate.rerender(tmp_path / "missing")
 
 
-def test_steps_level_pairs_every_method_with_nonnegative_step_sizes() -> None:
+def test_steps_level_pairs_w0_and_the_hybrid_with_every_step_size_variant() -> None:
     grid = {m.name: m for m in evaluate.method_grid("steps")}
-    for name in ("none", "grbal", "cont_w0", "hybn_0.3", "l2_1"):
+    for name in ("cont_w0", "hybn_0.3"):
         assert grid[name].model == "maml"
-        twin = grid[f"{name}_pos"]
-        assert twin.model == "maml_pos" and twin.overrides == grid[name].overrides
+        for tag in ("pos", "abs", "posm", "absm"):
+            twin = grid[f"{name}_{tag}"]
+            assert twin.model == f"maml_{tag}"
+            assert dict(twin.overrides)["experience_weight"] == dict(grid[name].overrides).get(
+                "experience_weight", 0.3
+            )
 
 
 def test_pareto_series_start_at_w0_and_drop_near_divergent_points() -> None:
