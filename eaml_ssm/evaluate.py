@@ -187,6 +187,8 @@ def step_size_rows() -> list[Method]:
             _m(f"{PREREGISTERED}{tag}", model=model, mode="continual", experience_weight=0.3),
         ]
     return out
+
+
 GUARD = 1.5  # max_loss_ratio of the tighter rollback guard in the "stability" level
 
 
@@ -705,8 +707,11 @@ def aggregate(units: Sequence[dict[str, Any]], methods: dict[str, list[Method]])
                 [u["splits"][split] for u in runs], methods[family]
             )
         fam["quantities"] = task_quantities(
-            family, {sp: [q for r in runs for q in [r["splits"][sp].get("task_quantities", [])]]
-                     for sp in SPLITS}
+            family,
+            {
+                sp: [q for r in runs for q in [r["splits"][sp].get("task_quantities", [])]]
+                for sp in SPLITS
+            },
         )
         fam["targets"] = targets(fam, family)
         out[family] = fam
@@ -835,7 +840,8 @@ def claims(rows: dict[str, Any]) -> dict[str, Any]:
             continue
         new = row["per_seed"]["new"]
         entry: dict[str, Any] = {}
-        for key, ref in (("best_reference", best_ref), ("linear", "linear"), ("zero_shot", best_zs)):
+        against = (("best_reference", best_ref), ("linear", "linear"), ("zero_shot", best_zs))
+        for key, ref in against:
             if ref is None or ref not in rows:
                 continue
             other = rows[ref]["per_seed"]["new"]
@@ -940,9 +946,7 @@ def targets(fam: dict[str, Any], family: str) -> dict[str, Any]:
             "note": "best is chosen on the test streams (optimistic)",
         }
         stab = [
-            n
-            for n, r in rows.items()
-            if "diverged" in r and (n.startswith("hyb") or "lrx2" in n)
+            n for n, r in rows.items() if "diverged" in r and (n.startswith("hyb") or "lrx2" in n)
         ]
         t["stability"] = {
             "rows": stab,
@@ -1151,7 +1155,8 @@ def targets_text(t: dict[str, Any]) -> str:
 
 
 HEADLINE = ("none", "grbal", REFERENCE, matched_control_name(0.3), PREREGISTERED, "hybn_1",
-            "hyb_1", "hyb_3", "l2_1", "FO_cont_w0", "J_cont_w0", "cont_w0_pos", "cont_w0_posm")  # fmt: skip
+            "hyb_1", "hyb_3", "l2_1", "FO_cont_w0", "J_cont_w0", "cont_w0_pos",
+            "cont_w0_posm")  # fmt: skip
 
 
 def headline_table(agg: dict[str, Any]) -> str:
@@ -1354,6 +1359,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="RUN_DIR",
         help="rebuild the tables and plots of a finished run from its results.json",
     )
+    parser.add_argument(
+        "--publish",
+        default="",
+        metavar="DIR",
+        help="with --rerender: write a compact results.json and results.md into DIR "
+        "(e.g. docs/results/full) and rewrite the marked blocks of README.md and "
+        "docs/evaluation.md from it",
+    )
+    parser.add_argument(
+        "--docs",
+        action="store_true",
+        help="with --rerender: rewrite the marked result blocks of README.md and "
+        "docs/evaluation.md from RUN_DIR (a docs/results/<name> folder)",
+    )
 
 
 def resolve_profile(args: argparse.Namespace) -> Profile:
@@ -1387,8 +1406,12 @@ def resolve_profile(args: argparse.Namespace) -> Profile:
 def run(args: argparse.Namespace) -> int:
     """Run the profile, write the run folder, print the tables; returns the exit code."""
     torch.set_num_threads(1)
+    if args.publish and not args.rerender:
+        raise ValueError("--publish needs --rerender RUN_DIR (the run to publish)")
     if args.rerender:
-        return rerender(Path(args.rerender))
+        if args.publish:
+            return publish(Path(args.rerender), Path(args.publish))
+        return rerender(Path(args.rerender), docs=DOC_FILES if args.docs else ())
     profile = resolve_profile(args)
     run_dir = fresh_run_dir(args.out, args.name or f"evaluate-{args.profile}")
     grids = {f: method_grid(profile.level(f)) for f in profile.families}
@@ -1398,7 +1421,11 @@ def run(args: argparse.Namespace) -> int:
         for seed in range(profile.seeds)
     ]
     command = "python -m eaml_ssm evaluate " + " ".join(_argv(args))
-    run_dir.write_json("config.json", {"command": command, "profile": dataclasses.asdict(profile)})
+    commit = git_commit()
+    run_dir.write_json(
+        "config.json",
+        {"command": command, "commit": commit, "profile": dataclasses.asdict(profile)},
+    )
     log.info(
         "evaluate: %d units (%s) into %s", len(units), ", ".join(profile.families), run_dir.path
     )
@@ -1406,6 +1433,7 @@ def run(args: argparse.Namespace) -> int:
     results = _run_units(units, profile.jobs, args.quiet)
     saved = {
         "command": command,
+        "commit": commit,
         "wall_seconds": round(time.perf_counter() - t0, 1),
         "load_average": (load0, os.getloadavg()[0]),
         "profile": dataclasses.asdict(profile),
@@ -1414,49 +1442,151 @@ def run(args: argparse.Namespace) -> int:
     return render(run_dir, saved)
 
 
-def render(run_dir: RunDir, saved: dict[str, Any]) -> int:
-    """Aggregate saved per-seed results, write results.json/results.md/plots, print them."""
+def _aggregate_saved(saved: dict[str, Any]) -> dict[str, Any]:
     profile = saved["profile"]
     levels = dict(profile["levels"])
     grids = {f: method_grid(levels.get(f, "core")) for f in profile["families"]}
-    agg = aggregate(saved["units"], grids)
-    wall, load = saved["wall_seconds"], saved["load_average"]
-    header = (
-        f"# Evaluation\n\nCommand: `{saved['command']}`  \n"
-        f"Wall time: {_seconds(wall)} ({_cpu_note(profile['jobs'], load)})"
+    return aggregate(saved["units"], grids)
+
+
+def source_line(saved: dict[str, Any]) -> str:
+    """Where a set of numbers comes from: command, commit, wall time, machine load."""
+    profile = saved["profile"]
+    return (
+        f"Command: `{saved['command']}` at commit `{saved.get('commit') or 'unknown'}`  \n"
+        f"Wall time: {_seconds(saved['wall_seconds'])} "
+        f"({_cpu_note(profile['jobs'], saved['load_average'])})"
     )
-    text = report(agg, header)
+
+
+def render(
+    run_dir: RunDir, saved: dict[str, Any], *, plots: bool = True, docs: Sequence[Path] = ()
+) -> int:
+    """Aggregate saved per-seed results, write results.json/results.md/plots, print them;
+    with `docs`, rewrite the marked result blocks of those files too."""
+    agg = _aggregate_saved(saved)
+    text = report(agg, f"# Evaluation\n\n{source_line(saved)}")
     run_dir.write_json("results.json", finite({**saved, "aggregate": agg}))
     (run_dir.path / "results.md").write_text(text)
-    make_plots(run_dir, agg)
+    if plots:
+        make_plots(run_dir, agg)
+    for doc in docs:
+        update_doc(doc, run_dir.path.name, doc_blocks(agg, saved, run_dir.path))
     print(text)
-    print(f"run folder: {run_dir.path}  ({_seconds(wall)})")
+    print(f"run folder: {run_dir.path}  ({_seconds(saved['wall_seconds'])})")
     return 0
+
+
+# --- results in the repository --------------------------------------------------------------
+
+DOC_FILES = (Path("README.md"), Path("docs/evaluation.md"))
+
+
+def git_commit() -> str:
+    """The checkout's commit (with "+dirty" when tracked files differ), or "" outside git."""
+    import subprocess
+
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    return head + ("+dirty" if dirty else "")
+
+
+def _compact(value: Any) -> Any:
+    """Floats to 5 significant digits (the JSON stays small enough to commit)."""
+    if isinstance(value, float):
+        return float(f"{value:.5g}") if math.isfinite(value) else value
+    if isinstance(value, dict):
+        return {k: _compact(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_compact(v) for v in value]
+    return value
+
+
+def publish(run_path: Path, dest: Path) -> int:
+    """Copy a run's per-seed results (compact, without the aggregate: it is recomputed) to
+    `dest` (e.g. docs/results/full), render results.md there and the docs' marked blocks."""
+    saved = _load_saved(run_path)
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "results.json").write_text(json.dumps(finite(_compact(saved)), indent=0) + "\n")
+    return rerender(dest, docs=DOC_FILES, plots=False)
+
+
+def doc_blocks(agg: dict[str, Any], saved: dict[str, Any], where: Path) -> dict[str, str]:
+    """The marked blocks of the docs, rendered from one result set."""
+    targets_md = []
+    quantities_md = []
+    for family, fam in agg.items():
+        targets_md += [f"**{family}**", "", targets_text(fam["targets"]), ""]
+        if fam.get("quantities"):
+            quantities_md += [f"**{family}**", "", quantities_table(fam["quantities"]), ""]
+    return {
+        "source": source_line(saved) + f"  \nFull tables: `{where / 'results.md'}`",
+        "headline": headline_table(agg),
+        "targets": "\n".join(targets_md).strip(),
+        "quantities": "\n".join(quantities_md).strip(),
+    }
+
+
+def update_doc(path: Path, name: str, blocks: dict[str, str]) -> int:
+    """Replace every `<!-- evaluate:NAME/BLOCK -->` ... `<!-- /evaluate:NAME/BLOCK -->` span of
+    `path` by the rendered block; returns how many were replaced (0 leaves the file as is)."""
+    if not path.exists():
+        return 0
+    text = path.read_text()
+    count = 0
+    for key, body in blocks.items():
+        begin, end = f"<!-- evaluate:{name}/{key} -->", f"<!-- /evaluate:{name}/{key} -->"
+        start = text.find(begin)
+        if start < 0:
+            continue
+        stop = text.find(end, start)
+        if stop < 0:
+            raise ValueError(f"{path}: {begin} has no closing {end}")
+        text = text[: start + len(begin)] + "\n" + body + "\n" + text[stop:]
+        count += 1
+    if count:
+        path.write_text(text)
+    return count
 
 
 def _seconds(wall: float | None) -> str:
     return "unknown" if wall is None or not math.isfinite(wall) else f"{wall:.0f} s"
 
 
-def rerender(path: Path) -> int:
-    """Re-aggregate a run folder (no training, no streams) from its results.json, or, for an
-    interrupted run, from config.json and the per-seed work/*/unit.json files."""
+def _load_saved(path: Path) -> dict[str, Any]:
+    """The saved per-seed results of a run folder: results.json, or, for an interrupted run,
+    config.json and the per-seed work/*/unit.json files."""
     if (path / "results.json").exists():
         saved = json.loads((path / "results.json").read_text())
         saved.pop("aggregate", None)
-        return render(RunDir(path), saved)
+        return saved
     units = sorted(path.glob("work/*/unit.json"))
     if not (path / "config.json").exists() or not units:
         raise FileNotFoundError(f"--rerender: no results.json (nor config.json + units) in {path}")
     config = json.loads((path / "config.json").read_text())
-    saved = {
+    return {
         **config,
         "command": config["command"] + f"  (interrupted: {len(units)} units)",
         "wall_seconds": math.nan,
         "load_average": (math.nan, math.nan),
         "units": [json.loads(u.read_text()) for u in units],
     }
-    return render(RunDir(path), saved)
+
+
+def rerender(path: Path, *, docs: Sequence[Path] = (), plots: bool = True) -> int:
+    """Re-aggregate a run folder (no training, no streams) from its saved results; with
+    `docs`, rewrite their marked blocks (named after the folder) from it."""
+    return render(RunDir(path), _load_saved(path), plots=plots, docs=docs)
 
 
 def _argv(args: argparse.Namespace) -> list[str]:

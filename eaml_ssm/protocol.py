@@ -299,6 +299,7 @@ __all__ = [
     "SEED_STRIDE",
     "StreamData",
     "StreamRun",
+    "UnitSeeds",
     "WindowPair",
     "best_linear_windows",
     "identity_windows",
@@ -310,7 +311,6 @@ __all__ = [
     "stream_data",
     "task_streams",
     "unit_seeds",
-    "UnitSeeds",
     "variant",
     "window_pairs",
 ]

@@ -91,9 +91,7 @@ def ridge_prior_errors(whole: WholeStream, prior: LinearModel, ridge: float) -> 
     return out
 
 
-def best_of(
-    score: Any, ridges: Sequence[float], *args: Any
-) -> tuple[float, list[float]]:
+def best_of(score: Any, ridges: Sequence[float], *args: Any) -> tuple[float, list[float]]:
     """(ridge, per-window errors) at the ridge with the lowest mean error on this stream."""
     results = {r: score(*args, r) for r in ridges}
     best = min(results, key=lambda r: float(np.mean(results[r])))

@@ -4,6 +4,7 @@ step-size variants."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -19,7 +20,7 @@ def test_unit_seeds_are_disjoint_across_seeds_and_roles() -> None:
         s = protocol.unit_seeds(seed, num_tasks=100, test_tasks=5)
         ranges += [(s.train, s.train + 100), (s.test, s.test + 5)]
     ranges.sort()
-    assert all(a[1] <= b[0] for a, b in zip(ranges, ranges[1:], strict=False))
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(ranges))
     with pytest.raises(ValueError, match="num_tasks"):
         protocol.unit_seeds(0, num_tasks=protocol.SEED_STRIDE, test_tasks=5)
     with pytest.raises(ValueError, match="seed must be >= 0"):
