@@ -95,7 +95,7 @@ class Method:
     model: str = "maml"
     adapt: bool = True
     overrides: tuple[tuple[str, Any], ...] = ()  # AdaptationConfig fields
-    store: str = ""  # "" = the meta-training store; "fifo"/"reservoir": small store + stream rows
+    store: str = ""  # "": meta-training store; "fifo"/"reservoir"/"live": own store + stream
     group: str = ""  # Pareto series ("hybn uniform", ...)
     weight: float = math.nan  # experience_weight, for the Pareto plot
 
@@ -160,21 +160,27 @@ def has_replay_live() -> bool:
 
 
 def live_replay_rows() -> list[Method]:
-    """`hybn_0.3` replaying the live stream as well as old tasks, when the adapter supports
-    it (`AdaptationConfig.replay_live`); reported beside `hybn_0.3` (old tasks only)."""
+    """The replay-source comparison (item 7 of the evaluation issue): `hybn_0.3` on a store
+    that also receives every used stream window ("live" store), replaying old tasks only
+    (`replay_live=False`) or old tasks and the live stream (`replay_live=True`). Present when
+    the adapter has `AdaptationConfig.replay_live`."""
     if not has_replay_live():
         return []
-    return [
-        _m(
-            f"{PREREGISTERED}_live",
-            group="live",
-            weight=0.3,
-            mode="continual",
-            experience_weight=0.3,
-            normalize=True,
-            replay_live=True,
+    out = []
+    for live in (False, True):
+        out.append(
+            _m(
+                f"{PREREGISTERED}_{'live' if live else 'oldonly'}",
+                group="replay source",
+                weight=0.3,
+                store="live",
+                mode="continual",
+                experience_weight=0.3,
+                normalize=True,
+                replay_live=live,
+            )
         )
-    ]
+    return out
 
 
 def step_size_rows() -> list[Method]:
@@ -609,15 +615,18 @@ def _retention(
     }
 
 
-def _small_store(models: Models, retention: str) -> Any:
-    """The meta-training data in a store of half the rows, kept by `retention`."""
+def _small_store(models: Models, retention: str, stream_rows: int = 0) -> Any:
+    """The meta-training data in a store of its own: half the rows kept by `retention`
+    ("fifo"/"reservoir"), or ("live") every training row plus room for the stream's rows."""
     cfg = models.cfg
+    rows = cfg.num_tasks * cfg.steps_per_task
+    live = retention == "live"
     store, _ = build_store(
         models.data.train_tasks,
         cfg.steps_per_task,
-        capacity=cfg.num_tasks * cfg.steps_per_task // 2,
+        capacity=rows + stream_rows if live else rows // 2,
         store_seed=cfg.seed,
-        retention=retention,
+        retention="fifo" if live else retention,
         seed=cfg.seed,
         progress=False,
     )
@@ -667,7 +676,7 @@ def evaluate_unit(unit: Unit) -> dict[str, Any]:
                 )
             store = None
             if method.store:
-                store = _small_store(models, method.store)
+                store = _small_store(models, method.store, sum(len(x) for x in streams))
                 base = _store_adapter(models, store)
             row = run_method(base, method, streams, probes, split, befores[method.model], m, store)
             row["ratio_identity"] = row["new"] / res["identity"]["new"]

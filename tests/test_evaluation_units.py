@@ -147,3 +147,15 @@ def test_step_size_variants_separate_sign_from_magnitude() -> None:
     with pytest.raises(ValueError, match="must be one of"):
         evaluate.step_size_variant(lrs, "maml_neg")
     assert math.isfinite(signed)
+
+
+def test_replay_source_rows_follow_the_adapter_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(evaluate, "has_replay_live", lambda: False)
+    assert evaluate.live_replay_rows() == []
+    monkeypatch.setattr(evaluate, "has_replay_live", lambda: True)
+    rows = {m.name: m for m in evaluate.live_replay_rows()}
+    assert set(rows) == {"hybn_0.3_live", "hybn_0.3_oldonly"}
+    for name, live in (("hybn_0.3_live", True), ("hybn_0.3_oldonly", False)):
+        cfg = dict(rows[name].overrides)
+        assert cfg["replay_live"] is live and cfg["experience_weight"] == 0.3
+        assert rows[name].store == "live"  # both replay from a store the stream writes into
