@@ -1472,10 +1472,12 @@ def render(
     run_dir: RunDir, saved: dict[str, Any], *, plots: bool = True, docs: Sequence[Path] = ()
 ) -> int:
     """Aggregate saved per-seed results, write results.json/results.md/plots, print them;
-    with `docs`, rewrite the marked result blocks of those files too."""
+    with `docs` (a published docs/results folder), rewrite the marked result blocks of those
+    files instead, leaving the committed results.json as it is."""
     agg = _aggregate_saved(saved)
     text = report(agg, f"# Evaluation\n\n{source_line(saved)}")
-    run_dir.write_json("results.json", finite({**saved, "aggregate": agg}))
+    if not docs:
+        run_dir.write_json("results.json", finite({**saved, "aggregate": agg}))
     (run_dir.path / "results.md").write_text(text)
     if plots:
         make_plots(run_dir, agg)

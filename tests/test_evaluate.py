@@ -394,3 +394,42 @@ def test_pareto_series_start_at_w0_and_drop_near_divergent_points() -> None:
     }
     series = evaluate.pareto_series(rows)
     assert series == {"hybn uniform": [(0.0, 0.01, 0.02), (0.3, 0.011, 0.005), (3.0, 0.04, 0.001)]}
+
+
+def test_publish_renders_the_marked_doc_blocks(tmp_path: Path, monkeypatch) -> None:
+    import json
+
+    run = tmp_path / "run"
+    run.mkdir()
+    saved = {
+        "command": "python -m eaml_ssm evaluate --profile quick",
+        "commit": "abc123",
+        "wall_seconds": 12.0,
+        "load_average": [1.0, 2.0],
+        "profile": {"families": ["Toy-v0"], "levels": [["Toy-v0", "sanity"]], "jobs": 1},
+        "units": [_unit(0, 1.0), _unit(1, 1.2), _unit(2, 0.8)],
+    }
+    (run / "results.json").write_text(json.dumps(saved))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "docs").mkdir()
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "intro\n<!-- evaluate:quick/headline -->\nstale 9.99\n<!-- /evaluate:quick/headline -->\n"
+        "<!-- evaluate:quick/source -->\n<!-- /evaluate:quick/source -->\ntail\n"
+    )
+    (tmp_path / "docs" / "evaluation.md").write_text("no markers here\n")
+    dest = tmp_path / "docs" / "results" / "quick"
+    assert evaluate.publish(run, dest) == 0
+    text = readme.read_text()
+    assert "stale 9.99" not in text and text.startswith("intro\n") and text.endswith("tail\n")
+    assert "| Toy-v0 | cont_w0 |" in text
+    assert "at commit `abc123`" in text and "Wall time: 12 s" in text
+    assert (tmp_path / "docs" / "evaluation.md").read_text() == "no markers here\n"
+    published = json.loads((dest / "results.json").read_text())
+    assert "aggregate" not in published and published["commit"] == "abc123"
+    before = readme.read_text()
+    assert evaluate.rerender(dest, docs=evaluate.DOC_FILES) == 0  # idempotent
+    assert readme.read_text() == before
+    readme.write_text("<!-- evaluate:quick/headline -->\nno end\n")
+    with pytest.raises(ValueError, match="no closing"):
+        evaluate.rerender(dest, docs=evaluate.DOC_FILES)
