@@ -53,6 +53,7 @@ from eaml_ssm.artifacts import RunDir, finite, fresh_run_dir, seed_everything
 from eaml_ssm.collect import build_store
 from eaml_ssm.config import RunConfig
 from eaml_ssm.plots import plot_curves
+from eaml_ssm.positive_steps import train_softplus
 from eaml_ssm.ssm import SSM
 from eaml_ssm.stats import (
     paired,
@@ -184,9 +185,10 @@ def live_replay_rows() -> list[Method]:
 
 
 def step_size_rows() -> list[Method]:
-    """cont_w0 and hybn_0.3 on every step-size variant (the `steps` level)."""
+    """cont_w0 and hybn_0.3 on every step-size variant and on weights meta-trained with
+    positive (softplus) step sizes (`_softplus`, see eaml_ssm.positive_steps)."""
     out = []
-    for model in STEP_VARIANTS:
+    for model in (*STEP_VARIANTS, "maml_softplus"):
         tag = model.removeprefix("maml")
         out += [
             _m(f"{REFERENCE}{tag}", model=model, mode="continual", experience_weight=0.0),
@@ -401,6 +403,11 @@ class Models:
             return joint_adapter(self, maml_base)
         if kind in STEP_VARIANTS:
             return self._step_variant(kind)
+        if kind == "maml_softplus":
+            trained = train_softplus(self.cfg, RunDir(self.work / kind), self.data)
+            self.seconds[kind] = round(trained.seconds, 2)
+            self.mamls[kind] = trained.maml
+            return pipeline.base_adapter(self.cfg, trained, self.data)
         cfg = dataclasses.replace(self.cfg, first_order=(kind == "fo"))
         run = RunDir(self.work / kind)
         trained = pipeline.train_stage(cfg, run, self.data, resume=False)
@@ -1532,6 +1539,41 @@ def publish(run_path: Path, dest: Path) -> int:
     return rerender(dest, docs=DOC_FILES, plots=False)
 
 
+STEP_TAGS = ("", "_pos", "_abs", "_posm", "_absm", "_softplus")
+
+
+def steps_table(agg: dict[str, Any]) -> str:
+    """The step-size study: signed, clamped, absolute, mean-matched and softplus-trained step
+    sizes, for continual w = 0 and hybn_0.3, per family and split (seed means ± 95 % CI), and
+    the measured comparison of the two candidate defaults (softplus vs clamp) for w = 0."""
+    head = ["family", "split", "method", "new", "F train few-shot", "F task A few-shot"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    verdicts = []
+    for family, fam in agg.items():
+        for split, sp in fam["splits"].items():
+            rows = sp["rows"]
+            for base in (REFERENCE, PREREGISTERED):
+                for tag in STEP_TAGS:
+                    row = rows.get(base + tag)
+                    if row is None:
+                        continue
+                    cells = [_cell(row[k]) for k in ("new", "F_train_fs", "F_A_fs")]
+                    lines.append(
+                        f"| {family} | {split} | {base + tag} | " + " | ".join(cells) + " |"
+                    )
+            soft, pos = rows.get(f"{REFERENCE}_softplus"), rows.get(f"{REFERENCE}_pos")
+            if soft and pos:
+                d_new = paired(soft["per_seed"]["new"], pos["per_seed"]["new"]).to_dict()
+                d_f = paired(soft["per_seed"]["F_train_fs"], pos["per_seed"]["F_train_fs"])
+                verdicts.append(
+                    f"- {family} {split}: softplus-trained minus clamped, continual w = 0: new "
+                    f"{_diff(d_new)}; few-shot train forgetting {_diff(d_f.to_dict())}"
+                )
+    if len(lines) == 2:
+        return ""
+    return "\n".join([*lines, "", *verdicts])
+
+
 def doc_blocks(agg: dict[str, Any], saved: dict[str, Any], where: Path) -> dict[str, str]:
     """The marked blocks of the docs, rendered from one result set."""
     targets_md = []
@@ -1545,6 +1587,7 @@ def doc_blocks(agg: dict[str, Any], saved: dict[str, Any], where: Path) -> dict[
         "headline": headline_table(agg),
         "targets": "\n".join(targets_md).strip(),
         "quantities": "\n".join(quantities_md).strip(),
+        "steps": steps_table(agg),
     }
 
 

@@ -373,7 +373,7 @@ def test_steps_level_pairs_w0_and_the_hybrid_with_every_step_size_variant() -> N
     grid = {m.name: m for m in evaluate.method_grid("steps")}
     for name in ("cont_w0", "hybn_0.3"):
         assert grid[name].model == "maml"
-        for tag in ("pos", "abs", "posm", "absm"):
+        for tag in ("pos", "abs", "posm", "absm", "softplus"):
             twin = grid[f"{name}_{tag}"]
             assert twin.model == f"maml_{tag}"
             assert dict(twin.overrides)["experience_weight"] == dict(grid[name].overrides).get(
