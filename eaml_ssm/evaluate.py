@@ -1,30 +1,32 @@
 """Evaluate, honestly, what hybrid test-time adaptation buys (`python -m eaml_ssm evaluate`).
 
-For every family and seed: collect meta-training tasks into the store, meta-train the SSM
-(second-order MAML with learned step sizes; also first-order MAML and a jointly trained
-non-meta model for the ablations), then run two streams of test tasks A -> B -> C (held-out
-values inside the training range, and out-of-range values), 200 steps per task, adapting
-every M=16 steps on the latest window and scoring each adaptation on the next window
-(prequential; see eaml_ssm.protocol). Every method starts from the same meta-learned weights
-with the same step size and number of steps.
+Every (family, seed) is an independent unit: its own training tasks and its own test tasks
+(disjoint task-seed ranges, `protocol.unit_seeds`). Per unit: collect training-range tasks
+into the store, meta-train the SSM (second-order MAML with learned step sizes; first-order,
+softplus-step and jointly trained models for the ablations), then run one whole stream per
+split of 5 test tasks A -> B -> ... (`heldout`: parameter bands inside the training range;
+`ood`: every dynamics-setting quantity outside its training range, `tasks.sample_dynamics_ood`),
+adapting every M = 16 steps on the latest window and scoring the next one, switch windows
+included (`stream_scoring`). Every method starts from the same weights, step sizes and step
+count.
 
 Metrics (nMSE = MSE / store variance of the target, per dimension, averaged):
-  new          mean prequential nMSE over the stream
-  F train      forgetting on meta-training tasks: retention after the stream minus retention
-               at the meta-learned weights, 0-shot (weights as they are) and few-shot (adapt
-               N steps on a held-out window of the old task, score the next window)
-  F A          the same for the stream's first task, against retention right after task A
-  diverged     runs with a window error or final 0-shot retention above 100 or non-finite
-  rollbacks    firings of the adapter's guard (a step whose loss explodes is undone)
-  ms/step      wall time per accepted adaptation step
-Identity and per-window ridge least squares (best ridge, chosen on the stream) are scored on
-the same windows and reported beside every row as ratios (new / identity, new / linear).
+  new          mean nMSE over every scored window of the whole stream
+  switch       mean nMSE over the first windows after each task switch
+  recovery     windows after a switch until the error is within 10 % of its settled value
+  F train      forgetting on meta-training tasks: retention after the stream minus at theta*,
+               0-shot and few-shot (adapt a fork on a held-out window, score the next)
+  F A          the same for task A, against the weights right after task A
+  diverged     runs with a window error or final 0-shot retention above 10 or non-finite
+References (`references.py`): identity, least squares on the task's whole past, ridge toward a
+global fit, and the jointly trained model without adaptation (`J_none`). Claims are paired per
+seed (`stats.paired`, `stats.ratio`) against the best reference, and each normalized hybrid
+against continual w = 0 at its effective step (`cont_w0_m<w>`).
 
-Profiles: `quick` (3 seeds; Pendulum core methods, CartPole sanity set; 156 s measured on the
-2-core CPU) and `full` (5 seeds, every method; 48 min measured). `--rerender RUN_DIR` rebuilds
-the tables and plots of a finished (or interrupted) run without recomputing anything.
-Output (run folder): results.json (per-seed values, seed means, 95% CIs, targets),
-results.md (tables), plots/pareto_*.png and plots/curves_*.png.
+Profiles: `quick` (3 seeds; Pendulum core methods, CartPole sanity set) and `full` (5 seeds,
+every method). `--rerender RUN_DIR` rebuilds tables and plots from saved results;
+`--publish DIR` commits a compact results.json under docs/results and renders the marked
+blocks of README.md and docs/evaluation.md from it.
 """
 
 from __future__ import annotations
