@@ -914,11 +914,6 @@ def effects(per: dict[str, list[float]], ref: dict[str, list[float]], none: Any)
     return out
 
 
-def _mean(rows: dict[str, Any], name: str, metric: str = "new") -> float:
-    row = rows.get(name)
-    return math.nan if row is None else float(row[metric]["mean"])
-
-
 ADAPTED = ("grbal", REFERENCE, PREREGISTERED)  # the adapted SSMs the targets are checked on
 
 
