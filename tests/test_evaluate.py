@@ -332,6 +332,10 @@ def test_profile_flags_override_and_reject_bad_values() -> None:
     assert evaluate.PROFILES["quick"].seeds >= 3 and evaluate.PROFILES["full"].seeds >= 5
     with pytest.raises(ValueError, match="--seeds must be >= 1"):
         evaluate.resolve_profile(parser.parse_args(["--seeds", "-1"]))
+    assert evaluate.resolve_profile(parser.parse_args(["--device", "cuda:1"])).device == "cuda:1"
+    assert evaluate.resolve_profile(parser.parse_args([])).device == "cpu"
+    with pytest.raises(ValueError, match="--device must be"):
+        evaluate.resolve_profile(parser.parse_args(["--device", "tpu"]))
     with pytest.raises(SystemExit):
         parser.parse_args(["--methods", "everything"])
 
