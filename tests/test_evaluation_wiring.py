@@ -188,3 +188,20 @@ def stream_scoring_concat(streams: list[protocol.StreamData]) -> tuple[np.ndarra
         np.concatenate([s.x.numpy() for s in streams]),
         np.concatenate([s.y.numpy() for s in streams]),
     )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_run_method_on_cuda_matches_cpu() -> None:
+    """CPU streams and probes, adapter on CUDA (what `evaluate --device cuda` does)."""
+    streams = [slope_stream(3.0), slope_stream(-2.0, seed=1)]
+    probes = toy_probes(streams)
+    method = evaluate.Method("cont_w0", overrides=(("mode", "continual"),))
+    rows = []
+    for device in ("cpu", "cuda"):
+        base = toy_adapter(0.5, 0.1)
+        base = Adapter(base.model.to(device), base.config, None, device)
+        before = before_of(base, probes)
+        rows.append(evaluate.run_method(base, method, streams, probes, "heldout", before, M))
+    assert rows[1]["curve"] == pytest.approx(rows[0]["curve"], rel=1e-4)
+    assert rows[1]["F_A_fs"] == pytest.approx(rows[0]["F_A_fs"], rel=1e-4, abs=1e-7)
