@@ -455,6 +455,14 @@ def step_size_variant(lrs: dict[str, Any], kind: str) -> dict[str, Any]:
     return out
 
 
+def negative_share(maml: Any) -> float:
+    """The fraction of learned step-size entries below 0 (NaN without learned ones)."""
+    lrs = learned_inner_lrs(maml) if maml is not None else {}
+    tensors = [torch.as_tensor(v) for v in lrs.values()]
+    total = sum(t.numel() for t in tensors)
+    return sum(int((t < 0).sum()) for t in tensors) / total if total else math.nan
+
+
 def mean_inner_lr(maml: Any) -> float:
     """The mean step size over every adapted parameter entry (learned or fixed)."""
     lrs = getattr(maml, "inner_lrs", None)
@@ -694,6 +702,7 @@ def evaluate_unit(unit: Unit) -> dict[str, Any]:
         out["splits"][split] = res
     out["before"] = befores
     out["alpha"] = models.alpha
+    out["negative_step_share"] = negative_share(models.mamls.get("maml"))
     out["train_seconds"] = models.seconds
     out["seconds"] = round(time.perf_counter() - t0, 1)
     RunDir(work).write_json("unit.json", finite(out))  # kept if a later unit fails
@@ -720,6 +729,9 @@ def aggregate(units: Sequence[dict[str, Any]], methods: dict[str, list[Method]])
         runs = sorted((u for u in units if u["family"] == family), key=lambda u: u["seed"])
         fam: dict[str, Any] = {"seeds": [u["seed"] for u in runs], "splits": {}}
         fam["alpha"] = summarize([u["alpha"] for u in runs]).to_dict()
+        fam["negative_step_share"] = summarize(
+            [u.get("negative_step_share", math.nan) for u in runs]
+        ).to_dict()
         for split in SPLITS:
             fam["splits"][split] = _aggregate_split(
                 [u["splits"][split] for u in runs], methods[family]
@@ -1196,7 +1208,8 @@ def report(agg: dict[str, Any], header: str) -> str:
     for family, fam in agg.items():
         alpha = fam["alpha"]
         parts.append(
-            f"\n## {family} (seeds {fam['seeds']}; mean learned step size {alpha['mean']:.4f})"
+            f"\n## {family} (seeds {fam['seeds']}; mean learned step size {alpha['mean']:.4f}; "
+            f"share of negative learned step sizes {_cell(fam['negative_step_share'])})"
         )
         for split, s in fam["splits"].items():
             parts.append(f"\n### {family}, {split} stream: seed means ± 95% CI\n")

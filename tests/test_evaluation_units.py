@@ -159,3 +159,14 @@ def test_replay_source_rows_follow_the_adapter_option(monkeypatch: pytest.Monkey
         cfg = dict(rows[name].overrides)
         assert cfg["replay_live"] is live and cfg["experience_weight"] == 0.3
         assert rows[name].store == "live"  # both replay from a store the stream writes into
+
+
+def test_negative_step_share_counts_entries() -> None:
+    from types import SimpleNamespace
+
+    fake = SimpleNamespace(
+        learn_inner_lr=True,
+        inner_lrs={"a": torch.tensor([0.1, -0.2, 0.3]), "b": torch.tensor([-1.0])},
+    )
+    assert evaluate.negative_share(fake) == pytest.approx(0.5)
+    assert math.isnan(evaluate.negative_share(None))
