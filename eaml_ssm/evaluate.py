@@ -617,10 +617,24 @@ def run_method(
     return row
 
 
-def is_diverged(row: dict[str, Any]) -> bool:
-    """A window error, or the change of 0-shot train retention, non-finite or > DIVERGED."""
-    checked = [*row["curve"], row["F_train_0"]]
-    return not all(v is not None and math.isfinite(v) and abs(v) <= DIVERGED for v in checked)
+def is_diverged(row: dict[str, Any], identity: Sequence[float] | None = None) -> bool:
+    """A window error, or the change of 0-shot train retention, non-finite or > DIVERGED.
+
+    With `identity` (the identity reference's error per window of the same stream), a
+    window's bound is DIVERGED x max(1, identity error): on out-of-range tasks whose state
+    changes are many training standard deviations large, identity itself scores far above
+    1, and "diverged" means much worse than predicting no change, not large targets.
+    """
+    curve = list(row["curve"])
+    bounds = [DIVERGED * max(1.0, float(i)) for i in identity] if identity else None
+    if bounds is not None and len(bounds) != len(curve):
+        raise ValueError(f"identity has {len(bounds)} windows, the row {len(curve)}")
+    ok = all(
+        v is not None and math.isfinite(v) and abs(v) <= (bounds[k] if bounds else DIVERGED)
+        for k, v in enumerate(curve)
+    )
+    f = row["F_train_0"]
+    return not (ok and f is not None and math.isfinite(f) and abs(f) <= DIVERGED)
 
 
 def _retention(
@@ -696,6 +710,7 @@ def evaluate_unit(unit: Unit) -> dict[str, Any]:
                 store = _small_store(models, method.store, sum(len(x) for x in streams))
                 base = _store_adapter(models, store)
             row = run_method(base, method, streams, probes, split, befores[method.model], m, store)
+            row["diverged"] = is_diverged(row, res["identity"]["curve"])
             row["ratio_identity"] = row["new"] / res["identity"]["new"]
             row["ratio_linear"] = row["new"] / res["linear"]["new"]
             res["methods"][method.name] = row
@@ -748,12 +763,18 @@ def aggregate(units: Sequence[dict[str, Any]], methods: dict[str, list[Method]])
     return out
 
 
+def _identity_curve(split_run: dict[str, Any]) -> list[float] | None:
+    """The identity reference's per-window errors of a saved split (None if absent)."""
+    ident = split_run.get("identity")
+    return list(ident["curve"]) if ident and "curve" in ident else None
+
+
 def _per_seed(split_runs: Sequence[dict[str, Any]], name: str, metric: str) -> list[float]:
     vals = []
     for r in split_runs:
         row = r["methods"][name]
         value = row.get(metric)
-        bad = value is None or is_diverged(row)
+        bad = value is None or is_diverged(row, _identity_curve(r))
         vals.append(math.nan if bad else float(value))
     return vals
 
@@ -782,7 +803,9 @@ def _aggregate_split(split_runs: Sequence[dict[str, Any]], methods: list[Method]
         curves = np.array([r["methods"][name]["curve"] for r in split_runs], dtype=np.float64)
         rows[name] = {
             **{k: summarize(v).to_dict() for k, v in per.items()},
-            "diverged": sum(is_diverged(r["methods"][name]) for r in split_runs),
+            "diverged": sum(
+                is_diverged(r["methods"][name], _identity_curve(r)) for r in split_runs
+            ),
             "runs": len(split_runs),
             "rollbacks": int(sum(r["methods"][name]["rollbacks"] for r in split_runs)),
             "ms_per_step": summarize(

@@ -346,6 +346,13 @@ def test_divergence_rule() -> None:
     assert evaluate.is_diverged({**ok, "curve": [0.1, evaluate.DIVERGED * 1.01]})
     assert evaluate.is_diverged({**ok, "curve": [0.1, None]})  # NaN as stored in JSON
     assert evaluate.is_diverged({**ok, "F_train_0": math.inf})
+    # out-of-range targets: identity itself scores 30 on the second window, so 50 there is
+    # not a divergence (bound 10 x 30), while 50 on the first (identity 0.5: bound 10) is
+    big = {**ok, "curve": [0.1, 50.0]}
+    assert evaluate.is_diverged(big) and not evaluate.is_diverged(big, [0.5, 30.0])
+    assert evaluate.is_diverged({**ok, "curve": [50.0, 0.1]}, [0.5, 30.0])
+    with pytest.raises(ValueError, match="windows"):
+        evaluate.is_diverged(ok, [1.0])
 
 
 def test_rerender_rebuilds_the_report_from_saved_results(tmp_path: Path) -> None:
