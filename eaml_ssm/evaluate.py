@@ -1478,12 +1478,15 @@ def run(args: argparse.Namespace) -> int:
     log.info(
         "evaluate: %d units (%s) into %s", len(units), ", ".join(profile.families), run_dir.path
     )
-    t0, load0 = time.perf_counter(), os.getloadavg()[0]
+    t0, load0, cpu0 = time.perf_counter(), os.getloadavg()[0], cpu_seconds()
     results = _run_units(units, profile.jobs, args.quiet)
     saved = {
         "command": command,
         "commit": commit,
         "wall_seconds": round(time.perf_counter() - t0, 1),
+        # CPU time of this process and its (finished) workers: on a shared machine the wall
+        # time measures the other jobs too; CPU-seconds / cores bounds the unloaded wall time
+        "cpu_seconds": round(cpu_seconds() - cpu0, 1),
         "load_average": (load0, os.getloadavg()[0]),
         "profile": dataclasses.asdict(profile),
         "units": finite(results),
@@ -1498,12 +1501,25 @@ def _aggregate_saved(saved: dict[str, Any]) -> dict[str, Any]:
     return aggregate(saved["units"], grids)
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its waited-for children."""
+    import resource
+
+    own, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def source_line(saved: dict[str, Any]) -> str:
-    """Where a set of numbers comes from: command, commit, wall time, machine load."""
+    """Where a set of numbers comes from: command, commit, wall and CPU time, machine load."""
     profile = saved["profile"]
+    cpu = saved.get("cpu_seconds")
+    cpu_text = f"; {cpu:.0f} CPU-seconds" if isinstance(cpu, int | float) else ""
     return (
         f"Command: `{saved['command']}` at commit `{saved.get('commit') or 'unknown'}`  \n"
-        f"Wall time: {_seconds(saved['wall_seconds'])} "
+        f"Wall time: {_seconds(saved['wall_seconds'])}{cpu_text} "
         f"({_cpu_note(profile['jobs'], saved['load_average'])})"
     )
 

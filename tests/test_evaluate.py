@@ -416,6 +416,7 @@ def test_publish_renders_the_marked_doc_blocks(tmp_path: Path, monkeypatch) -> N
         "command": "python -m eaml_ssm evaluate --profile quick",
         "commit": "abc123",
         "wall_seconds": 12.0,
+        "cpu_seconds": 20.0,
         "load_average": [1.0, 2.0],
         "profile": {"families": ["Toy-v0"], "levels": [["Toy-v0", "sanity"]], "jobs": 1},
         "units": [_unit(0, 1.0), _unit(1, 1.2), _unit(2, 0.8)],
@@ -434,7 +435,7 @@ def test_publish_renders_the_marked_doc_blocks(tmp_path: Path, monkeypatch) -> N
     text = readme.read_text()
     assert "stale 9.99" not in text and text.startswith("intro\n") and text.endswith("tail\n")
     assert "| Toy-v0 | cont_w0 |" in text
-    assert "at commit `abc123`" in text and "Wall time: 12 s" in text
+    assert "at commit `abc123`" in text and "Wall time: 12 s; 20 CPU-seconds" in text
     assert (tmp_path / "docs" / "evaluation.md").read_text() == "no markers here\n"
     published = json.loads((dest / "results.json").read_text())
     assert "aggregate" not in published and published["commit"] == "abc123"
