@@ -86,6 +86,33 @@ def fit_ridge(x: Any, y: Any, ridge: float = 1e-3) -> LinearModel:
     return LinearModel(weight=w, bias=bias.squeeze(-2) if xt.ndim == 2 else bias)
 
 
+def fit_ridge_toward(x: Any, y: Any, prior: LinearModel, ridge: float) -> LinearModel:
+    """Least squares shrunk toward `prior` (a global fit): the weights and the intercept minimize
+    ||[X 1] W - Y||^2 + ridge ||W - W_prior||^2 on (n, di) rows. With no rows (n = 0) or a
+    huge ridge it returns the prior; with ridge 0 it is ordinary least squares.
+    """
+    if not ridge >= 0:
+        raise ValueError(f"ridge must be >= 0, got {ridge}")
+    if prior.weight.ndim != 2:
+        raise ValueError("fit_ridge_toward needs an unbatched prior (di, dt)")
+    xt = _tensor(x, "x").to(prior.weight.device, torch.float64)  # (n, di)
+    yt = _tensor(y, "y").to(prior.weight.device, torch.float64)  # (n, dt)
+    if xt.ndim != 2 or yt.ndim != 2 or xt.shape[0] != yt.shape[0]:
+        raise ValueError(f"need x (n, di) and y (n, dt), got {tuple(xt.shape)}, {tuple(yt.shape)}")
+    if xt.shape[1] != prior.weight.shape[0] or yt.shape[1] != prior.weight.shape[1]:
+        raise ValueError(
+            f"x {tuple(xt.shape)} / y {tuple(yt.shape)} do not match the prior's weight "
+            f"{tuple(prior.weight.shape)}"
+        )
+    w0 = torch.cat([prior.weight, prior.bias.reshape(1, -1)]).to(torch.float64)  # (di+1, dt)
+    if xt.shape[0] == 0:
+        return prior
+    xa = torch.cat([xt, torch.ones_like(xt[:, :1])], dim=1)  # (n, di+1)
+    eye = torch.eye(xa.shape[1], dtype=xa.dtype, device=xa.device)
+    w = torch.linalg.lstsq(xa.T @ xa + ridge * eye, xa.T @ yt + ridge * w0).solution
+    return LinearModel(weight=w[:-1], bias=w[-1])
+
+
 def fit_per_task(x: Any, y: Any, task_ids: Any, ridge: float = 1e-3) -> dict[int, LinearModel]:
     """One ridge fit per task id over flat rows x (n, di), y (n, dt), task_ids (n,)."""
     xt, yt = _tensor(x, "x"), _tensor(y, "y")

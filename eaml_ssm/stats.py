@@ -4,6 +4,12 @@ A result over seeds is summarized as ``mean ± half-width`` of the two-sided 95%
 interval of the mean: ``t(0.975, n-1) * s / sqrt(n)`` with ``s`` the sample standard deviation
 (``ddof=1``). Non-finite values (a diverged run) are left out of the mean and counted.
 
+Claims compare a method with a reference *per seed* (each seed is an independent unit: its
+own training tasks and test tasks), so the interval that matters is the one of the paired
+differences ``value_i - reference_i`` (`paired`), reported with their median (one seed can
+dominate a mean); ratios are geometric means of the per-seed ratios with the interval taken
+on the log scale (`ratio`).
+
 Effect sizes follow the calibration study (shared/research/hybrid-feasibility.md):
     change of new-task error     mean(new) / mean(new_ref) - 1          (negative = better)
     forgetting reduction         1 - mean(F) / mean(F_ref)              (n/a if F_ref <= 1e-4)
@@ -93,6 +99,78 @@ def reduction(values: Sequence[float], reference: Sequence[float]) -> float:
     return 1.0 - a / b
 
 
+def _pairs(values: Sequence[float], reference: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    a = np.asarray(list(values), dtype=np.float64)
+    b = np.asarray(list(reference), dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(
+            f"paired statistics need one value per seed on both sides, got {a.size} and {b.size}"
+        )
+    ok = np.isfinite(a) & np.isfinite(b)
+    return a[ok], b[ok]
+
+
+@dataclass(frozen=True)
+class Paired:
+    """Per-seed differences value - reference: mean, 95% CI, median, and the seed count."""
+
+    mean: float
+    ci95: float
+    median: float
+    n: int  # seeds where both values are finite
+    n_bad: int  # seeds left out (either side non-finite)
+
+    @property
+    def excludes_zero(self) -> bool:
+        """The 95% interval lies entirely on one side of 0 (needs >= 2 seeds)."""
+        return math.isfinite(self.ci95) and abs(self.mean) > self.ci95
+
+    def to_dict(self) -> dict[str, float | int | bool]:
+        return {
+            "mean": self.mean,
+            "ci95": self.ci95,
+            "median": self.median,
+            "n": self.n,
+            "n_bad": self.n_bad,
+            "excludes_zero": self.excludes_zero,
+        }
+
+
+def paired(values: Sequence[float], reference: Sequence[float]) -> Paired:
+    """Summary of the per-seed differences `values[i] - reference[i]` (position = seed)."""
+    a, b = _pairs(values, reference)
+    total = len(list(values))
+    d = a - b
+    s = summarize(d.tolist())
+    median = float(np.median(d)) if d.size else math.nan
+    return Paired(s.mean, s.ci95, median, s.n, total - s.n)
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """Geometric mean of per-seed ratios value / reference, with a 95% CI (log scale)."""
+
+    gmean: float
+    low: float
+    high: float
+    n: int
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {"gmean": self.gmean, "low": self.low, "high": self.high, "n": self.n}
+
+
+def ratio(values: Sequence[float], reference: Sequence[float]) -> Ratio:
+    """exp(mean(log(v_i / r_i))) over seeds with both values finite and positive."""
+    a, b = _pairs(values, reference)
+    ok = (a > 0) & (b > 0)
+    logs = np.log(a[ok] / b[ok])
+    if logs.size == 0:
+        return Ratio(math.nan, math.nan, math.nan, 0)
+    s = summarize(logs.tolist())
+    half = s.ci95 if math.isfinite(s.ci95) else math.nan
+    return Ratio(math.exp(s.mean), math.exp(s.mean - half), math.exp(s.mean + half), s.n)
+
+
 def pass_count(
     new: Sequence[float],
     forget: Sequence[float],
@@ -126,9 +204,13 @@ def percent(value: float) -> str:
 
 __all__ = [
     "MIN_FORGETTING",
+    "Paired",
+    "Ratio",
     "Summary",
+    "paired",
     "pass_count",
     "percent",
+    "ratio",
     "reduction",
     "relative_change",
     "summarize",

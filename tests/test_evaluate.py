@@ -224,13 +224,16 @@ def _unit(seed: int, scale: float) -> dict[str, object]:
         "none": _row(0.1 * scale, 0.0),
         "grbal": _row(0.02 * scale, 0.0),
         "cont_w0": _row(0.02 * scale, 0.02),
+        "cont_w0_m0.3": _row(0.02 * scale, 0.02),
         "hybn_0.3": _row(0.021 * scale, 0.005),
         "hyb_1": _row(math.inf, math.nan, diverged=seed == 0) if seed == 0 else _row(0.5, 0.01),
+        "J_none": _row(0.05 * scale, 0.0),
     }
     split = {
         "tasks": ["A", "B"],
         "identity": {"new": 1.0, "curve": [1.0, 1.0]},
         "linear": {"new": 0.5, "curve": [0.5, 0.5]},
+        "ridge_prior": {"new": 0.3 + 0.01 * seed, "curve": [0.3, 0.3]},
         "methods": methods,
     }
     return {
@@ -242,8 +245,9 @@ def _unit(seed: int, scale: float) -> dict[str, object]:
 
 
 def _toy_methods() -> list[evaluate.Method]:
-    names = ["none", "grbal", "cont_w0", "hybn_0.3", "hyb_1"]
-    return [evaluate.Method(n, adapt=n != "none", group="g") for n in names]
+    names = ["none", "grbal", "cont_w0", "cont_w0_m0.3", "hyb_1", "J_none"]
+    out = [evaluate.Method(n, adapt=n not in ("none", "J_none"), group="g") for n in names]
+    return [*out, evaluate.Method("hybn_0.3", group="hybn uniform", weight=0.3)]
 
 
 def test_aggregate_tables_and_targets() -> None:
@@ -259,15 +263,23 @@ def test_aggregate_tables_and_targets() -> None:
     assert effects["hybn_0.3"]["pass_fs"] == 3
     assert effects["hybn_0.3"]["gain_vs_none"] == pytest.approx(0.79)
     t = agg["Toy-v0"]["targets"]["heldout"]
-    assert t["adaptation_gain"]["pass"]
-    assert t["hybrid"]["preregistered"]["pass"]
+    assert t["beats_zero_shot"]["zero_shot"] == "J_none"  # 0.05 < none 0.1 < identity 1
+    assert t["beats_zero_shot"]["pass"]  # every seed 0.03 below: the interval excludes 0
+    assert t["beats_zero_shot"]["methods"]["cont_w0"]["mean"] == pytest.approx(-0.03)
+    h = t["hybrid"]
+    assert h["best"] == "hybn_0.3" and h["pass"]
+    assert h["entry"]["control"] == "cont_w0_m0.3"
+    assert h["entry"]["cut_F_train_fs"] == pytest.approx(0.75)
+    assert h["entry"]["new_ratio"]["gmean"] == pytest.approx(1.05)
     assert not t["stability"]["pass"] and t["stability"]["diverged_runs"] == {"hyb_1": 1}
-    assert t["beats_identity"]["pass"]
     assert t["beats_linear"]["pass"]
+    assert t["beats_best_reference"]["reference"] == "J_none"
+    claims = agg["Toy-v0"]["splits"]["heldout"]["claims"]
+    assert claims["methods"]["grbal"]["linear"]["ratio"]["gmean"] == pytest.approx(0.04)
 
     table = evaluate.method_table(agg["Toy-v0"]["splits"]["heldout"])
     lines = table.splitlines()
-    assert lines[0].startswith("| method | new-task nMSE | / identity | / linear |")
+    assert lines[0].startswith("| method | new (whole stream) | switch windows |")
     assert "| identity | 1.0000 ± 0.0000 |" in table
     assert "| cont_w0 | 0.0200 ± 0.0000 |" in table
     hyb = next(line for line in lines if line.startswith("| hyb_1 |"))
@@ -275,7 +287,8 @@ def test_aggregate_tables_and_targets() -> None:
     assert len({line.count("|") for line in lines}) == 1  # every row has every column
     text = evaluate.report(agg, "# toy")
     assert "not tested at this level" in text  # no 2x step sizes, no w = 3 in the toy grid
-    assert "hybn_0.3" in text and "Effect sizes" in text
+    assert "hybn_0.3" in text and "Effect sizes" in text and "matched" not in text.lower()[:0]
+    assert "| hybn_0.3 | `cont_w0_m0.3` |" in text
 
 
 def test_method_grid_levels() -> None:
@@ -325,6 +338,10 @@ def test_profile_flags_override_and_reject_bad_values() -> None:
     assert evaluate.PROFILES["quick"].seeds >= 3 and evaluate.PROFILES["full"].seeds >= 5
     with pytest.raises(ValueError, match="--seeds must be >= 1"):
         evaluate.resolve_profile(parser.parse_args(["--seeds", "-1"]))
+    assert evaluate.resolve_profile(parser.parse_args(["--device", "cuda:1"])).device == "cuda:1"
+    assert evaluate.resolve_profile(parser.parse_args([])).device == "cpu"
+    with pytest.raises(ValueError, match="--device must be"):
+        evaluate.resolve_profile(parser.parse_args(["--device", "tpu"]))
     with pytest.raises(SystemExit):
         parser.parse_args(["--methods", "everything"])
 
@@ -335,6 +352,13 @@ def test_divergence_rule() -> None:
     assert evaluate.is_diverged({**ok, "curve": [0.1, evaluate.DIVERGED * 1.01]})
     assert evaluate.is_diverged({**ok, "curve": [0.1, None]})  # NaN as stored in JSON
     assert evaluate.is_diverged({**ok, "F_train_0": math.inf})
+    # out-of-range targets: identity itself scores 30 on the second window, so 50 there is
+    # not a divergence (bound 10 x 30), while 50 on the first (identity 0.5: bound 10) is
+    big = {**ok, "curve": [0.1, 50.0]}
+    assert evaluate.is_diverged(big) and not evaluate.is_diverged(big, [0.5, 30.0])
+    assert evaluate.is_diverged({**ok, "curve": [50.0, 0.1]}, [0.5, 30.0])
+    with pytest.raises(ValueError, match="windows"):
+        evaluate.is_diverged(ok, [1.0])
 
 
 def test_rerender_rebuilds_the_report_from_saved_results(tmp_path: Path) -> None:
@@ -362,12 +386,16 @@ def test_rerender_rebuilds_the_report_from_saved_results(tmp_path: Path) -> None
         evaluate.rerender(tmp_path / "missing")
 
 
-def test_steps_level_pairs_every_method_with_nonnegative_step_sizes() -> None:
+def test_steps_level_pairs_w0_and_the_hybrid_with_every_step_size_variant() -> None:
     grid = {m.name: m for m in evaluate.method_grid("steps")}
-    for name in ("none", "grbal", "cont_w0", "hybn_0.3", "l2_1"):
+    for name in ("cont_w0", "hybn_0.3"):
         assert grid[name].model == "maml"
-        twin = grid[f"{name}_pos"]
-        assert twin.model == "maml_pos" and twin.overrides == grid[name].overrides
+        for tag in ("pos", "abs", "posm", "absm", "softplus"):
+            twin = grid[f"{name}_{tag}"]
+            assert twin.model == f"maml_{tag}"
+            assert dict(twin.overrides)["experience_weight"] == dict(grid[name].overrides).get(
+                "experience_weight", 0.3
+            )
 
 
 def test_pareto_series_start_at_w0_and_drop_near_divergent_points() -> None:
@@ -383,3 +411,43 @@ def test_pareto_series_start_at_w0_and_drop_near_divergent_points() -> None:
     }
     series = evaluate.pareto_series(rows)
     assert series == {"hybn uniform": [(0.0, 0.01, 0.02), (0.3, 0.011, 0.005), (3.0, 0.04, 0.001)]}
+
+
+def test_publish_renders_the_marked_doc_blocks(tmp_path: Path, monkeypatch) -> None:
+    import json
+
+    run = tmp_path / "run"
+    run.mkdir()
+    saved = {
+        "command": "python -m eaml_ssm evaluate --profile quick",
+        "commit": "abc123",
+        "wall_seconds": 12.0,
+        "cpu_seconds": 20.0,
+        "load_average": [1.0, 2.0],
+        "profile": {"families": ["Toy-v0"], "levels": [["Toy-v0", "sanity"]], "jobs": 1},
+        "units": [_unit(0, 1.0), _unit(1, 1.2), _unit(2, 0.8)],
+    }
+    (run / "results.json").write_text(json.dumps(saved))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "docs").mkdir()
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "intro\n<!-- evaluate:quick/headline -->\nstale 9.99\n<!-- /evaluate:quick/headline -->\n"
+        "<!-- evaluate:quick/source -->\n<!-- /evaluate:quick/source -->\ntail\n"
+    )
+    (tmp_path / "docs" / "evaluation.md").write_text("no markers here\n")
+    dest = tmp_path / "docs" / "results" / "quick"
+    assert evaluate.publish(run, dest) == 0
+    text = readme.read_text()
+    assert "stale 9.99" not in text and text.startswith("intro\n") and text.endswith("tail\n")
+    assert "| Toy-v0 | cont_w0 |" in text
+    assert "at commit `abc123`" in text and "Wall time: 12 s; 20 CPU-seconds" in text
+    assert (tmp_path / "docs" / "evaluation.md").read_text() == "no markers here\n"
+    published = json.loads((dest / "results.json").read_text())
+    assert "aggregate" not in published and published["commit"] == "abc123"
+    before = readme.read_text()
+    assert evaluate.rerender(dest, docs=evaluate.DOC_FILES) == 0  # idempotent
+    assert readme.read_text() == before
+    readme.write_text("<!-- evaluate:quick/headline -->\nno end\n")
+    with pytest.raises(ValueError, match="no closing"):
+        evaluate.rerender(dest, docs=evaluate.DOC_FILES)
