@@ -72,12 +72,15 @@ def train_softplus(cfg: RunConfig, run: RunDir, data: pipeline.Data) -> pipeline
     )
     trained = pipeline.Trained(model, maml, [], 0.0)
     t0 = time.perf_counter()
-    for step in range(cfg.num_epochs):
-        pipeline._reseed_sampler(data.store, cfg.seed, step)
-        loss = maml.meta_update(pipeline.meta_batch(cfg, data, device))
-        if not np.isfinite(loss):
-            raise FloatingPointError(f"softplus meta-training diverged at step {step}")
-        trained.losses.append(loss)
+    loader = pipeline.meta_loader(cfg, data, device)  # the same draws as train_stage's
+    try:
+        for step in range(cfg.num_epochs):
+            loss = maml.meta_update(pipeline.meta_batch(cfg, loader))
+            if not np.isfinite(loss):
+                raise FloatingPointError(f"softplus meta-training diverged at step {step}")
+            trained.losses.append(loss)
+    finally:
+        loader.close()
     trained.seconds = time.perf_counter() - t0
     run.path.mkdir(parents=True, exist_ok=True)
     (run.path / "losses.txt").write_text("\n".join(f"{v:.6g}" for v in trained.losses) + "\n")

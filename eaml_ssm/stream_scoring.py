@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from eaml_ssm.adaptation import Adapter
-from eaml_ssm.protocol import StreamData, _adapt_on, _insert, _predict_pair, nmse
+from eaml_ssm.feed import LiveWriter
+from eaml_ssm.protocol import StreamData, _adapt_on, _predict_pair, nmse
 
 RECOVERY_TOLERANCE = 0.1  # "recovered" = error within 10 % of the settled value
 
@@ -107,19 +108,29 @@ def whole_stream_run(
 
     `on_task_done(t)` runs once the adapter has used the last window of task t (before the
     next task's first window is scored), e.g. to measure retention "right after task A".
-    With `store`, every used window is added to it (task id `task_id_base + t`).
+    With `store`, every window goes into it as it arrives, before the adapter adapts on it
+    (task id `task_id_base + t`, through the feed's `LiveWriter`: one writer per task).
     """
     m, data = whole.m, whole.data
     run = WholeRun(errors=[], tasks=[], switch=[])
+    writers: dict[int, LiveWriter] = {}
+
+    def arrive(k: int) -> None:  # window k's transitions into the store
+        if store is None:
+            return
+        t = whole.task_of(k)
+        writer = writers.setdefault(t, LiveWriter(store, task_id_base + t))
+        rows = slice(k * m, (k + 1) * m)
+        writer.add_rows(data.raw_x[rows], data.raw_y[rows], data.reset[rows].numpy())
+
     for k, task, first in whole.scored():
         prev, cur = slice((k - 1) * m, k * m), slice(k * m, (k + 1) * m)
+        arrive(k - 1)
         if adapt:
             t0 = time.perf_counter()
             run.steps += _adapt_on(adapter, data.x[prev], data.y[prev], data.reset[prev])
             run.adapt_seconds += time.perf_counter() - t0
             run.updates += 1
-        if store is not None:
-            _insert(store, data, prev, task_id_base + whole.task_of(k - 1))
         if first and on_task_done is not None:
             on_task_done(task - 1)
         span = slice(prev.start, cur.stop)
@@ -127,6 +138,7 @@ def whole_stream_run(
         run.errors.append(nmse(pred, data.y[cur]))
         run.tasks.append(task)
         run.switch.append(first)
+    arrive(whole.windows - 1)  # the last window arrived too
     return run
 
 
