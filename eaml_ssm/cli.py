@@ -138,11 +138,17 @@ def normalize_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> lis
 
 
 def check_device(name: str) -> None:
-    if name == "cuda":
+    """Refuse `cuda` / `cuda:N` up front when torch cannot use that device."""
+    if name == "cuda" or name.startswith("cuda:"):
         import torch
 
         if not torch.cuda.is_available():
-            raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
+            raise ValueError(f"--device {name} was asked for, but torch sees no CUDA device")
+        index = name.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            raise ValueError(
+                f"--device {name}: torch sees {torch.cuda.device_count()} CUDA device(s)"
+            )
 
 
 def preflight(cfg: RunConfig) -> None:

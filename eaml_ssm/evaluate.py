@@ -1454,7 +1454,6 @@ def resolve_profile(args: argparse.Namespace) -> Profile:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     if args.jobs:
         changes["jobs"] = args.jobs
-    changes["device"] = args.device
     return dataclasses.replace(p, **changes)
 
 
