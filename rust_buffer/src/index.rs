@@ -14,8 +14,9 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use crate::rows::Retention;
 use crate::slots::stable_row;
-use crate::store::{Retention, RingBuffer};
+use crate::store::RingBuffer;
 use crate::sync::Ordering;
 
 /// Marks a slot that is not in any task's list.

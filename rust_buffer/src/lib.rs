@@ -32,7 +32,8 @@
 //! ```
 //!
 //! Modules, one idea each: `slots` (the reservation/stamp protocol), `column` (atomic float
-//! columns), `store` (add, clear, single-row reads), `sample` (uniform gathers), `tasks`
+//! columns), `rows` (the row types: `Meta`, `RowInfo`, `Options`...), `store` (construction,
+//! add, clear), `reads` (single-row reads), `sample` (uniform gathers), `tasks`
 //! (MAML support/query sets), `index` (the task index), `sequences` (episode windows), [`rng`]
 //! (seeded xoshiro256++), `window_index` (every valid window start, by length and task),
 //! `windows` (weighted, recent and anchored windows, gathers by slot), [`error`] (named
@@ -52,8 +53,10 @@ mod format;
 mod index;
 #[cfg(not(loom))]
 pub mod persist;
+mod reads;
 mod region;
 pub mod rng;
+mod rows;
 mod sample;
 mod sequences;
 #[cfg(not(loom))]
@@ -67,10 +70,11 @@ mod window_index;
 mod windows;
 
 pub use error::{BufferError, Column};
+pub use rows::{Meta, MetaValues, Options, Retention, RowInfo};
 pub use sample::{Batch, MetaBatch};
 pub use sequences::SequenceBatch;
 pub use slots::MAX_ROWS;
-pub use store::{Meta, MetaValues, Options, Retention, RingBuffer, RowInfo};
+pub use store::RingBuffer;
 pub use tasks::{TaskBatch, TaskBuffers, TaskQuery};
 #[cfg(not(loom))]
 pub use wait::with_interrupt;

@@ -45,9 +45,10 @@ use crate::error::BufferError;
 use crate::format::{
     bad, check_endian, open_regular, put_magic, put_u32, put_u64, seal, u32_at, u64_at,
 };
+use crate::rows::{Options, Retention};
 use crate::slots::stable_row;
 pub use crate::slots::MAX_ROWS;
-use crate::store::{first_non_finite, Options, Retention, RingBuffer, BASE, CURSOR};
+use crate::store::{first_non_finite, RingBuffer, BASE, CURSOR};
 use crate::sync::{fence, Backoff, Ordering};
 
 /// The first 8 bytes of every snapshot.

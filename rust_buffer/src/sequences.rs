@@ -10,8 +10,9 @@
 //! never returned.
 
 use crate::error::BufferError;
+use crate::rows::RowInfo;
 use crate::slots::stable_row;
-use crate::store::{RingBuffer, RowInfo};
+use crate::store::RingBuffer;
 use crate::sync::{fence, Ordering};
 use crate::window_index::links;
 use crate::windows::WindowQuery;
@@ -213,7 +214,7 @@ impl RingBuffer {
 mod tests {
     use super::*;
     use crate::rng::Rng;
-    use crate::store::{Meta, MetaValues, Options, Retention};
+    use crate::rows::{Meta, MetaValues, Options, Retention};
 
     /// Every start whose whole window holds consecutive steps of one episode, by brute force.
     fn brute_force(s: &RingBuffer, len: usize) -> Vec<usize> {

@@ -54,8 +54,9 @@ use crate::error::BufferError;
 use crate::format::{bad, put_magic, put_u32, put_u64, seal, sealed, u32_at, u64_at};
 use crate::persist::PersistError;
 use crate::region::Region;
+use crate::rows::{Options, Retention};
 use crate::slots::{Reaper, Stamps, TAG_SHIFT};
-use crate::store::{Options, Retention, RingBuffer};
+use crate::store::RingBuffer;
 use crate::sync::{AtomicU64, Ordering};
 
 /// The first 8 bytes of a file-backed store.

@@ -37,8 +37,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use crate::error::BufferError;
+use crate::rows::{Retention, RowInfo};
 use crate::slots::stable_row;
-use crate::store::{Retention, RingBuffer, RowInfo};
+use crate::store::RingBuffer;
 
 /// Slot `s` holds a row with `step >= 0` (in the index's view).
 const PRESENT: u8 = 1;
