@@ -56,7 +56,7 @@ use crate::persist::PersistError;
 use crate::region::Region;
 use crate::rows::{Options, Retention};
 use crate::slots::{Reaper, Stamps, TAG_SHIFT};
-use crate::store::RingBuffer;
+use crate::store::{Backing, RingBuffer};
 use crate::sync::{AtomicU64, Ordering};
 
 /// The first 8 bytes of a file-backed store.
@@ -144,7 +144,7 @@ impl Reaper for ProcessTable {
 }
 
 /// What a file-backed handle keeps besides the regions.
-pub(crate) struct SharedFile {
+struct SharedFile {
     table: Region<AtomicU64>,
     /// Entry of the process table this handle holds (its writer tag).
     entry: AtomicUsize,
@@ -195,22 +195,24 @@ impl SharedFile {
         self.pid.store(std::process::id(), Ordering::Relaxed);
         stamps.set_tag(i as u64);
     }
+}
 
+impl Backing for SharedFile {
     /// Re-register after a fork (the child must not write under its parent's tag).
     #[inline]
-    pub(crate) fn check_process(&self, stamps: &Stamps) -> Result<(), BufferError> {
+    fn before_add(&self, stamps: &Stamps) -> Result<(), BufferError> {
         if self.pid.load(Ordering::Relaxed) != std::process::id() {
             self.register(stamps)?;
         }
         Ok(())
     }
 
-    pub(crate) fn path(&self) -> &Path {
+    fn path(&self) -> &Path {
         &self.path
     }
 
     /// Fail when the file is now shorter than the mapping (truncated by another process).
-    fn check_len(&self) -> Result<(), BufferError> {
+    fn check(&self) -> Result<(), BufferError> {
         let actual = self.file.metadata().map(|m| m.len()).unwrap_or(0);
         if actual < self.len {
             return Err(BufferError::Truncated {
@@ -456,7 +458,7 @@ impl RingBuffer {
                         Retention::Fifo
                     },
                 },
-                Some(shared),
+                Some(Box::new(shared)),
             );
             store.reseed(seed.unwrap_or(hd.sampler_seed));
             Ok(store)
@@ -473,8 +475,8 @@ impl RingBuffer {
     /// lost pages would raise SIGBUS. One `fstat`; always `Ok` for heap stores. The Python
     /// bindings call it before every operation.
     pub fn check_file(&self) -> Result<(), BufferError> {
-        match &self.shared {
-            Some(shared) => shared.check_len(),
+        match &self.backing {
+            Some(backing) => backing.check(),
             None => Ok(()),
         }
     }
@@ -519,11 +521,6 @@ impl RingBuffer {
             .filter(|&slot| self.stamps.reap(slot, None))
             .count()
     }
-
-    /// The file behind a file-backed store (`None` for heap stores).
-    pub fn path(&self) -> Option<&Path> {
-        self.shared.as_ref().map(|s| s.path())
-    }
 }
 
 /// Unused tag bits must stay clear of row numbers (documented limit).
@@ -567,10 +564,18 @@ mod tests {
             .collect()
     }
 
+    /// The process table of `s`'s file, through a mapping of its own (as another process
+    /// would see it).
+    fn table(s: &RingBuffer) -> Region<AtomicU64> {
+        let file = crate::format::open_regular(s.path().unwrap(), true).unwrap();
+        let map = Arc::new(MmapRaw::map_raw(&file).unwrap());
+        // SAFETY: the table is a page-aligned range of atomics in every mapping of the file.
+        unsafe { Region::mapped(&map, TABLE_AT, MAX_HANDLES).unwrap() }
+    }
+
     /// Pretend a writer with tag `tag` (process `pid`) died while writing `row` into `slot`.
     fn forge_busy(s: &RingBuffer, tag: usize, pid: u64, slot: usize, row: u64) {
-        let shared = s.shared.as_ref().unwrap();
-        shared.table[tag].store(pid, Ordering::SeqCst);
+        table(s)[tag].store(pid, Ordering::SeqCst);
         s.stamps
             .set(slot, (2 * row + 1) | ((tag as u64) << TAG_SHIFT));
     }
@@ -664,7 +669,7 @@ mod tests {
         assert_eq!(t.stamps.peek(5) & 1, 1);
         assert_eq!(t.reap_dead_writers(), 0);
         // Once the table entry's process is gone, the slot is reclaimed too.
-        s.shared.as_ref().unwrap().table[41].store(dead_pid(), Ordering::SeqCst);
+        table(&s)[41].store(dead_pid(), Ordering::SeqCst);
         assert_eq!(t.reap_dead_writers(), 1);
         fs::remove_file(&path).unwrap();
     }

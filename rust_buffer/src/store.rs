@@ -1,6 +1,8 @@
 //! The store itself: columns, stamps, the write cursor, construction, `add` and `clear`
 //! (single-row reads are in `reads`, the row types in `rows`).
 
+use std::path::Path;
+
 use crate::column::FloatColumn;
 use crate::error::{BufferError, Column};
 use crate::index::IndexSlot;
@@ -9,6 +11,20 @@ use crate::rng::{splitmix64, Rng};
 use crate::rows::{Meta, Options, Retention};
 use crate::slots::Stamps;
 use crate::sync::{AtomicI64, AtomicU64, Ordering};
+
+/// What a store's storage asks of the store beyond its regions. The shared-file layer
+/// (`shared`) implements it for file-backed stores; heap stores have none. The write path
+/// calls it through this trait, so the store does not depend on the file layer (which
+/// depends on the store).
+pub(crate) trait Backing: Send + Sync {
+    /// Called by `add` before it reserves rows: a forked child takes a writer tag of its
+    /// own here instead of writing under its parent's.
+    fn before_add(&self, stamps: &Stamps) -> Result<(), BufferError>;
+    /// Fail when the storage is no longer whole (another process truncated the file).
+    fn check(&self) -> Result<(), BufferError>;
+    /// The file behind the storage.
+    fn path(&self) -> &Path;
+}
 
 /// Index of the cursor in `RingBuffer::counters`.
 pub(crate) const CURSOR: usize = 0;
@@ -43,8 +59,7 @@ pub struct RingBuffer {
     /// The window index, kept between window queries (see `window_index`).
     pub(crate) windows: crate::window_index::WindowSlot,
     /// The file and process-table entry of a file-backed store (`None`: heap store).
-    #[cfg(not(loom))]
-    pub(crate) shared: Option<crate::shared::SharedFile>,
+    pub(crate) backing: Option<Box<dyn Backing>>,
 }
 
 impl std::fmt::Debug for RingBuffer {
@@ -173,8 +188,7 @@ impl RingBuffer {
         stamps: Stamps,
         counters: Region<AtomicU64>,
         options: Options,
-        #[cfg(not(loom))] shared: Option<crate::shared::SharedFile>,
-        #[cfg(loom)] _shared: Option<()>,
+        backing: Option<Box<dyn Backing>>,
     ) -> Self {
         let seed = options.seed.unwrap_or_else(Rng::os_seed);
         RingBuffer {
@@ -194,8 +208,7 @@ impl RingBuffer {
             calls: AtomicU64::new(0),
             index: IndexSlot::default(),
             windows: Default::default(),
-            #[cfg(not(loom))]
-            shared,
+            backing,
         }
     }
 
@@ -297,6 +310,32 @@ impl RingBuffer {
         self.counters[CURSOR].load(Ordering::Acquire)
     }
 
+    /// The file behind a file-backed store (`None` for heap stores).
+    pub fn path(&self) -> Option<&Path> {
+        self.backing.as_ref().map(|b| b.path())
+    }
+
+    /// How long an `add` waits on a slot that another writer is still writing before
+    /// giving up with [`BufferError::SlotBusy`] (default 10 s). Only a stopped or stuck
+    /// writer holds a slot that long; a dead one's slots are reclaimed instead.
+    #[cfg(not(loom))]
+    pub fn wait_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            self.stamps
+                .timeout_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    /// Set this handle's wait timeout (see [`wait_timeout`](Self::wait_timeout)).
+    #[cfg(not(loom))]
+    pub fn set_wait_timeout(&self, timeout: std::time::Duration) {
+        let ms = timeout.as_millis().min(u128::from(u64::MAX)) as u64;
+        self.stamps
+            .timeout_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// A fresh random stream for one sampling call.
     pub(crate) fn rng(&self) -> Rng {
         let call = self.calls.fetch_add(1, Ordering::AcqRel);
@@ -381,9 +420,8 @@ impl RingBuffer {
         if rows == 0 {
             return Ok(0);
         }
-        #[cfg(not(loom))]
-        if let Some(shared) = &self.shared {
-            shared.check_process(&self.stamps)?;
+        if let Some(backing) = &self.backing {
+            backing.before_add(&self.stamps)?;
         }
         crate::slots::check_room(self.counters[CURSOR].load(Ordering::Relaxed), rows)?;
         let first = self.counters[CURSOR].fetch_add(rows as u64, Ordering::AcqRel);

@@ -28,7 +28,6 @@ mod imp {
     use std::time::{Duration, Instant};
 
     use super::BufferError;
-    use crate::store::RingBuffer;
 
     /// How often a waiting writer runs the interrupt check.
     const INTERRUPT_EVERY: Duration = Duration::from_millis(20);
@@ -113,27 +112,6 @@ mod imp {
                 std::thread::sleep((waited / 8).min(MAX_SLEEP));
             }
             true
-        }
-    }
-
-    impl RingBuffer {
-        /// How long an `add` waits on a slot that another writer is still writing before
-        /// giving up with [`BufferError::SlotBusy`] (default 10 s). Only a stopped or stuck
-        /// writer holds a slot that long; a dead one's slots are reclaimed instead.
-        pub fn wait_timeout(&self) -> Duration {
-            Duration::from_millis(
-                self.stamps
-                    .timeout_ms
-                    .load(std::sync::atomic::Ordering::Relaxed),
-            )
-        }
-
-        /// Set this handle's wait timeout (see [`wait_timeout`](Self::wait_timeout)).
-        pub fn set_wait_timeout(&self, timeout: Duration) {
-            let ms = timeout.as_millis().min(u128::from(u64::MAX)) as u64;
-            self.stamps
-                .timeout_ms
-                .store(ms, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }
