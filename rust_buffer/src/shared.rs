@@ -51,8 +51,10 @@ use memmap2::MmapRaw;
 
 use crate::column::{FloatColumn, Words};
 use crate::error::BufferError;
-use crate::format::{bad, put_magic, put_u32, put_u64, seal, sealed, u32_at, u64_at};
-use crate::persist::PersistError;
+use crate::format::{
+    bad, check_counters, put_magic, put_u32, put_u64, seal, sealed, u32_at, u64_at, PersistError,
+    SNAPSHOT_MAGIC,
+};
 use crate::region::Region;
 use crate::rows::{Options, Retention};
 use crate::slots::{Reaper, Stamps, TAG_SHIFT};
@@ -60,7 +62,7 @@ use crate::store::{Backing, RingBuffer};
 use crate::sync::{AtomicU64, Ordering};
 
 /// The first 8 bytes of a file-backed store.
-pub const SHARED_MAGIC: [u8; 8] = *b"RBUFSHRD";
+pub use crate::format::SHARED_MAGIC;
 /// The layout version this build creates and opens.
 pub const SHARED_VERSION: u32 = 1;
 const PAGE: u64 = 4096;
@@ -274,7 +276,7 @@ impl SharedHeader {
             ));
         }
         if h[0..8] != SHARED_MAGIC {
-            let hint = if h[0..8] == crate::persist::MAGIC {
+            let hint = if h[0..8] == SNAPSHOT_MAGIC {
                 " (this is a snapshot: use RingBuffer.load)"
             } else {
                 ""
@@ -393,7 +395,7 @@ impl RingBuffer {
     /// `seed` is this handle's sampler seed (`None`: the seed given at creation).
     ///
     /// Refuses non-regular files (without blocking on a FIFO), damaged headers, counters at
-    /// or above [`MAX_ROWS`](crate::persist::MAX_ROWS) or with `base > cursor`, and stores
+    /// or above [`MAX_ROWS`](crate::MAX_ROWS) or with `base > cursor`, and stores
     /// holding a non-finite value (which only a write outside `add` can put there).
     pub fn open_file(path: &Path, seed: Option<u64>) -> Result<RingBuffer, PersistError> {
         crate::format::check_endian()?;
@@ -464,21 +466,10 @@ impl RingBuffer {
             Ok(store)
         })()
         .map_err(PersistError::Store)?;
-        crate::persist::check_counters(store.cursor(), store.base())?;
+        check_counters(store.cursor(), store.base())?;
         store.check_finite()?;
         store.reap_dead_writers();
         Ok(store)
-    }
-
-    /// Check that the file behind a file-backed store still has its full length: `Err`
-    /// ([`BufferError::Truncated`]) when another process truncated it, where touching the
-    /// lost pages would raise SIGBUS. One `fstat`; always `Ok` for heap stores. The Python
-    /// bindings call it before every operation.
-    pub fn check_file(&self) -> Result<(), BufferError> {
-        match &self.backing {
-            Some(backing) => backing.check(),
-            None => Ok(()),
-        }
     }
 
     /// Fail on the first held row with a NaN or infinite value (block by block).

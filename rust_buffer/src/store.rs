@@ -310,6 +310,17 @@ impl RingBuffer {
         self.counters[CURSOR].load(Ordering::Acquire)
     }
 
+    /// Check that the file behind a file-backed store still has its full length: `Err`
+    /// ([`BufferError::Truncated`]) when another process truncated it, where touching the
+    /// lost pages would raise SIGBUS. One `fstat`; always `Ok` for heap stores. The Python
+    /// bindings call it before every operation.
+    pub fn check_file(&self) -> Result<(), BufferError> {
+        match &self.backing {
+            Some(backing) => backing.check(),
+            None => Ok(()),
+        }
+    }
+
     /// The file behind a file-backed store (`None` for heap stores).
     pub fn path(&self) -> Option<&Path> {
         self.backing.as_ref().map(|b| b.path())
