@@ -1,11 +1,12 @@
 //! The store itself: columns, stamps, the write cursor, construction, `add` and `clear`
 //! (single-row reads are in `reads`, the row types in `rows`).
 
+use std::any::Any;
 use std::path::Path;
+use std::sync::Mutex;
 
 use crate::column::FloatColumn;
 use crate::error::{BufferError, Column};
-use crate::index::IndexSlot;
 use crate::region::Region;
 use crate::rng::{splitmix64, Rng};
 use crate::rows::{Meta, Options, Retention};
@@ -24,6 +25,31 @@ pub(crate) trait Backing: Send + Sync {
     fn check(&self) -> Result<(), BufferError>;
     /// The file behind the storage.
     fn path(&self) -> &Path;
+}
+
+/// A query's cache (the task index, the window index), kept between queries behind a mutex
+/// that only those queries take (`add` never does). The cache's type belongs to the module
+/// that builds it (`index`, `window_index`), which uses the store; the store holds the cache
+/// without naming its type, so it does not use those modules back.
+#[derive(Default)]
+pub(crate) struct CacheSlot(Mutex<Option<Box<dyn Any + Send>>>);
+
+impl CacheSlot {
+    /// Run `f` on the cache, `None` when there is none yet (or it was forgotten). `f` may
+    /// build, update or drop it; what it leaves is kept for the next query. A panic in `f`
+    /// drops the cache (the next query rebuilds it).
+    pub(crate) fn with<T: Any + Send, R>(&self, f: impl FnOnce(&mut Option<Box<T>>) -> R) -> R {
+        let mut guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = guard.take().and_then(|b| b.downcast::<T>().ok());
+        let result = f(&mut cache);
+        *guard = cache.map(|c| c as Box<dyn Any + Send>);
+        result
+    }
+
+    /// Drop the cache; the next query rebuilds it.
+    pub(crate) fn forget(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
 }
 
 /// Index of the cursor in `RingBuffer::counters`.
@@ -55,9 +81,9 @@ pub struct RingBuffer {
     /// stream `n` of the seed.
     calls: AtomicU64,
     /// The task index, kept between task queries (see `index`).
-    pub(crate) index: IndexSlot,
+    pub(crate) index: CacheSlot,
     /// The window index, kept between window queries (see `window_index`).
-    pub(crate) windows: crate::window_index::WindowSlot,
+    pub(crate) windows: CacheSlot,
     /// The file and process-table entry of a file-backed store (`None`: heap store).
     pub(crate) backing: Option<Box<dyn Backing>>,
 }
@@ -206,8 +232,8 @@ impl RingBuffer {
             placement_seed: seed,
             seed: AtomicU64::new(seed),
             calls: AtomicU64::new(0),
-            index: IndexSlot::default(),
-            windows: Default::default(),
+            index: CacheSlot::default(),
+            windows: CacheSlot::default(),
             backing,
         }
     }
@@ -267,7 +293,7 @@ impl RingBuffer {
     /// queried; a rebuilt index lists them as a fresh store with the same rows would, so a
     /// reseeded store (or one just saved, and its loaded copy) draws the same windows.
     pub fn forget_window_index(&self) {
-        *self.windows.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.windows.forget();
     }
 
     /// Restore the sampler's state (seed and calls made) from a snapshot.
