@@ -332,8 +332,8 @@ impl RingBuffer {
             return Err(PersistError::Store(BufferError::ZeroCapacity));
         }
         for (dim, column) in [
-            (obs_dim, crate::Column::Obs),
-            (target_dim, crate::Column::Target),
+            (obs_dim, crate::error::Column::Obs),
+            (target_dim, crate::error::Column::Target),
         ] {
             if dim == 0 {
                 return Err(PersistError::Store(BufferError::ZeroDim { column }));
