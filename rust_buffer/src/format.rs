@@ -5,7 +5,7 @@
 //! `u32` version and little-endian fields sealed by a CRC-32; these helpers are their one
 //! implementation, with the error type both report ([`PersistError`]), both magics (each
 //! format names the other in its errors) and the counter check both apply when opening.
-//! Only `error` and `slots` (the row limit) are used here, so both formats depend on this
+//! Only `error`, `rows` (the retention field) and `slots` (the row limit) are used here, so both formats depend on this
 //! module and never on each other.
 
 use std::fmt;
@@ -14,6 +14,7 @@ use std::io;
 use std::path::Path;
 
 use crate::error::BufferError;
+use crate::rows::Retention;
 use crate::slots::MAX_ROWS;
 
 /// The first 8 bytes of every snapshot (`persist`).
@@ -86,6 +87,23 @@ pub(crate) fn check_counters(cursor: u64, base: u64) -> Result<(), PersistError>
         return bad(format!("base {base} is beyond the cursor {cursor}"));
     }
     Ok(())
+}
+
+/// The retention field of both headers: 0 FIFO, 1 reservoir.
+pub(crate) fn retention_code(retention: Retention) -> u32 {
+    match retention {
+        Retention::Fifo => 0,
+        Retention::Reservoir => 1,
+    }
+}
+
+/// The policy of a retention field already checked to be 0 or 1.
+pub(crate) fn retention_of(code: u32) -> Retention {
+    if code == 1 {
+        Retention::Reservoir
+    } else {
+        Retention::Fifo
+    }
 }
 
 /// Both formats are little-endian and read by reinterpreting memory.

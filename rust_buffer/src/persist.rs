@@ -41,10 +41,10 @@ use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use crate::format::{
-    bad, check_counters, check_endian, open_regular, put_magic, put_u32, put_u64, seal, u32_at,
-    u64_at,
+    bad, check_counters, check_endian, open_regular, put_magic, put_u32, put_u64, retention_code,
+    retention_of, seal, u32_at, u64_at,
 };
-use crate::rows::{Options, Retention};
+use crate::rows::Options;
 use crate::slots::stable_row;
 pub use crate::slots::MAX_ROWS;
 use crate::store::{first_non_finite, RingBuffer, BASE, CURSOR};
@@ -249,14 +249,6 @@ impl Header {
         }
         Ok(())
     }
-
-    fn retention_policy(&self) -> Retention {
-        if self.retention == 1 {
-            Retention::Reservoir
-        } else {
-            Retention::Fifo
-        }
-    }
 }
 
 /// Plain-old-data element types of the body (every bit pattern valid, no padding).
@@ -430,10 +422,7 @@ impl RingBuffer {
             capacity: self.capacity as u64,
             obs_dim: d_o as u64,
             target_dim: d_t as u64,
-            retention: match self.retention() {
-                Retention::Fifo => 0,
-                Retention::Reservoir => 1,
-            },
+            retention: retention_code(self.retention()),
             block_rows: block_rows as u32,
             rows: rows as u64,
             // Every row seen in a stamp was reserved before it was seen.
@@ -612,7 +601,7 @@ impl RingBuffer {
             d_t,
             Options {
                 seed: Some(hd.placement_seed),
-                retention: hd.retention_policy(),
+                retention: retention_of(hd.retention),
             },
         )
         .map_err(PersistError::Store)?;

@@ -52,11 +52,11 @@ use memmap2::MmapRaw;
 use crate::column::{FloatColumn, Words};
 use crate::error::BufferError;
 use crate::format::{
-    bad, check_counters, put_magic, put_u32, put_u64, seal, sealed, u32_at, u64_at, PersistError,
-    SNAPSHOT_MAGIC,
+    bad, check_counters, put_magic, put_u32, put_u64, retention_code, retention_of, seal, sealed,
+    u32_at, u64_at, PersistError, SNAPSHOT_MAGIC,
 };
 use crate::region::Region;
-use crate::rows::{Options, Retention};
+use crate::rows::Options;
 use crate::slots::{Reaper, Stamps, TAG_SHIFT};
 use crate::store::{Backing, RingBuffer};
 use crate::sync::{AtomicU64, Ordering};
@@ -349,10 +349,7 @@ impl RingBuffer {
             capacity: capacity as u64,
             obs_dim: obs_dim as u64,
             target_dim: target_dim as u64,
-            retention: match options.retention {
-                Retention::Fifo => 0,
-                Retention::Reservoir => 1,
-            },
+            retention: retention_code(options.retention),
             placement_seed: seed,
             sampler_seed: seed,
             file_len: layout.len,
@@ -454,11 +451,7 @@ impl RingBuffer {
                 unsafe { Region::mapped(&map, COUNTERS_AT, 2)? },
                 Options {
                     seed: Some(hd.placement_seed),
-                    retention: if hd.retention == 1 {
-                        Retention::Reservoir
-                    } else {
-                        Retention::Fifo
-                    },
+                    retention: retention_of(hd.retention),
                 },
                 Some(Box::new(shared)),
             );
