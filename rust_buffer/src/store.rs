@@ -586,3 +586,25 @@ impl RingBuffer {
         self.stamps.end_write(slot, row);
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::CacheSlot;
+
+    #[test]
+    fn a_cache_slot_keeps_what_a_query_leaves_until_forgotten() {
+        let slot = CacheSlot::default();
+        assert!(slot.with(|c: &mut Option<Box<u64>>| c.is_none()));
+        slot.with(|c: &mut Option<Box<u64>>| *c = Some(Box::new(7)));
+        slot.with(|c: &mut Option<Box<u64>>| **c.as_mut().unwrap() += 1);
+        assert_eq!(
+            slot.with(|c: &mut Option<Box<u64>>| c.as_deref().copied()),
+            Some(8)
+        );
+        slot.forget();
+        assert_eq!(
+            slot.with(|c: &mut Option<Box<u64>>| c.as_deref().copied()),
+            None
+        );
+    }
+}
