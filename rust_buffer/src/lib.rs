@@ -40,7 +40,9 @@
 //! errors), `sync` (std or loom atomics), `region`
 //! (heap or memory-mapped storage), [`persist`] (snapshots), [`shared`] (file-backed stores
 //! shared between processes), `format` (what both file formats share), `wait` (bounded,
-//! interruptible waits on another writer).
+//! interruptible waits on another writer). No two modules use each other, directly or
+//! through others (`docs/rust_buffer.md`, "Module dependencies"; checked by
+//! `tests/modules.rs`).
 //!
 //! [`add`]: RingBuffer::add
 
