@@ -5,7 +5,8 @@
 //!
 //! * the store's **wait timeout** passes (default [`DEFAULT_WAIT_TIMEOUT_MS`], see
 //!   [`RingBuffer::set_wait_timeout`](crate::RingBuffer::set_wait_timeout)): the writer is
-//!   alive but stopped (SIGSTOP, a debugger) or stuck, and `add` fails with [`BufferError::SlotBusy`] naming its process; or
+//!   alive but stopped (SIGSTOP, a debugger) or stuck, and `add` fails with
+//!   [`BufferError::SlotBusy`] naming its process; or
 //! * the **interrupt check** installed with [`with_interrupt`] returns true (the Python
 //!   bindings run Python's signal handlers there, so Ctrl-C works): [`BufferError::Interrupted`].
 //!
