@@ -4,9 +4,9 @@
 //! Snapshots (`persist`) and file-backed stores (`shared`) both start with an 8-byte magic, a
 //! `u32` version and little-endian fields sealed by a CRC-32; these helpers are their one
 //! implementation, with the error type both report ([`PersistError`]), both magics (each
-//! format names the other in its errors) and the counter check both apply when opening.
-//! Only `error`, `rows` (the retention field) and `slots` (the row limit) are used here, so both formats depend on this
-//! module and never on each other.
+//! format names the other in its errors), the retention field and the counter check both
+//! apply when opening. Only `error`, `rows` (`Retention`) and `slots` (the row limit) are
+//! used here, so both formats depend on this module and never on each other.
 
 use std::fmt;
 use std::fs::{File, OpenOptions};

@@ -178,6 +178,7 @@ fn the_checker_finds_circles_and_foreign_paths() {
     );
     let circle = find_circle(&edges(&[("a", "b"), ("b", "c"), ("c", "a"), ("c", "d")]));
     assert_eq!(circle.unwrap(), ["a", "b", "c", "a"]);
-    let text = "use crate::x::Y;\n// crate::z::W\nfn f() -> crate::Y { $crate::q }\nmod tests {\nuse crate::t;\n}";
+    let text = "use crate::x::Y;\n// crate::z::W\nfn f() -> crate::Y { $crate::q }\n\
+                mod tests {\nuse crate::t;\n}";
     assert_eq!(crate_paths(&code(text)), ["x", "Y"]);
 }
