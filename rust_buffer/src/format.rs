@@ -3,16 +3,107 @@
 //!
 //! Snapshots (`persist`) and file-backed stores (`shared`) both start with an 8-byte magic, a
 //! `u32` version and little-endian fields sealed by a CRC-32; these helpers are their one
-//! implementation.
+//! implementation, with the error type both report ([`PersistError`]), both magics (each
+//! format names the other in its errors), the retention field and the counter check both
+//! apply when opening. Only `error`, `rows` (`Retention`) and `slots` (the row limit) are
+//! used here, so both formats depend on this module and never on each other.
 
+use std::fmt;
 use std::fs::{File, OpenOptions};
+use std::io;
 use std::path::Path;
 
-use crate::persist::PersistError;
+use crate::error::BufferError;
+use crate::rows::Retention;
+use crate::slots::MAX_ROWS;
+
+/// The first 8 bytes of every snapshot (`persist`).
+pub const SNAPSHOT_MAGIC: [u8; 8] = *b"RBUFSNAP";
+/// The first 8 bytes of a file-backed store (`shared`).
+pub const SHARED_MAGIC: [u8; 8] = *b"RBUFSHRD";
+
+/// Why a snapshot could not be written or read.
+#[derive(Debug)]
+pub enum PersistError {
+    /// The operating system refused (missing file, permissions, disk full...).
+    Io(io::Error),
+    /// The file is not a valid snapshot: the message says what is wrong.
+    Format(String),
+    /// The file is valid but the store it describes cannot be built (too large to allocate).
+    Store(BufferError),
+    /// A path that `save`/`load` refuse: not a regular file, a symlink, or a file-backed store.
+    Destination(String),
+    /// Every copy a save made overlapped a `clear` (nothing was written to the destination).
+    Cleared {
+        /// Copies made.
+        attempts: u32,
+    },
+}
+
+impl fmt::Display for PersistError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PersistError::Io(e) => write!(f, "{e}"),
+            PersistError::Format(m) => write!(f, "invalid rust_buffer file: {m}"),
+            PersistError::Store(e) => write!(f, "{e}"),
+            PersistError::Destination(m) => f.write_str(m),
+            PersistError::Cleared { attempts } => write!(
+                f,
+                "the store was cleared during each of {attempts} attempts to copy it, so no \
+                 consistent snapshot was taken; the destination is unchanged (save while no \
+                 thread calls clear)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for PersistError {}
+
+impl From<io::Error> for PersistError {
+    fn from(e: io::Error) -> Self {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            PersistError::Format("the file ends early (truncated)".into())
+        } else {
+            PersistError::Io(e)
+        }
+    }
+}
 
 /// A `Format` error with `msg`.
 pub(crate) fn bad<T>(msg: impl Into<String>) -> Result<T, PersistError> {
     Err(PersistError::Format(msg.into()))
+}
+
+/// The counters a file may hold: `base <= cursor < MAX_ROWS` (row numbers must fit the slot
+/// stamps, and the next `add` must not wrap them). Shared by snapshots and file-backed stores.
+pub(crate) fn check_counters(cursor: u64, base: u64) -> Result<(), PersistError> {
+    if cursor >= MAX_ROWS {
+        return bad(format!(
+            "the row counter {cursor} is at or above the limit of {MAX_ROWS} rows (2^54); \
+             the counters are forged or corrupted"
+        ));
+    }
+    if base > cursor {
+        return bad(format!("base {base} is beyond the cursor {cursor}"));
+    }
+    Ok(())
+}
+
+/// The retention field of both headers: 0 FIFO, 1 reservoir.
+pub(crate) fn retention_code(retention: Retention) -> u32 {
+    match retention {
+        Retention::Fifo => 0,
+        Retention::Reservoir => 1,
+    }
+}
+
+/// The policy of a retention field already checked to be 0 or 1.
+pub(crate) fn retention_of(code: u32) -> Retention {
+    if code == 1 {
+        Retention::Reservoir
+    } else {
+        Retention::Fifo
+    }
 }
 
 /// Both formats are little-endian and read by reinterpreting memory.

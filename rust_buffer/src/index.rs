@@ -12,10 +12,10 @@
 //! Reservoir mode drops and places rows by hash, so it scans every call instead.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 
+use crate::rows::Retention;
 use crate::slots::stable_row;
-use crate::store::{Retention, RingBuffer};
+use crate::store::RingBuffer;
 use crate::sync::Ordering;
 
 /// Marks a slot that is not in any task's list.
@@ -94,9 +94,6 @@ impl IndexCache {
     }
 }
 
-/// The index slot of a store.
-pub(crate) type IndexSlot = Mutex<Option<IndexCache>>;
-
 impl RingBuffer {
     /// Run `f` on the current task index.
     pub(crate) fn with_tasks<R>(&self, f: impl FnOnce(&TaskSlots<'_>) -> R) -> R {
@@ -105,13 +102,11 @@ impl RingBuffer {
             let tasks = owned.iter().map(|(t, v)| (*t, v.as_slice())).collect();
             return f(&TaskSlots { tasks });
         }
-        let mut guard = self.index.lock().unwrap_or_else(|e| e.into_inner());
-        let cache = self.refresh(&mut guard);
-        f(&cache.view())
+        self.index.with(|slot| f(&self.refresh(slot).view()))
     }
 
     /// Bring the FIFO index up to the rows added so far.
-    fn refresh<'a>(&self, slot: &'a mut Option<IndexCache>) -> &'a IndexCache {
+    fn refresh<'a>(&self, slot: &'a mut Option<Box<IndexCache>>) -> &'a IndexCache {
         let base = self.base();
         let cursor = self.cursor();
         let cap = self.capacity as u64;
@@ -122,7 +117,7 @@ impl RingBuffer {
             None => true,
         };
         if stale {
-            *slot = Some(IndexCache::new(self.capacity, base, oldest));
+            *slot = Some(Box::new(IndexCache::new(self.capacity, base, oldest)));
         }
         let c = slot.as_mut().expect("just filled");
         let mut row = c.upto;

@@ -32,14 +32,17 @@
 //! ```
 //!
 //! Modules, one idea each: `slots` (the reservation/stamp protocol), `column` (atomic float
-//! columns), `store` (add, clear, single-row reads), `sample` (uniform gathers), `tasks`
+//! columns), `rows` (the row types: `Meta`, `RowInfo`, `Options`...), `store` (construction,
+//! add, clear), `reads` (single-row reads), `sample` (uniform gathers), `tasks`
 //! (MAML support/query sets), `index` (the task index), `sequences` (episode windows), [`rng`]
 //! (seeded xoshiro256++), `window_index` (every valid window start, by length and task),
 //! `windows` (weighted, recent and anchored windows, gathers by slot), [`error`] (named
 //! errors), `sync` (std or loom atomics), `region`
 //! (heap or memory-mapped storage), [`persist`] (snapshots), [`shared`] (file-backed stores
 //! shared between processes), `format` (what both file formats share), `wait` (bounded,
-//! interruptible waits on another writer).
+//! interruptible waits on another writer). No two modules use each other, directly or
+//! through others (`docs/rust_buffer.md`, "Module dependencies"; checked by
+//! `tests/modules.rs`).
 //!
 //! [`add`]: RingBuffer::add
 
@@ -52,8 +55,10 @@ mod format;
 mod index;
 #[cfg(not(loom))]
 pub mod persist;
+mod reads;
 mod region;
 pub mod rng;
+mod rows;
 mod sample;
 mod sequences;
 #[cfg(not(loom))]
@@ -67,10 +72,11 @@ mod window_index;
 mod windows;
 
 pub use error::{BufferError, Column};
+pub use rows::{Meta, MetaValues, Options, Retention, RowInfo};
 pub use sample::{Batch, MetaBatch};
 pub use sequences::SequenceBatch;
 pub use slots::MAX_ROWS;
-pub use store::{Meta, MetaValues, Options, Retention, RingBuffer, RowInfo};
+pub use store::RingBuffer;
 pub use tasks::{TaskBatch, TaskBuffers, TaskQuery};
 #[cfg(not(loom))]
 pub use wait::with_interrupt;

@@ -36,22 +36,24 @@
 //! slot mapping, every value for finiteness, and the body's CRC at the end. Every failure is
 //! a [`PersistError`], never a panic or an out-of-bounds read.
 
-use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use crate::error::BufferError;
 use crate::format::{
-    bad, check_endian, open_regular, put_magic, put_u32, put_u64, seal, u32_at, u64_at,
+    bad, check_counters, check_endian, open_regular, put_magic, put_u32, put_u64, retention_code,
+    retention_of, seal, u32_at, u64_at,
 };
+use crate::rows::Options;
 use crate::slots::stable_row;
 pub use crate::slots::MAX_ROWS;
-use crate::store::{first_non_finite, Options, Retention, RingBuffer, BASE, CURSOR};
+use crate::store::{first_non_finite, RingBuffer, BASE, CURSOR};
 use crate::sync::{fence, Backoff, Ordering};
 
+/// Why a snapshot (or a file-backed store) could not be written or read.
+pub use crate::format::PersistError;
 /// The first 8 bytes of every snapshot.
-pub const MAGIC: [u8; 8] = *b"RBUFSNAP";
+pub use crate::format::SNAPSHOT_MAGIC as MAGIC;
 /// The format version this build writes and reads.
 pub const VERSION: u32 = 1;
 /// Bytes in the header.
@@ -69,53 +71,6 @@ const MAX_BLOCK_ROWS: usize = 1 << 16;
 const MAX_SNOOZES: u32 = 2000;
 /// Copies a save makes before giving up when every one of them overlaps a `clear`.
 pub const SAVE_ATTEMPTS: u32 = 8;
-
-/// Why a snapshot could not be written or read.
-#[derive(Debug)]
-pub enum PersistError {
-    /// The operating system refused (missing file, permissions, disk full...).
-    Io(io::Error),
-    /// The file is not a valid snapshot: the message says what is wrong.
-    Format(String),
-    /// The file is valid but the store it describes cannot be built (too large to allocate).
-    Store(BufferError),
-    /// A path that `save`/`load` refuse: not a regular file, a symlink, or a file-backed store.
-    Destination(String),
-    /// Every copy a save made overlapped a `clear` (nothing was written to the destination).
-    Cleared {
-        /// Copies made.
-        attempts: u32,
-    },
-}
-
-impl fmt::Display for PersistError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PersistError::Io(e) => write!(f, "{e}"),
-            PersistError::Format(m) => write!(f, "invalid rust_buffer file: {m}"),
-            PersistError::Store(e) => write!(f, "{e}"),
-            PersistError::Destination(m) => f.write_str(m),
-            PersistError::Cleared { attempts } => write!(
-                f,
-                "the store was cleared during each of {attempts} attempts to copy it, so no \
-                 consistent snapshot was taken; the destination is unchanged (save while no \
-                 thread calls clear)"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for PersistError {}
-
-impl From<io::Error> for PersistError {
-    fn from(e: io::Error) -> Self {
-        if e.kind() == io::ErrorKind::UnexpectedEof {
-            PersistError::Format("the file ends early (truncated)".into())
-        } else {
-            PersistError::Io(e)
-        }
-    }
-}
 
 /// The fixed-size header, decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -294,14 +249,6 @@ impl Header {
         }
         Ok(())
     }
-
-    fn retention_policy(&self) -> Retention {
-        if self.retention == 1 {
-            Retention::Reservoir
-        } else {
-            Retention::Fifo
-        }
-    }
 }
 
 /// Plain-old-data element types of the body (every bit pattern valid, no padding).
@@ -367,21 +314,6 @@ impl Block {
 /// Rows per block for rows of `row_bytes` bytes.
 fn block_rows_for(row_bytes: usize) -> usize {
     (BLOCK_BYTES / row_bytes.max(1)).clamp(1, MAX_BLOCK_ROWS)
-}
-
-/// The counters a file may hold: `base <= cursor < MAX_ROWS` (row numbers must fit the slot
-/// stamps, and the next `add` must not wrap them). Shared by snapshots and file-backed stores.
-pub(crate) fn check_counters(cursor: u64, base: u64) -> Result<(), PersistError> {
-    if cursor >= MAX_ROWS {
-        return bad(format!(
-            "the row counter {cursor} is at or above the limit of {MAX_ROWS} rows (2^54); \
-             the counters are forged or corrupted"
-        ));
-    }
-    if base > cursor {
-        return bad(format!("base {base} is beyond the cursor {cursor}"));
-    }
-    Ok(())
 }
 
 impl RingBuffer {
@@ -490,10 +422,7 @@ impl RingBuffer {
             capacity: self.capacity as u64,
             obs_dim: d_o as u64,
             target_dim: d_t as u64,
-            retention: match self.retention() {
-                Retention::Fifo => 0,
-                Retention::Reservoir => 1,
-            },
+            retention: retention_code(self.retention()),
             block_rows: block_rows as u32,
             rows: rows as u64,
             // Every row seen in a stamp was reserved before it was seen.
@@ -623,7 +552,7 @@ impl RingBuffer {
             Err(PersistError::Io(e)) if e.kind() == io::ErrorKind::PermissionDenied => 0,
             Err(e) => return Err(e),
         };
-        if got == magic.len() && magic == crate::shared::SHARED_MAGIC {
+        if got == magic.len() && magic == crate::format::SHARED_MAGIC {
             return refuse(format!(
                 "{} is a file-backed store (RingBuffer.create); save will not replace it, \
                  since processes that have it open would keep writing into a deleted file",
@@ -672,7 +601,7 @@ impl RingBuffer {
             d_t,
             Options {
                 seed: Some(hd.placement_seed),
-                retention: hd.retention_policy(),
+                retention: retention_of(hd.retention),
             },
         )
         .map_err(PersistError::Store)?;

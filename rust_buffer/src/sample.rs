@@ -6,7 +6,8 @@
 
 use crate::error::BufferError;
 use crate::rng::Rng;
-use crate::store::{Retention, RingBuffer, RowInfo};
+use crate::rows::{Retention, RowInfo};
+use crate::store::RingBuffer;
 
 /// Rows of prefetch look-ahead in a gather.
 const LOOKAHEAD: usize = 6;

@@ -1,5 +1,6 @@
-//! Windows of consecutive steps of one episode: `sample_sequences`, and `read_window`, the
-//! copy of one window that every window sampler (`windows`, contiguous `sample_tasks`) uses.
+//! Windows of consecutive steps of one episode: the batch they come in (`SequenceBatch`),
+//! `check_seq_len`, and `read_window`, the copy of one window that every window sampler
+//! (`windows`, contiguous `sample_tasks`) uses.
 //!
 //! Which windows are valid is decided once, by the rule in `window_index` ([`links`]): the
 //! window's rows were inserted one after another (consecutive global row indices, so it
@@ -10,11 +11,11 @@
 //! never returned.
 
 use crate::error::BufferError;
+use crate::rows::RowInfo;
 use crate::slots::stable_row;
-use crate::store::{RingBuffer, RowInfo};
+use crate::store::RingBuffer;
 use crate::sync::{fence, Ordering};
 use crate::window_index::links;
-use crate::windows::WindowQuery;
 
 /// A batch of windows, row-major: `obs` is `batch x seq_len x obs_dim`, `target` is
 /// `batch x seq_len x target_dim`, `task_ids` has one entry per window.
@@ -174,46 +175,13 @@ impl RingBuffer {
         }
         Ok(())
     }
-
-    /// `batch` windows of `seq_len` consecutive steps of one episode each, drawn uniformly
-    /// among all valid windows (with replacement).
-    ///
-    /// Errors: `seq_len` is 0, the store is empty, or no episode holds `seq_len` consecutive
-    /// steps ([`BufferError::NoValidWindow`]).
-    pub fn sample_sequences(
-        &self,
-        batch: usize,
-        seq_len: usize,
-    ) -> Result<SequenceBatch, BufferError> {
-        let mut out = SequenceBatch {
-            obs: vec![0.0; batch * seq_len * self.obs_dim],
-            target: vec![0.0; batch * seq_len * self.target_dim],
-            task_ids: vec![0; batch],
-        };
-        self.sample_sequences_into(seq_len, &mut out.obs, &mut out.target, &mut out.task_ids)?;
-        Ok(out)
-    }
-
-    /// Like [`sample_sequences`](Self::sample_sequences), into caller-provided row-major
-    /// buffers: `obs` is `batch x seq_len x obs_dim`, `target` is `batch x seq_len x
-    /// target_dim`, with `batch = task_ids.len()`. This is
-    /// [`sample_windows_into`](Self::sample_windows_into) with the default query.
-    pub fn sample_sequences_into(
-        &self,
-        seq_len: usize,
-        obs: &mut [f32],
-        target: &mut [f32],
-        task_ids: &mut [i64],
-    ) -> Result<(), BufferError> {
-        self.sample_windows_into(seq_len, WindowQuery::default(), obs, target, task_ids)
-    }
 }
 
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use crate::rng::Rng;
-    use crate::store::{Meta, MetaValues, Options, Retention};
+    use crate::rows::{Meta, MetaValues, Options, Retention};
 
     /// Every start whose whole window holds consecutive steps of one episode, by brute force.
     fn brute_force(s: &RingBuffer, len: usize) -> Vec<usize> {

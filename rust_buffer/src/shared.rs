@@ -51,15 +51,18 @@ use memmap2::MmapRaw;
 
 use crate::column::{FloatColumn, Words};
 use crate::error::BufferError;
-use crate::format::{bad, put_magic, put_u32, put_u64, seal, sealed, u32_at, u64_at};
-use crate::persist::PersistError;
+use crate::format::{
+    bad, check_counters, put_magic, put_u32, put_u64, retention_code, retention_of, seal, sealed,
+    u32_at, u64_at, PersistError, SNAPSHOT_MAGIC,
+};
 use crate::region::Region;
+use crate::rows::Options;
 use crate::slots::{Reaper, Stamps, TAG_SHIFT};
-use crate::store::{Options, Retention, RingBuffer};
+use crate::store::{Backing, RingBuffer};
 use crate::sync::{AtomicU64, Ordering};
 
 /// The first 8 bytes of a file-backed store.
-pub const SHARED_MAGIC: [u8; 8] = *b"RBUFSHRD";
+pub use crate::format::SHARED_MAGIC;
 /// The layout version this build creates and opens.
 pub const SHARED_VERSION: u32 = 1;
 const PAGE: u64 = 4096;
@@ -143,7 +146,7 @@ impl Reaper for ProcessTable {
 }
 
 /// What a file-backed handle keeps besides the regions.
-pub(crate) struct SharedFile {
+struct SharedFile {
     table: Region<AtomicU64>,
     /// Entry of the process table this handle holds (its writer tag).
     entry: AtomicUsize,
@@ -194,22 +197,24 @@ impl SharedFile {
         self.pid.store(std::process::id(), Ordering::Relaxed);
         stamps.set_tag(i as u64);
     }
+}
 
+impl Backing for SharedFile {
     /// Re-register after a fork (the child must not write under its parent's tag).
     #[inline]
-    pub(crate) fn check_process(&self, stamps: &Stamps) -> Result<(), BufferError> {
+    fn before_add(&self, stamps: &Stamps) -> Result<(), BufferError> {
         if self.pid.load(Ordering::Relaxed) != std::process::id() {
             self.register(stamps)?;
         }
         Ok(())
     }
 
-    pub(crate) fn path(&self) -> &Path {
+    fn path(&self) -> &Path {
         &self.path
     }
 
     /// Fail when the file is now shorter than the mapping (truncated by another process).
-    fn check_len(&self) -> Result<(), BufferError> {
+    fn check(&self) -> Result<(), BufferError> {
         let actual = self.file.metadata().map(|m| m.len()).unwrap_or(0);
         if actual < self.len {
             return Err(BufferError::Truncated {
@@ -271,7 +276,7 @@ impl SharedHeader {
             ));
         }
         if h[0..8] != SHARED_MAGIC {
-            let hint = if h[0..8] == crate::persist::MAGIC {
+            let hint = if h[0..8] == SNAPSHOT_MAGIC {
                 " (this is a snapshot: use RingBuffer.load)"
             } else {
                 ""
@@ -327,8 +332,8 @@ impl RingBuffer {
             return Err(PersistError::Store(BufferError::ZeroCapacity));
         }
         for (dim, column) in [
-            (obs_dim, crate::Column::Obs),
-            (target_dim, crate::Column::Target),
+            (obs_dim, crate::error::Column::Obs),
+            (target_dim, crate::error::Column::Target),
         ] {
             if dim == 0 {
                 return Err(PersistError::Store(BufferError::ZeroDim { column }));
@@ -344,10 +349,7 @@ impl RingBuffer {
             capacity: capacity as u64,
             obs_dim: obs_dim as u64,
             target_dim: target_dim as u64,
-            retention: match options.retention {
-                Retention::Fifo => 0,
-                Retention::Reservoir => 1,
-            },
+            retention: retention_code(options.retention),
             placement_seed: seed,
             sampler_seed: seed,
             file_len: layout.len,
@@ -390,7 +392,7 @@ impl RingBuffer {
     /// `seed` is this handle's sampler seed (`None`: the seed given at creation).
     ///
     /// Refuses non-regular files (without blocking on a FIFO), damaged headers, counters at
-    /// or above [`MAX_ROWS`](crate::persist::MAX_ROWS) or with `base > cursor`, and stores
+    /// or above [`MAX_ROWS`](crate::MAX_ROWS) or with `base > cursor`, and stores
     /// holding a non-finite value (which only a write outside `add` can put there).
     pub fn open_file(path: &Path, seed: Option<u64>) -> Result<RingBuffer, PersistError> {
         crate::format::check_endian()?;
@@ -449,33 +451,18 @@ impl RingBuffer {
                 unsafe { Region::mapped(&map, COUNTERS_AT, 2)? },
                 Options {
                     seed: Some(hd.placement_seed),
-                    retention: if hd.retention == 1 {
-                        Retention::Reservoir
-                    } else {
-                        Retention::Fifo
-                    },
+                    retention: retention_of(hd.retention),
                 },
-                Some(shared),
+                Some(Box::new(shared)),
             );
             store.reseed(seed.unwrap_or(hd.sampler_seed));
             Ok(store)
         })()
         .map_err(PersistError::Store)?;
-        crate::persist::check_counters(store.cursor(), store.base())?;
+        check_counters(store.cursor(), store.base())?;
         store.check_finite()?;
         store.reap_dead_writers();
         Ok(store)
-    }
-
-    /// Check that the file behind a file-backed store still has its full length: `Err`
-    /// ([`BufferError::Truncated`]) when another process truncated it, where touching the
-    /// lost pages would raise SIGBUS. One `fstat`; always `Ok` for heap stores. The Python
-    /// bindings call it before every operation.
-    pub fn check_file(&self) -> Result<(), BufferError> {
-        match &self.shared {
-            Some(shared) => shared.check_len(),
-            None => Ok(()),
-        }
     }
 
     /// Fail on the first held row with a NaN or infinite value (block by block).
@@ -517,11 +504,6 @@ impl RingBuffer {
         (0..self.len())
             .filter(|&slot| self.stamps.reap(slot, None))
             .count()
-    }
-
-    /// The file behind a file-backed store (`None` for heap stores).
-    pub fn path(&self) -> Option<&Path> {
-        self.shared.as_ref().map(|s| s.path())
     }
 }
 
@@ -566,10 +548,18 @@ mod tests {
             .collect()
     }
 
+    /// The process table of `s`'s file, through a mapping of its own (as another process
+    /// would see it).
+    fn table(s: &RingBuffer) -> Region<AtomicU64> {
+        let file = crate::format::open_regular(s.path().unwrap(), true).unwrap();
+        let map = Arc::new(MmapRaw::map_raw(&file).unwrap());
+        // SAFETY: the table is a page-aligned range of atomics in every mapping of the file.
+        unsafe { Region::mapped(&map, TABLE_AT, MAX_HANDLES).unwrap() }
+    }
+
     /// Pretend a writer with tag `tag` (process `pid`) died while writing `row` into `slot`.
     fn forge_busy(s: &RingBuffer, tag: usize, pid: u64, slot: usize, row: u64) {
-        let shared = s.shared.as_ref().unwrap();
-        shared.table[tag].store(pid, Ordering::SeqCst);
+        table(s)[tag].store(pid, Ordering::SeqCst);
         s.stamps
             .set(slot, (2 * row + 1) | ((tag as u64) << TAG_SHIFT));
     }
@@ -663,7 +653,7 @@ mod tests {
         assert_eq!(t.stamps.peek(5) & 1, 1);
         assert_eq!(t.reap_dead_writers(), 0);
         // Once the table entry's process is gone, the slot is reclaimed too.
-        s.shared.as_ref().unwrap().table[41].store(dead_pid(), Ordering::SeqCst);
+        table(&s)[41].store(dead_pid(), Ordering::SeqCst);
         assert_eq!(t.reap_dead_writers(), 1);
         fs::remove_file(&path).unwrap();
     }

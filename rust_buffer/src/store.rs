@@ -1,108 +1,55 @@
-//! The store itself: columns, stamps, the write cursor, `add`, `clear` and single-row reads.
+//! The store itself: columns, stamps, the write cursor, construction, `add` and `clear`
+//! (single-row reads are in `reads`, the row types in `rows`).
+
+use std::any::Any;
+use std::path::Path;
+use std::sync::Mutex;
 
 use crate::column::FloatColumn;
 use crate::error::{BufferError, Column};
-use crate::index::IndexSlot;
 use crate::region::Region;
 use crate::rng::{splitmix64, Rng};
-use crate::slots::{stable_row, Stamps};
+use crate::rows::{Meta, Options, Retention};
+use crate::slots::Stamps;
 use crate::sync::{AtomicI64, AtomicU64, Ordering};
 
-/// What happens to new rows once the store is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Retention {
-    /// A ring: each new row overwrites the oldest one (slot = row index mod capacity).
-    #[default]
-    Fifo,
-    /// Reservoir sampling (Vitter's algorithm R): once full, the `k`-th row (1-based) is kept
-    /// with probability `capacity / k`, in a uniformly chosen slot. The store then holds a
-    /// uniform sample of everything ever added. The choice is a hash of (seed, row index), so
-    /// it is reproducible and needs no shared random state.
-    Reservoir,
+/// What a store's storage asks of the store beyond its regions. The shared-file layer
+/// (`shared`) implements it for file-backed stores; heap stores have none. The write path
+/// calls it through this trait, so the store does not depend on the file layer (which
+/// depends on the store).
+pub(crate) trait Backing: Send + Sync {
+    /// Called by `add` before it reserves rows: a forked child takes a writer tag of its
+    /// own here instead of writing under its parent's.
+    fn before_add(&self, stamps: &Stamps) -> Result<(), BufferError>;
+    /// Fail when the storage is no longer whole (another process truncated the file).
+    fn check(&self) -> Result<(), BufferError>;
+    /// The file behind the storage.
+    fn path(&self) -> &Path;
 }
 
-/// Construction options beyond the shape.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Options {
-    /// Seed of every sampler (and of reservoir slot choices); `None` draws one from the OS.
-    pub seed: Option<u64>,
-    /// Retention policy once full.
-    pub retention: Retention,
-}
+/// A query's cache (the task index, the window index), kept between queries behind a mutex
+/// that only those queries take (`add` never does). The cache's type belongs to the module
+/// that builds it (`index`, `window_index`), which uses the store; the store holds the cache
+/// without naming its type, so it does not use those modules back.
+#[derive(Default)]
+pub(crate) struct CacheSlot(Mutex<Option<Box<dyn Any + Send>>>);
 
-/// Metadata for the rows of one `add` call: one value for all rows, or one per row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MetaValues<'a> {
-    /// The same value for every row.
-    Scalar(i64),
-    /// One value per row.
-    PerRow(&'a [i64]),
-}
-
-impl MetaValues<'_> {
-    #[inline]
-    fn get(&self, i: usize) -> i64 {
-        match self {
-            MetaValues::Scalar(v) => *v,
-            MetaValues::PerRow(v) => v[i],
-        }
+impl CacheSlot {
+    /// Run `f` on the cache, `None` when there is none yet (or it was forgotten). `f` may
+    /// build, update or drop it; what it leaves is kept for the next query. A panic in `f`
+    /// drops the cache (the next query rebuilds it).
+    pub(crate) fn with<T: Any + Send, R>(&self, f: impl FnOnce(&mut Option<Box<T>>) -> R) -> R {
+        let mut guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = guard.take().and_then(|b| b.downcast::<T>().ok());
+        let result = f(&mut cache);
+        *guard = cache.map(|c| c as Box<dyn Any + Send>);
+        result
     }
 
-    fn check(&self, name: &'static str, rows: usize) -> Result<(), BufferError> {
-        match self {
-            MetaValues::PerRow(v) if v.len() != rows => Err(BufferError::MetaLength {
-                name,
-                got: v.len(),
-                expected: rows,
-            }),
-            _ => Ok(()),
-        }
+    /// Drop the cache; the next query rebuilds it.
+    pub(crate) fn forget(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
-}
-
-/// The integer metadata of the rows given to `add`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Meta<'a> {
-    /// Task id (default 0).
-    pub task_id: MetaValues<'a>,
-    /// Episode id (default -1: no episode).
-    pub episode_id: MetaValues<'a>,
-    /// Step within the episode (default -1: unknown).
-    pub step: MetaValues<'a>,
-}
-
-impl Default for Meta<'_> {
-    fn default() -> Self {
-        Meta {
-            task_id: MetaValues::Scalar(0),
-            episode_id: MetaValues::Scalar(-1),
-            step: MetaValues::Scalar(-1),
-        }
-    }
-}
-
-impl<'a> Meta<'a> {
-    /// Metadata with one episode: `task_id`, `episode_id`, steps given per row.
-    pub fn episode(task_id: i64, episode_id: i64, steps: &'a [i64]) -> Self {
-        Meta {
-            task_id: MetaValues::Scalar(task_id),
-            episode_id: MetaValues::Scalar(episode_id),
-            step: MetaValues::PerRow(steps),
-        }
-    }
-}
-
-/// The identity and metadata of one stored row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RowInfo {
-    /// Global insertion index of the row (0 for the first row ever added).
-    pub row: u64,
-    /// Task id.
-    pub task_id: i64,
-    /// Episode id.
-    pub episode_id: i64,
-    /// Step within the episode.
-    pub step: i64,
 }
 
 /// Index of the cursor in `RingBuffer::counters`.
@@ -134,12 +81,11 @@ pub struct RingBuffer {
     /// stream `n` of the seed.
     calls: AtomicU64,
     /// The task index, kept between task queries (see `index`).
-    pub(crate) index: IndexSlot,
+    pub(crate) index: CacheSlot,
     /// The window index, kept between window queries (see `window_index`).
-    pub(crate) windows: crate::window_index::WindowSlot,
+    pub(crate) windows: CacheSlot,
     /// The file and process-table entry of a file-backed store (`None`: heap store).
-    #[cfg(not(loom))]
-    pub(crate) shared: Option<crate::shared::SharedFile>,
+    pub(crate) backing: Option<Box<dyn Backing>>,
 }
 
 impl std::fmt::Debug for RingBuffer {
@@ -268,8 +214,7 @@ impl RingBuffer {
         stamps: Stamps,
         counters: Region<AtomicU64>,
         options: Options,
-        #[cfg(not(loom))] shared: Option<crate::shared::SharedFile>,
-        #[cfg(loom)] _shared: Option<()>,
+        backing: Option<Box<dyn Backing>>,
     ) -> Self {
         let seed = options.seed.unwrap_or_else(Rng::os_seed);
         RingBuffer {
@@ -287,10 +232,9 @@ impl RingBuffer {
             placement_seed: seed,
             seed: AtomicU64::new(seed),
             calls: AtomicU64::new(0),
-            index: IndexSlot::default(),
-            windows: Default::default(),
-            #[cfg(not(loom))]
-            shared,
+            index: CacheSlot::default(),
+            windows: CacheSlot::default(),
+            backing,
         }
     }
 
@@ -349,7 +293,7 @@ impl RingBuffer {
     /// queried; a rebuilt index lists them as a fresh store with the same rows would, so a
     /// reseeded store (or one just saved, and its loaded copy) draws the same windows.
     pub fn forget_window_index(&self) {
-        *self.windows.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.windows.forget();
     }
 
     /// Restore the sampler's state (seed and calls made) from a snapshot.
@@ -390,6 +334,43 @@ impl RingBuffer {
 
     pub(crate) fn cursor(&self) -> u64 {
         self.counters[CURSOR].load(Ordering::Acquire)
+    }
+
+    /// Check that the file behind a file-backed store still has its full length: `Err`
+    /// ([`BufferError::Truncated`]) when another process truncated it, where touching the
+    /// lost pages would raise SIGBUS. One `fstat`; always `Ok` for heap stores. The Python
+    /// bindings call it before every operation.
+    pub fn check_file(&self) -> Result<(), BufferError> {
+        match &self.backing {
+            Some(backing) => backing.check(),
+            None => Ok(()),
+        }
+    }
+
+    /// The file behind a file-backed store (`None` for heap stores).
+    pub fn path(&self) -> Option<&Path> {
+        self.backing.as_ref().map(|b| b.path())
+    }
+
+    /// How long an `add` waits on a slot that another writer is still writing before
+    /// giving up with [`BufferError::SlotBusy`] (default 10 s). Only a stopped or stuck
+    /// writer holds a slot that long; a dead one's slots are reclaimed instead.
+    #[cfg(not(loom))]
+    pub fn wait_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            self.stamps
+                .timeout_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    /// Set this handle's wait timeout (see [`wait_timeout`](Self::wait_timeout)).
+    #[cfg(not(loom))]
+    pub fn set_wait_timeout(&self, timeout: std::time::Duration) {
+        let ms = timeout.as_millis().min(u128::from(u64::MAX)) as u64;
+        self.stamps
+            .timeout_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A fresh random stream for one sampling call.
@@ -476,9 +457,8 @@ impl RingBuffer {
         if rows == 0 {
             return Ok(0);
         }
-        #[cfg(not(loom))]
-        if let Some(shared) = &self.shared {
-            shared.check_process(&self.stamps)?;
+        if let Some(backing) = &self.backing {
+            backing.before_add(&self.stamps)?;
         }
         crate::slots::check_room(self.counters[CURSOR].load(Ordering::Relaxed), rows)?;
         let first = self.counters[CURSOR].fetch_add(rows as u64, Ordering::AcqRel);
@@ -605,117 +585,26 @@ impl RingBuffer {
         self.step[slot].store(meta.step.get(i), Ordering::Relaxed);
         self.stamps.end_write(slot, row);
     }
-
-    /// Copy the row held in `slot` (`obs`: `obs_dim` floats, `target`: `target_dim` floats).
-    ///
-    /// `None` when the slot is empty, cleared, or being written right now (nothing torn is
-    /// ever returned). Slots `0..len()` hold the rows, in slot order.
-    pub fn read_slot(&self, slot: usize, obs: &mut [f32], target: &mut [f32]) -> Option<RowInfo> {
-        if slot >= self.capacity || obs.len() != self.obs_dim || target.len() != self.target_dim {
-            return None;
-        }
-        self.read_row::<true>(slot, self.base(), obs, target)
-    }
-
-    /// Read the metadata of `slot` if it holds a complete row added since the last clear.
-    #[inline]
-    pub(crate) fn read_meta(&self, slot: usize, base: u64) -> Option<RowInfo> {
-        let s1 = self.stamps.read_begin(slot);
-        let row = stable_row(s1).filter(|&r| r >= base)?;
-        let info = RowInfo {
-            row,
-            task_id: self.task_id[slot].load(Ordering::Relaxed),
-            episode_id: self.episode_id[slot].load(Ordering::Relaxed),
-            step: self.step[slot].load(Ordering::Relaxed),
-        };
-        self.stamps.read_validate(slot, s1).then_some(info)
-    }
-
-    /// Copy the row in `slot` into `obs`/`target` (one row each) if it holds a complete row
-    /// added since the last clear; `None` (and garbage in the outputs) otherwise. With
-    /// `META = false` the metadata columns are not touched (three fewer cache misses per
-    /// random row) and the returned info carries only `row`.
-    #[inline]
-    pub(crate) fn read_row<const META: bool>(
-        &self,
-        slot: usize,
-        base: u64,
-        obs: &mut [f32],
-        target: &mut [f32],
-    ) -> Option<RowInfo> {
-        let s1 = self.stamps.read_begin(slot);
-        let row = stable_row(s1).filter(|&r| r >= base)?;
-        self.obs.load_row(slot, obs);
-        self.target.load_row(slot, target);
-        let info = if META {
-            RowInfo {
-                row,
-                task_id: self.task_id[slot].load(Ordering::Relaxed),
-                episode_id: self.episode_id[slot].load(Ordering::Relaxed),
-                step: self.step[slot].load(Ordering::Relaxed),
-            }
-        } else {
-            RowInfo {
-                row,
-                task_id: 0,
-                episode_id: 0,
-                step: 0,
-            }
-        };
-        self.stamps.read_validate(slot, s1).then_some(info)
-    }
-
-    /// Start loading `rows` rows from `slot` (and their stamps, and metadata with `META`)
-    /// into cache.
-    #[inline]
-    pub(crate) fn prefetch<const META: bool>(&self, slot: usize, rows: usize) {
-        self.obs.prefetch_rows(slot, rows);
-        self.target.prefetch_rows(slot, rows);
-        #[cfg(not(loom))]
-        {
-            let bytes = rows * 8;
-            crate::column::prefetch_bytes(self.stamps.addr(slot), bytes);
-            if META {
-                for col in [&self.task_id, &self.episode_id, &self.step] {
-                    let p = col.as_ptr().wrapping_add(slot) as *const i8;
-                    crate::column::prefetch_bytes(p, bytes);
-                }
-            }
-        }
-    }
 }
 
-/// Raw column addresses for zero-copy views (bindings only).
-///
-/// The memory is `capacity` rows, row-major, densely packed: obs `f32[capacity][obs_dim]`,
-/// target `f32[capacity][target_dim]`, metadata `i64[capacity]`. It stays valid, at a fixed
-/// address, for the store's lifetime. Readers through these pointers race with writers:
-/// values may change under them (never torn below 4 bytes per element), so a view of rows
-/// being overwritten can show a mix of old and new rows.
-#[cfg(not(loom))]
-impl RingBuffer {
-    /// Address of `obs[0][0]`.
-    pub fn obs_ptr(&self) -> *const f32 {
-        self.obs.as_ptr()
-    }
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::CacheSlot;
 
-    /// Address of `target[0][0]`.
-    pub fn target_ptr(&self) -> *const f32 {
-        self.target.as_ptr()
-    }
-
-    /// Address of `task_id[0]`.
-    pub fn task_id_ptr(&self) -> *const i64 {
-        self.task_id.as_ptr() as *const i64
-    }
-
-    /// Address of `episode_id[0]`.
-    pub fn episode_id_ptr(&self) -> *const i64 {
-        self.episode_id.as_ptr() as *const i64
-    }
-
-    /// Address of `step[0]`.
-    pub fn step_ptr(&self) -> *const i64 {
-        self.step.as_ptr() as *const i64
+    #[test]
+    fn a_cache_slot_keeps_what_a_query_leaves_until_forgotten() {
+        let slot = CacheSlot::default();
+        assert!(slot.with(|c: &mut Option<Box<u64>>| c.is_none()));
+        slot.with(|c: &mut Option<Box<u64>>| *c = Some(Box::new(7)));
+        slot.with(|c: &mut Option<Box<u64>>| **c.as_mut().unwrap() += 1);
+        assert_eq!(
+            slot.with(|c: &mut Option<Box<u64>>| c.as_deref().copied()),
+            Some(8)
+        );
+        slot.forget();
+        assert_eq!(
+            slot.with(|c: &mut Option<Box<u64>>| c.as_deref().copied()),
+            None
+        );
     }
 }

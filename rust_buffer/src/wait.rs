@@ -4,8 +4,9 @@
 //! ends, besides the slot becoming free or its dead writer being reclaimed, when
 //!
 //! * the store's **wait timeout** passes (default [`DEFAULT_WAIT_TIMEOUT_MS`], see
-//!   [`RingBuffer::set_wait_timeout`]): the writer is alive but stopped (SIGSTOP, a debugger)
-//!   or stuck, and `add` fails with [`BufferError::SlotBusy`] naming its process; or
+//!   [`RingBuffer::set_wait_timeout`](crate::RingBuffer::set_wait_timeout)): the writer is
+//!   alive but stopped (SIGSTOP, a debugger) or stuck, and `add` fails with
+//!   [`BufferError::SlotBusy`] naming its process; or
 //! * the **interrupt check** installed with [`with_interrupt`] returns true (the Python
 //!   bindings run Python's signal handlers there, so Ctrl-C works): [`BufferError::Interrupted`].
 //!
@@ -28,7 +29,6 @@ mod imp {
     use std::time::{Duration, Instant};
 
     use super::BufferError;
-    use crate::store::RingBuffer;
 
     /// How often a waiting writer runs the interrupt check.
     const INTERRUPT_EVERY: Duration = Duration::from_millis(20);
@@ -113,27 +113,6 @@ mod imp {
                 std::thread::sleep((waited / 8).min(MAX_SLEEP));
             }
             true
-        }
-    }
-
-    impl RingBuffer {
-        /// How long an `add` waits on a slot that another writer is still writing before
-        /// giving up with [`BufferError::SlotBusy`] (default 10 s). Only a stopped or stuck
-        /// writer holds a slot that long; a dead one's slots are reclaimed instead.
-        pub fn wait_timeout(&self) -> Duration {
-            Duration::from_millis(
-                self.stamps
-                    .timeout_ms
-                    .load(std::sync::atomic::Ordering::Relaxed),
-            )
-        }
-
-        /// Set this handle's wait timeout (see [`wait_timeout`](Self::wait_timeout)).
-        pub fn set_wait_timeout(&self, timeout: Duration) {
-            let ms = timeout.as_millis().min(u128::from(u64::MAX)) as u64;
-            self.stamps
-                .timeout_ms
-                .store(ms, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }

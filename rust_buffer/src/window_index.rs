@@ -34,11 +34,11 @@
 //! since the last query (dropped rows cost one hash each).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use crate::error::BufferError;
+use crate::rows::{Retention, RowInfo};
 use crate::slots::stable_row;
-use crate::store::{Retention, RingBuffer, RowInfo};
+use crate::store::RingBuffer;
 
 /// Slot `s` holds a row with `step >= 0` (in the index's view).
 const PRESENT: u8 = 1;
@@ -344,9 +344,6 @@ impl WindowIndex {
     }
 }
 
-/// The index slot of a store.
-pub(crate) type WindowSlot = Mutex<Option<WindowIndex>>;
-
 impl RingBuffer {
     /// Run `f` on the window index, brought up to date.
     pub(crate) fn with_windows<R>(
@@ -358,12 +355,11 @@ impl RingBuffer {
                 elements: self.capacity,
             });
         }
-        let mut guard = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(f(self.refresh_windows(&mut guard)))
+        Ok(self.windows.with(|slot| f(self.refresh_windows(slot))))
     }
 
     /// Bring the window index up to the rows added so far (see the module docs).
-    fn refresh_windows<'a>(&self, slot: &'a mut Option<WindowIndex>) -> &'a WindowIndex {
+    fn refresh_windows<'a>(&self, slot: &'a mut Option<Box<WindowIndex>>) -> &'a WindowIndex {
         let base = self.base();
         let cursor = self.cursor();
         let cap = self.capacity as u64;
@@ -376,7 +372,7 @@ impl RingBuffer {
             None => true,
         };
         if stale {
-            *slot = Some(WindowIndex::new(self.capacity, base, oldest));
+            *slot = Some(Box::new(WindowIndex::new(self.capacity, base, oldest)));
         }
         let c = slot.as_mut().expect("just filled");
         let mut row = c.upto;

@@ -1,6 +1,7 @@
 //! Window samplers over the window index (`window_index`): `sample_windows` (uniform,
-//! task-weighted or recent windows, optionally with their own seed), `windows_at` (the windows
-//! around caller-chosen slots) and `gather` (rows by slot).
+//! task-weighted or recent windows, optionally with their own seed), `sample_sequences` (its
+//! uniform case), `windows_at` (the windows around caller-chosen slots) and `gather` (rows by
+//! slot).
 //!
 //! Starts are drawn under the index's mutex (`O(log)` each), then the windows are copied
 //! outside it by `read_window`, which re-checks the window rule under the stamps; a window
@@ -10,6 +11,7 @@ use std::collections::HashMap;
 
 use crate::error::BufferError;
 use crate::rng::Rng;
+use crate::sequences::SequenceBatch;
 use crate::slots::stable_row;
 use crate::store::RingBuffer;
 use crate::window_index::{LenSet, WindowIndex};
@@ -86,8 +88,8 @@ impl RingBuffer {
         batch: usize,
         seq_len: usize,
         query: WindowQuery<'_>,
-    ) -> Result<crate::SequenceBatch, BufferError> {
-        let mut out = crate::SequenceBatch {
+    ) -> Result<SequenceBatch, BufferError> {
+        let mut out = SequenceBatch {
             obs: vec![0.0; batch * seq_len * self.obs_dim],
             target: vec![0.0; batch * seq_len * self.target_dim],
             task_ids: vec![0; batch],
@@ -100,6 +102,39 @@ impl RingBuffer {
             &mut out.task_ids,
         )?;
         Ok(out)
+    }
+
+    /// `batch` windows of `seq_len` consecutive steps of one episode each, drawn uniformly
+    /// among all valid windows (with replacement).
+    ///
+    /// Errors: `seq_len` is 0, the store is empty, or no episode holds `seq_len` consecutive
+    /// steps ([`BufferError::NoValidWindow`]).
+    pub fn sample_sequences(
+        &self,
+        batch: usize,
+        seq_len: usize,
+    ) -> Result<SequenceBatch, BufferError> {
+        let mut out = SequenceBatch {
+            obs: vec![0.0; batch * seq_len * self.obs_dim],
+            target: vec![0.0; batch * seq_len * self.target_dim],
+            task_ids: vec![0; batch],
+        };
+        self.sample_sequences_into(seq_len, &mut out.obs, &mut out.target, &mut out.task_ids)?;
+        Ok(out)
+    }
+
+    /// Like [`sample_sequences`](Self::sample_sequences), into caller-provided row-major
+    /// buffers: `obs` is `batch x seq_len x obs_dim`, `target` is `batch x seq_len x
+    /// target_dim`, with `batch = task_ids.len()`. This is
+    /// [`sample_windows_into`](Self::sample_windows_into) with the default query.
+    pub fn sample_sequences_into(
+        &self,
+        seq_len: usize,
+        obs: &mut [f32],
+        target: &mut [f32],
+        task_ids: &mut [i64],
+    ) -> Result<(), BufferError> {
+        self.sample_windows_into(seq_len, WindowQuery::default(), obs, target, task_ids)
     }
 
     /// Check a window request before allocating outputs: `seq_len >= 1`, rows held, weights
