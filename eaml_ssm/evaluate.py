@@ -1460,7 +1460,8 @@ def run(args: argparse.Namespace) -> int:
     if args.rerender:
         if args.publish:
             return publish(Path(args.rerender), Path(args.publish))
-        return rerender(Path(args.rerender), docs=DOC_FILES if args.docs else ())
+        docs = DOC_FILES if args.docs else ()
+        return rerender(Path(args.rerender), docs=docs, plots=not docs)
     profile = resolve_profile(args)
     run_dir = fresh_run_dir(args.out, args.name or f"evaluate-{args.profile}")
     grids = {f: method_grid(profile.level(f)) for f in profile.families}
