@@ -1071,6 +1071,11 @@ def method_table(agg: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _share(summary: dict[str, Any] | None) -> str:
+    """The negative-step-size share, or "not recorded" for runs made before it was."""
+    return _cell(summary) if summary and summary["n"] else "not recorded"
+
+
 def _diff(d: dict[str, Any] | None) -> str:
     if not d or not d["n"]:
         return "-"
@@ -1232,7 +1237,7 @@ def report(agg: dict[str, Any], header: str) -> str:
         alpha = fam["alpha"]
         parts.append(
             f"\n## {family} (seeds {fam['seeds']}; mean learned step size {alpha['mean']:.4f}; "
-            f"share of negative learned step sizes {_cell(fam['negative_step_share'])})"
+            f"share of negative learned step sizes {_share(fam.get('negative_step_share'))})"
         )
         for split, s in fam["splits"].items():
             parts.append(f"\n### {family}, {split} stream: seed means ± 95% CI\n")
