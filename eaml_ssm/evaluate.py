@@ -1076,6 +1076,11 @@ def method_table(agg: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _share(summary: dict[str, Any] | None) -> str:
+    """The negative-step-size share, or "not recorded" for runs made before it was."""
+    return _cell(summary) if summary and summary["n"] else "not recorded"
+
+
 def _diff(d: dict[str, Any] | None) -> str:
     if not d or not d["n"]:
         return "-"
@@ -1237,7 +1242,7 @@ def report(agg: dict[str, Any], header: str) -> str:
         alpha = fam["alpha"]
         parts.append(
             f"\n## {family} (seeds {fam['seeds']}; mean learned step size {alpha['mean']:.4f}; "
-            f"share of negative learned step sizes {_cell(fam['negative_step_share'])})"
+            f"share of negative learned step sizes {_share(fam.get('negative_step_share'))})"
         )
         for split, s in fam["splits"].items():
             parts.append(f"\n### {family}, {split} stream: seed means ± 95% CI\n")
@@ -1465,7 +1470,8 @@ def run(args: argparse.Namespace) -> int:
     if args.rerender:
         if args.publish:
             return publish(Path(args.rerender), Path(args.publish))
-        return rerender(Path(args.rerender), docs=DOC_FILES if args.docs else ())
+        docs = DOC_FILES if args.docs else ()
+        return rerender(Path(args.rerender), docs=docs, plots=not docs)
     profile = resolve_profile(args)
     run_dir = fresh_run_dir(args.out, args.name or f"evaluate-{args.profile}")
     grids = {f: method_grid(profile.level(f)) for f in profile.families}
