@@ -249,9 +249,22 @@ impl RingBuffer {
         rng: &mut Rng,
         out: &mut [(usize, u64)],
     ) -> Result<(), BufferError> {
-        self.with_windows(|ix| match query.recent {
-            Some(recent) => self.draw_recent(ix, len, recent, query.task_weights, rng, out),
-            None => self.draw_indexed(ix, len, query.task_weights, rng, out),
+        self.with_windows(|ix| {
+            let drawn = match query.recent {
+                Some(recent) => self.draw_recent(ix, len, recent, query.task_weights, rng, out),
+                None => self.draw_indexed(ix, len, query.task_weights, rng, out),
+            };
+            match drawn {
+                // The index stopped at a row still being written: the rows from there on may
+                // hold windows once finished, so "none" is not known yet. Retryable, like a
+                // torn read (the bindings retry `Contended`), not an answer.
+                Err(BufferError::NoValidWindow { .. } | BufferError::NoValidWindowIn { .. })
+                    if ix.upto < self.cursor() =>
+                {
+                    Err(BufferError::Contended)
+                }
+                other => other,
+            }
         })?
     }
 
