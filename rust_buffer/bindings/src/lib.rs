@@ -6,10 +6,10 @@ mod convert;
 mod pool;
 mod select;
 
-use convert::{float_rows, meta_arg, out_rows, size, MetaParam, DETACH_BYTES};
+use convert::{disjoint_outputs, float_rows, meta_arg, out_rows, size, MetaParam, DETACH_BYTES};
 use numpy::ndarray::{Array1, ArrayView1, ArrayView2};
 use numpy::npyffi::{_PyArray_GET_ITEM_DATA, NPY_ARRAY_WRITEABLE};
-use numpy::{Element, IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
+use numpy::{Element, IntoPyArray, PyArray1, PyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::{
     PyInterruptedError, PyOSError, PyRuntimeError, PyTimeoutError, PyTypeError, PyValueError,
 };
@@ -371,30 +371,16 @@ impl PyRingBuffer {
         obs_out: &Bound<'_, PyAny>,
         target_out: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        let (o, b) = out_rows(obs_out, "obs_out", self.inner.obs_dim())?;
-        let (t, bt) = out_rows(target_out, "target_out", self.inner.target_dim())?;
+        let (mut o, b) = out_rows(obs_out, "obs_out", self.inner.obs_dim())?;
+        let (mut t, bt) = out_rows(target_out, "target_out", self.inner.target_dim())?;
         if b != bt {
             return Err(PyValueError::new_err(format!(
                 "obs_out has {b} rows but target_out has {bt}; they must match"
             )));
         }
-        let (op, tp) = (o.data(), t.data());
-        let (ol, tl) = (o.len(), t.len());
-        let (o_end, t_end) = (op.wrapping_add(ol) as usize, tp.wrapping_add(tl) as usize);
-        if ol > 0 && tl > 0 && (op as usize) < t_end && (tp as usize) < o_end {
-            return Err(PyValueError::new_err(
-                "obs_out and target_out overlap; pass separate arrays",
-            ));
-        }
-        // SAFETY: both arrays are C-contiguous, aligned, writable, non-overlapping and kept
-        // alive by `o`/`t` for the call. Like NumPy's own GIL-free loops, other Python threads
-        // touching them during the call see unspecified values.
-        let (os, ts) = unsafe {
-            (
-                std::slice::from_raw_parts_mut(op, ol),
-                std::slice::from_raw_parts_mut(tp, tl),
-            )
-        };
+        // SAFETY: both passed the output checks and `o`/`t` keep them alive for the call;
+        // nothing else in this call borrows their data.
+        let (os, ts) = unsafe { disjoint_outputs(&mut o, &mut t)? };
         let inner = self.store()?;
         retry_contended(py, || {
             maybe_detach(py, b * self.row_bytes(), || inner.sample_into(os, ts, None))
@@ -567,8 +553,9 @@ impl PyRingBuffer {
         seed: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let l = size(length, "length", 1)?;
-        let (o, b, lo) = select::out_windows(obs_out, "obs_out", self.inner.obs_dim())?;
-        let (t, bt, lt) = select::out_windows(target_out, "target_out", self.inner.target_dim())?;
+        let (mut o, b, lo) = select::out_windows(obs_out, "obs_out", self.inner.obs_dim())?;
+        let (mut t, bt, lt) =
+            select::out_windows(target_out, "target_out", self.inner.target_dim())?;
         if (b, lo) != (bt, l) || lt != l {
             return Err(PyValueError::new_err(format!(
                 "obs_out is ({b}, {lo}, ...) and target_out is ({bt}, {lt}, ...); both must be (batch_size, length={l}, dim)"
@@ -577,23 +564,9 @@ impl PyRingBuffer {
         let weights = select::task_weights(task_weights)?;
         let recent = opt_size(recent, "recent")?;
         let seed = opt_seed(seed)?;
-        let (op, tp) = (o.data(), t.data());
-        let (ol, tl) = (o.len(), t.len());
-        let (o_end, t_end) = (op.wrapping_add(ol) as usize, tp.wrapping_add(tl) as usize);
-        if ol > 0 && tl > 0 && (op as usize) < t_end && (tp as usize) < o_end {
-            return Err(PyValueError::new_err(
-                "obs_out and target_out overlap; pass separate arrays",
-            ));
-        }
-        // SAFETY: both arrays are C-contiguous, aligned, writable, non-overlapping and kept
-        // alive by `o`/`t` for the call. Like NumPy's own GIL-free loops, other Python threads
-        // touching them during the call see unspecified values.
-        let (os, ts) = unsafe {
-            (
-                std::slice::from_raw_parts_mut(op, ol),
-                std::slice::from_raw_parts_mut(tp, tl),
-            )
-        };
+        // SAFETY: both passed the output checks and `o`/`t` keep them alive for the call;
+        // nothing else in this call borrows their data.
+        let (os, ts) = unsafe { disjoint_outputs(&mut o, &mut t)? };
         let mut ids = pool::ids(b)?;
         let inner = self.store()?;
         let query = WindowQuery {
