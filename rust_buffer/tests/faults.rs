@@ -253,6 +253,14 @@ fn save_refuses_links_fifos_devices_directories_and_shared_stores() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// A shared store file at `path` holding rows `0..n` (task, episode and step 0).
+fn filled_file(path: &Path, capacity: usize, n: usize) -> RingBuffer {
+    let s = RingBuffer::create_file(path, capacity, DO, DT, Options::default()).unwrap();
+    let ids: Vec<u64> = (0..n as u64).collect();
+    add_ids(&s, &ids, &vec![0; n], &vec![0; n], &vec![0; n]);
+    s
+}
+
 /// Run `f` on a helper thread; panic if it has not returned after 10 s (it blocked).
 fn within_seconds<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     let (tx, rx) = mpsc::channel();
@@ -290,10 +298,7 @@ fn open_rejects_forged_counters_and_non_finite_rows() {
     use std::io::{Seek, SeekFrom, Write};
     let dir = temp_dir("open");
     let path = dir.join("s.rbs");
-    let s = RingBuffer::create_file(&path, 8, DO, DT, Options::default()).unwrap();
-    let ids: Vec<u64> = (0..6).collect();
-    add_ids(&s, &ids, &[0; 6], &[0; 6], &[0; 6]);
-    drop(s);
+    drop(filled_file(&path, 8, 6));
     let poke = |at: u64, bytes: &[u8]| {
         let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         f.seek(SeekFrom::Start(at)).unwrap();
@@ -320,9 +325,7 @@ fn open_rejects_forged_counters_and_non_finite_rows() {
 fn a_truncated_shared_file_is_an_error_not_a_signal() {
     let dir = temp_dir("trunc");
     let path = dir.join("s.rbs");
-    let s = RingBuffer::create_file(&path, 1024, DO, DT, Options::default()).unwrap();
-    let ids: Vec<u64> = (0..100).collect();
-    add_ids(&s, &ids, &[0; 100], &[0; 100], &[0; 100]);
+    let s = filled_file(&path, 1024, 100);
     assert!(s.check_file().is_ok());
     // Another handle (as another process would) truncates the file.
     let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
