@@ -24,16 +24,6 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-fn snapshot(s: &RingBuffer) -> Vec<u8> {
-    let mut c = Cursor::new(Vec::new());
-    s.save_to(&mut c).unwrap();
-    c.into_inner()
-}
-
-fn load(bytes: &[u8]) -> Result<RingBuffer, PersistError> {
-    RingBuffer::load_from(&mut Cursor::new(bytes), bytes.len() as u64)
-}
-
 fn format_error(r: Result<RingBuffer, PersistError>) -> String {
     match r {
         Err(PersistError::Format(m)) => m,
