@@ -173,6 +173,36 @@ fn opt_size(v: Option<&Bound<'_, PyAny>>, name: &str) -> PyResult<Option<usize>>
     }
 }
 
+/// The window samplers' keyword arguments (`task_weights`, `recent`, `seed`), parsed; the
+/// weights are owned here and borrowed by [`WindowArgs::query`].
+struct WindowArgs {
+    weights: Option<Vec<(i64, f64)>>,
+    recent: Option<usize>,
+    seed: Option<u64>,
+}
+
+impl WindowArgs {
+    fn parse(
+        task_weights: Option<&Bound<'_, PyAny>>,
+        recent: Option<&Bound<'_, PyAny>>,
+        seed: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        Ok(Self {
+            weights: select::task_weights(task_weights)?,
+            recent: opt_size(recent, "recent")?,
+            seed: opt_seed(seed)?,
+        })
+    }
+
+    fn query(&self) -> WindowQuery<'_> {
+        WindowQuery {
+            task_weights: self.weights.as_deref(),
+            recent: self.recent,
+            seed: self.seed,
+        }
+    }
+}
+
 /// A lock-free ring of float32 `obs`/`target` rows with int64 `task_id`, `episode_id`, `step`.
 #[pyclass(frozen, module = "rust_buffer", name = "RingBuffer")]
 pub struct PyRingBuffer {
@@ -507,16 +537,10 @@ impl PyRingBuffer {
     ) -> PyResult<Bound<'py, PyTuple>> {
         let b = size(batch_size, "batch_size", 0)?;
         let l = size(length, "length", 1)?;
-        let weights = select::task_weights(task_weights)?;
-        let recent = opt_size(recent, "recent")?;
-        let seed = opt_seed(seed)?;
+        let args = WindowArgs::parse(task_weights, recent, seed)?;
         let inner = self.store()?;
         let (d_o, d_t) = (inner.obs_dim(), inner.target_dim());
-        let query = WindowQuery {
-            task_weights: weights.as_deref(),
-            recent,
-            seed,
-        };
+        let query = args.query();
         inner.check_windows(l, &query).map_err(to_py_err)?;
         let bl = b.saturating_mul(l);
         let mut obs = pool::take(bl, d_o)?;
@@ -561,19 +585,13 @@ impl PyRingBuffer {
                 "obs_out is ({b}, {lo}, ...) and target_out is ({bt}, {lt}, ...); both must be (batch_size, length={l}, dim)"
             )));
         }
-        let weights = select::task_weights(task_weights)?;
-        let recent = opt_size(recent, "recent")?;
-        let seed = opt_seed(seed)?;
+        let args = WindowArgs::parse(task_weights, recent, seed)?;
         // SAFETY: both passed the output checks and `o`/`t` keep them alive for the call;
         // nothing else in this call borrows their data.
         let (os, ts) = unsafe { disjoint_outputs(&mut o, &mut t)? };
         let mut ids = pool::ids(b)?;
         let inner = self.store()?;
-        let query = WindowQuery {
-            task_weights: weights.as_deref(),
-            recent,
-            seed,
-        };
+        let query = args.query();
         retry_contended(py, || {
             py.detach(|| inner.sample_windows_into(l, query, &mut *os, &mut *ts, &mut ids))
         })?;
