@@ -221,6 +221,38 @@ impl PyRingBuffer {
         4 * (self.inner.obs_dim() + self.inner.target_dim())
     }
 
+    /// Run a window sampler for `batch` windows of `len` rows into pooled buffers (GIL
+    /// released for large batches) and return `(obs, target, task_ids)` shaped (b, l, dim).
+    fn window_tuple<'py, F>(
+        &self,
+        py: Python<'py>,
+        batch: usize,
+        len: usize,
+        mut sample: F,
+    ) -> PyResult<Bound<'py, PyTuple>>
+    where
+        F: Send + FnMut(&mut [f32], &mut [f32], &mut [i64]) -> Result<(), BufferError>,
+    {
+        let (d_o, d_t) = (self.inner.obs_dim(), self.inner.target_dim());
+        let bl = batch.saturating_mul(len);
+        let mut obs = pool::take(bl, d_o)?;
+        let mut target = pool::take(bl, d_t)?;
+        let mut ids = pool::ids(batch)?;
+        retry_contended(py, || {
+            maybe_detach(py, bl.saturating_mul(self.row_bytes()), || {
+                sample(&mut obs, &mut target, &mut ids)
+            })
+        })?;
+        PyTuple::new(
+            py,
+            [
+                pool::array(py, obs, &[batch, len, d_o])?,
+                pool::array(py, target, &[batch, len, d_t])?,
+                vector(py, ids),
+            ],
+        )
+    }
+
     /// Run a uniform gather of `batch` rows into pooled buffers (GIL released for large
     /// batches, or always with `always_detach`) and return `(obs, target)` or `(obs, target, task_id, episode_id, step)`.
     fn gather_tuple<'py, F>(
@@ -498,25 +530,10 @@ impl PyRingBuffer {
         let b = size(batch_size, "batch_size", 0)?;
         let l = size(seq_len, "seq_len", 1)?;
         let inner = self.store()?;
-        let (d_o, d_t) = (inner.obs_dim(), inner.target_dim());
         inner.check_seq_len(l).map_err(to_py_err)?;
-        let bl = b.saturating_mul(l);
-        let mut obs = pool::take(bl, d_o)?;
-        let mut target = pool::take(bl, d_t)?;
-        let mut ids = pool::ids(b)?;
-        retry_contended(py, || {
-            maybe_detach(py, b * l * self.row_bytes(), || {
-                inner.sample_sequences_into(l, &mut obs, &mut target, &mut ids)
-            })
-        })?;
-        PyTuple::new(
-            py,
-            [
-                pool::array(py, obs, &[b, l, d_o])?,
-                pool::array(py, target, &[b, l, d_t])?,
-                vector(py, ids),
-            ],
-        )
+        self.window_tuple(py, b, l, |obs, target, ids| {
+            inner.sample_sequences_into(l, obs, target, ids)
+        })
     }
 
     /// `(obs, target, task_ids)`: `batch_size` windows of `length` consecutive steps of one
@@ -539,26 +556,11 @@ impl PyRingBuffer {
         let l = size(length, "length", 1)?;
         let args = WindowArgs::parse(task_weights, recent, seed)?;
         let inner = self.store()?;
-        let (d_o, d_t) = (inner.obs_dim(), inner.target_dim());
         let query = args.query();
         inner.check_windows(l, &query).map_err(to_py_err)?;
-        let bl = b.saturating_mul(l);
-        let mut obs = pool::take(bl, d_o)?;
-        let mut target = pool::take(bl, d_t)?;
-        let mut ids = pool::ids(b)?;
-        retry_contended(py, || {
-            maybe_detach(py, bl.saturating_mul(self.row_bytes()), || {
-                inner.sample_windows_into(l, query, &mut obs, &mut target, &mut ids)
-            })
-        })?;
-        PyTuple::new(
-            py,
-            [
-                pool::array(py, obs, &[b, l, d_o])?,
-                pool::array(py, target, &[b, l, d_t])?,
-                vector(py, ids),
-            ],
-        )
+        self.window_tuple(py, b, l, |obs, target, ids| {
+            inner.sample_windows_into(l, query, obs, target, ids)
+        })
     }
 
     /// Like `sample_windows`, into the caller's C-contiguous, writable float32 arrays
