@@ -83,30 +83,30 @@ def build_parser() -> argparse.ArgumentParser:
         )
         _add_run_flags(sp)
     from eaml_ssm import evaluate, sinusoid
-
-    ev = sub.add_parser(
-        "evaluate",
-        help="the evaluation protocol: streams of test tasks, forgetting, baselines, seeds",
-        description=evaluate.__doc__,
-        formatter_class=HelpFormatter,
-    )
-    evaluate.add_arguments(ev)
-    sn = sub.add_parser(
-        "sinusoid",
-        help="reproduce the MAML sinusoid regression benchmark (Finn et al. 2017)",
-        description=sinusoid.__doc__,
-        formatter_class=HelpFormatter,
-    )
-    sinusoid.add_arguments(sn)
     from eaml_ssm.control import run as control_run
 
-    ct = sub.add_parser(
-        "control",
-        help="act with the adapted model: model-predictive control on a trained run folder",
-        description=control_run.__doc__,
-        formatter_class=HelpFormatter,
-    )
-    control_run.add_arguments(ct)
+    # Commands that own their flags (module.add_arguments) and help page (module docstring).
+    for name, module, summary in (
+        (
+            "evaluate",
+            evaluate,
+            "the evaluation protocol: streams of test tasks, forgetting, baselines, seeds",
+        ),
+        (
+            "sinusoid",
+            sinusoid,
+            "reproduce the MAML sinusoid regression benchmark (Finn et al. 2017)",
+        ),
+        (
+            "control",
+            control_run,
+            "act with the adapted model: model-predictive control on a trained run folder",
+        ),
+    ):
+        own = sub.add_parser(
+            name, help=summary, description=module.__doc__, formatter_class=HelpFormatter
+        )
+        module.add_arguments(own)
     return parser
 
 

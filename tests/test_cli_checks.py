@@ -12,21 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_run import TINY_TRAIN
 
 from eaml_ssm.cli import HelpFormatter, build_parser, main, normalize_flags
 from eaml_ssm.config import config_from_args
 
-TINY = [
-    "--num_tasks", "4",
-    "--meta_batch_size", "2",
-    "--steps_per_task", "150",
-    "--num_epochs", "3",
-    "--hidden_dim", "16",
-    "--state_dim", "8",
-    "--stream_steps", "48",
-    "--num_test_tasks", "1",
-    "--device", "cpu",
-]  # fmt: skip
+TINY = [*TINY_TRAIN, "--stream_steps", "48", "--num_test_tasks", "1"]
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from toy_linear import sgd_step, toy_adapter
 
 from eaml_ssm import evaluate, protocol, stats
 from eaml_ssm.adaptation import AdaptationConfig, Adapter
@@ -29,26 +29,6 @@ def toy_stream(a: float, n: int = 3 * M, seed: int = 0) -> protocol.StreamData:
     starts = np.zeros(n, dtype=bool)
     starts[0] = True
     return protocol.stream_data(f"a={a}", x, y, starts, Normalizer(1, 1))
-
-
-def toy_adapter(w: float, lr: float = 0.1, **overrides: object) -> Adapter:
-    model = nn.Linear(1, 1, bias=False)
-    with torch.no_grad():
-        model.weight.fill_(w)
-    cfg = AdaptationConfig(
-        learning_rate=lr,
-        num_steps=1,
-        grad_clip_norm=None,
-        experience_weight=0.0,
-        max_loss_ratio=None,
-        **overrides,  # type: ignore[arg-type]
-    )
-    return Adapter(model, cfg, None, "cpu")
-
-
-def sgd_step(w: float, x: np.ndarray, y: np.ndarray, lr: float) -> float:
-    """One SGD step on mean((w x - y)^2) by hand: grad = 2 mean((w x - y) x)."""
-    return w - lr * 2.0 * float(np.mean((w * x - y) * x))
 
 
 def test_nmse_is_mean_over_rows_and_dimensions() -> None:

@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from toy_linear import sgd_step, toy_adapter
 
 from eaml_ssm import evaluate, protocol
-from eaml_ssm.adaptation import AdaptationConfig, Adapter
+from eaml_ssm.adaptation import Adapter
 from eaml_ssm.features import Normalizer
 
 M = 4  # window length of the toy streams
@@ -28,26 +28,6 @@ def slope_stream(a: float, n: int = 3 * M, seed: int = 0) -> protocol.StreamData
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, 1))
     return stream_from(x, a * x, f"a={a}")
-
-
-def toy_adapter(w: float, lr: float = 0.1, **overrides: object) -> Adapter:
-    model = nn.Linear(1, 1, bias=False)
-    with torch.no_grad():
-        model.weight.fill_(w)
-    cfg = AdaptationConfig(
-        learning_rate=lr,
-        num_steps=1,
-        grad_clip_norm=None,
-        experience_weight=0.0,
-        max_loss_ratio=None,
-        **overrides,  # type: ignore[arg-type]
-    )
-    return Adapter(model, cfg, None, "cpu")
-
-
-def sgd(w: float, x: np.ndarray, y: np.ndarray, lr: float) -> float:
-    """One SGD step on mean((w x - y)^2): grad = 2 mean((w x - y) x)."""
-    return w - lr * 2.0 * float(np.mean((w * x - y) * x))
 
 
 def err(w: float, x: np.ndarray, y: np.ndarray) -> float:
@@ -160,7 +140,7 @@ def test_run_method_end_to_end_matches_hand_values() -> None:
     windows = len(x) // M
     for k in range(1, windows):
         prev, cur = slice((k - 1) * M, k * M), slice(k * M, (k + 1) * M)
-        w = sgd(w, x[prev], y[prev], lr)
+        w = sgd_step(w, x[prev], y[prev], lr)
         if k == 3:  # task A's last window (windows 0-2) has just been used
             w_after_a = w
         curve.append(err(w, x[cur], y[cur]))
@@ -171,7 +151,7 @@ def test_run_method_end_to_end_matches_hand_values() -> None:
         out = []
         for p in pairs:
             px, py = p.x.numpy(), p.y.numpy()
-            ww = sgd(w_, px[:M], py[:M], lr) if shots else w_
+            ww = sgd_step(w_, px[:M], py[:M], lr) if shots else w_
             out.append(err(ww, px[M:], py[M:]))
         return float(np.mean(out))
 

@@ -9,20 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_run import TINY_TRAIN
 
 import eaml_ssm
 from eaml_ssm.cli import main
 
-TINY = [
-    "--num_tasks", "4",
-    "--meta_batch_size", "2",
-    "--steps_per_task", "150",
-    "--num_epochs", "3",
-    "--hidden_dim", "16",
-    "--state_dim", "8",
-    "--device", "cpu",
-    "--quiet",
-]  # fmt: skip
+TINY = [*TINY_TRAIN, "--quiet"]
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from toy_linear import toy_adapter
 
 from eaml_ssm import baselines, protocol, references, stats, stream_scoring
-from eaml_ssm.adaptation import AdaptationConfig, Adapter
 from eaml_ssm.features import Normalizer
 
 M = 4
@@ -24,21 +23,6 @@ def stream(a: float, windows: int = 3, seed: int = 0, bias: float = 0.0) -> prot
     starts = np.zeros(len(x), dtype=bool)
     starts[0] = True
     return protocol.stream_data(f"a={a}", x, y, starts, Normalizer(1, 1))
-
-
-def toy_adapter(w: float, lr: float = 0.1, mode: str = "continual") -> Adapter:
-    model = nn.Linear(1, 1, bias=False)
-    with torch.no_grad():
-        model.weight.fill_(w)
-    cfg = AdaptationConfig(
-        learning_rate=lr,
-        num_steps=1,
-        grad_clip_norm=None,
-        experience_weight=0.0,
-        max_loss_ratio=None,
-        mode=mode,  # type: ignore[arg-type]
-    )
-    return Adapter(model, cfg, None, "cpu")
 
 
 # --- concatenation and scoring --------------------------------------------------------------
@@ -72,7 +56,7 @@ def test_whole_stream_scores_the_switch_window_after_adapting_on_the_old_task(mo
     whole = stream_scoring.concat_streams([a, b], M)
     done: list[int] = []
     run = stream_scoring.whole_stream_run(
-        toy_adapter(w0, lr, mode), whole, adapt=True, on_task_done=done.append
+        toy_adapter(w0, lr, mode=mode), whole, adapt=True, on_task_done=done.append
     )
     x = np.concatenate([a.x.numpy(), b.x.numpy()])
     y = np.concatenate([a.y.numpy(), b.y.numpy()])

@@ -33,7 +33,7 @@ import torch
 from eaml_ssm.control.loop import Adaptation, EpisodeResult, LiveIds, run_episode
 from eaml_ssm.control.model import SSMDynamics
 from eaml_ssm.control.oracle import OracleDynamics, has_oracle
-from eaml_ssm.control.planners import PLANNERS, Planner, make_planner
+from eaml_ssm.control.planners import PLANNERS, Dynamics, Planner, make_planner
 from eaml_ssm.control.report import DEFAULT_RESULTS_DIR, render_markdown, rerender, summarize_grid
 from eaml_ssm.control.rewards import get_reward
 from eaml_ssm.features import Normalizer
@@ -213,29 +213,24 @@ def reference_episode(
     store: Any = None,
 ) -> EpisodeResult:
     """The oracle (same planner, true dynamics) or the random policy."""
+    planner: Planner | None
+    dynamics: Dynamics | None
     if method == "oracle":
-        return run_episode(
-            task,
-            planner=_planner(opts),
-            dynamics=OracleDynamics(task),
-            start_seed=start_seed,
-            max_steps=opts.max_steps,
-            store=store,
-            ids=ids,
-            device=device,
-        )
-    if method == "random":
-        return run_episode(
-            task,
-            planner=None,
-            dynamics=None,
-            start_seed=start_seed,
-            max_steps=opts.max_steps,
-            store=store,
-            ids=ids,
-            device=device,
-        )
-    raise ValueError(f"unknown reference method {method!r}; expected 'oracle' or 'random'")
+        planner, dynamics = _planner(opts), OracleDynamics(task)
+    elif method == "random":
+        planner, dynamics = None, None  # run_episode's random policy
+    else:
+        raise ValueError(f"unknown reference method {method!r}; expected 'oracle' or 'random'")
+    return run_episode(
+        task,
+        planner=planner,
+        dynamics=dynamics,
+        start_seed=start_seed,
+        max_steps=opts.max_steps,
+        store=store,
+        ids=ids,
+        device=device,
+    )
 
 
 def start_seed(seed: int, split: int, task: int, episode: int) -> int:

@@ -94,6 +94,29 @@ impl IndexCache {
     }
 }
 
+/// The incremental index in `slot` (its `built` says `(base, upto)`), rebuilt by `fresh`
+/// when missing, built before a clear (another `base`), or behind `oldest` (rows it never saw
+/// were overwritten since).
+pub(crate) fn current<C>(
+    slot: &mut Option<Box<C>>,
+    base: u64,
+    oldest: u64,
+    built: impl FnOnce(&C) -> (u64, u64),
+    fresh: impl FnOnce() -> C,
+) -> &mut C {
+    let stale = match slot.as_deref() {
+        Some(c) => {
+            let (b, upto) = built(c);
+            b != base || upto < oldest
+        }
+        None => true,
+    };
+    if stale {
+        *slot = Some(Box::new(fresh()));
+    }
+    slot.as_mut().expect("just filled")
+}
+
 impl RingBuffer {
     /// Run `f` on the current task index.
     pub(crate) fn with_tasks<R>(&self, f: impl FnOnce(&TaskSlots<'_>) -> R) -> R {
@@ -112,14 +135,13 @@ impl RingBuffer {
         let cap = self.capacity as u64;
         // The oldest row that can still be held.
         let oldest = base.max(cursor.saturating_sub(cap));
-        let stale = match slot {
-            Some(c) => c.base != base || c.upto < oldest,
-            None => true,
-        };
-        if stale {
-            *slot = Some(Box::new(IndexCache::new(self.capacity, base, oldest)));
-        }
-        let c = slot.as_mut().expect("just filled");
+        let c = current(
+            slot,
+            base,
+            oldest,
+            |c| (c.base, c.upto),
+            || IndexCache::new(self.capacity, base, oldest),
+        );
         let mut row = c.upto;
         let mut s = ((row - base) % cap) as usize;
         while row < cursor {

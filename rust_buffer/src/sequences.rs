@@ -81,14 +81,7 @@ impl RingBuffer {
                 return None;
             }
         }
-        let [a_obs, a_tgt, b_obs, b_tgt] = dst;
-        self.copy_rows(start, a_obs, a_tgt);
-        let second = start + split;
-        self.copy_rows(
-            if second >= cap { second - cap } else { second },
-            b_obs,
-            b_tgt,
-        );
+        self.copy_split(start, split, dst);
         fence(Ordering::Acquire);
         let unchanged = ranges
             .into_iter()
@@ -126,19 +119,26 @@ impl RingBuffer {
             }
         }
         let task = self.task_id[start].load(Ordering::Relaxed);
-        let [a_obs, a_tgt, b_obs, b_tgt] = dst;
-        self.copy_rows(start, a_obs, a_tgt);
-        let second = start + split;
-        self.copy_rows(
-            if second >= cap { second - cap } else { second },
-            b_obs,
-            b_tgt,
-        );
+        self.copy_split(start, split, dst);
         fence(Ordering::Acquire);
         let unchanged = expected
             .into_iter()
             .all(|(slot, row)| self.stamps.peek(slot) == 2 * row + 2);
         unchanged.then_some(task)
+    }
+
+    /// Relaxed copy of the window starting at `start`: rows `0..split` into `dst[0..2]`, the
+    /// rest into `dst[2..4]` (obs then target of each part), wrapping at the ring's end.
+    fn copy_split(&self, start: usize, split: usize, dst: [&mut [f32]; 4]) {
+        let [a_obs, a_tgt, b_obs, b_tgt] = dst;
+        self.copy_rows(start, a_obs, a_tgt);
+        let second = start + split;
+        let cap = self.capacity;
+        self.copy_rows(
+            if second >= cap { second - cap } else { second },
+            b_obs,
+            b_tgt,
+        );
     }
 
     /// Relaxed copy of consecutive rows from `slot` on (wrapping at the end of the ring).

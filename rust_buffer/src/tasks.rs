@@ -89,23 +89,8 @@ impl RingBuffer {
         n_query: usize,
         contiguous: bool,
     ) -> Result<TaskBatch, BufferError> {
-        let (d_o, d_t) = (self.obs_dim, self.target_dim);
-        let mut out = TaskBatch {
-            support_obs: vec![0.0; n_tasks * n_support * d_o],
-            support_target: vec![0.0; n_tasks * n_support * d_t],
-            query_obs: vec![0.0; n_tasks * n_query * d_o],
-            query_target: vec![0.0; n_tasks * n_query * d_t],
-            task_ids: vec![0; n_tasks],
-        };
-        let buffers = TaskBuffers {
-            support_obs: &mut out.support_obs,
-            support_target: &mut out.support_target,
-            query_obs: &mut out.query_obs,
-            query_target: &mut out.query_target,
-            task_ids: &mut out.task_ids,
-        };
-        self.sample_tasks_into(n_support, n_query, contiguous, buffers)?;
-        Ok(out)
+        let query = TaskQuery::default();
+        self.sample_tasks_with(n_tasks, n_support, n_query, contiguous, query)
     }
 
     /// Like [`sample_tasks`](Self::sample_tasks), into caller-provided buffers

@@ -36,6 +36,7 @@
 use std::collections::HashMap;
 
 use crate::error::BufferError;
+use crate::index::current;
 use crate::rows::{Retention, RowInfo};
 use crate::slots::stable_row;
 use crate::store::RingBuffer;
@@ -367,14 +368,13 @@ impl RingBuffer {
             Retention::Fifo => base.max(cursor.saturating_sub(cap)),
             Retention::Reservoir => base,
         };
-        let stale = match slot {
-            Some(c) => c.base != base || c.upto < oldest,
-            None => true,
-        };
-        if stale {
-            *slot = Some(Box::new(WindowIndex::new(self.capacity, base, oldest)));
-        }
-        let c = slot.as_mut().expect("just filled");
+        let c = current(
+            slot,
+            base,
+            oldest,
+            |c| (c.base, c.upto),
+            || WindowIndex::new(self.capacity, base, oldest),
+        );
         let mut row = c.upto;
         while row < cursor {
             let Some(s) = self.slot_for(row, base) else {

@@ -144,13 +144,7 @@ impl RingBuffer {
         seq_len: usize,
         query: &WindowQuery<'_>,
     ) -> Result<(), BufferError> {
-        if seq_len == 0 {
-            return Err(BufferError::InvalidArgument {
-                name: "seq_len",
-                expected: "at least 1",
-                got: 0,
-            });
-        }
+        require_seq_len(seq_len)?;
         if let Some(w) = query.task_weights {
             check_weights(w)?;
         }
@@ -393,13 +387,7 @@ impl RingBuffer {
     /// Valid windows of `seq_len` rows per task, sorted by task id (tasks with none are
     /// left out): what `sample_windows` draws among. `O(tasks x log)`.
     pub fn window_counts(&self, seq_len: usize) -> Result<Vec<(i64, u64)>, BufferError> {
-        if seq_len == 0 {
-            return Err(BufferError::InvalidArgument {
-                name: "seq_len",
-                expected: "at least 1",
-                got: 0,
-            });
-        }
+        require_seq_len(seq_len)?;
         let mut counts = self.with_windows(|ix| {
             ix.tasks
                 .iter()
@@ -426,13 +414,7 @@ impl RingBuffer {
         target: &mut [f32],
         valid: &mut [bool],
     ) -> Result<(), BufferError> {
-        if seq_len == 0 {
-            return Err(BufferError::InvalidArgument {
-                name: "seq_len",
-                expected: "at least 1",
-                got: 0,
-            });
-        }
+        require_seq_len(seq_len)?;
         let (d_o, d_t) = (self.obs_dim, self.target_dim);
         let k = anchors.len();
         for (name, got, expected) in [
@@ -536,4 +518,16 @@ impl RingBuffer {
         }
         Ok(())
     }
+}
+
+/// Windows have at least one row: `seq_len == 0` is an invalid argument.
+fn require_seq_len(seq_len: usize) -> Result<(), BufferError> {
+    if seq_len == 0 {
+        return Err(BufferError::InvalidArgument {
+            name: "seq_len",
+            expected: "at least 1",
+            got: 0,
+        });
+    }
+    Ok(())
 }

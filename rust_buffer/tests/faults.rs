@@ -24,16 +24,6 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-fn snapshot(s: &RingBuffer) -> Vec<u8> {
-    let mut c = Cursor::new(Vec::new());
-    s.save_to(&mut c).unwrap();
-    c.into_inner()
-}
-
-fn load(bytes: &[u8]) -> Result<RingBuffer, PersistError> {
-    RingBuffer::load_from(&mut Cursor::new(bytes), bytes.len() as u64)
-}
-
 fn format_error(r: Result<RingBuffer, PersistError>) -> String {
     match r {
         Err(PersistError::Format(m)) => m,
@@ -253,6 +243,14 @@ fn save_refuses_links_fifos_devices_directories_and_shared_stores() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// A shared store file at `path` holding rows `0..n` (task, episode and step 0).
+fn filled_file(path: &Path, capacity: usize, n: usize) -> RingBuffer {
+    let s = RingBuffer::create_file(path, capacity, DO, DT, Options::default()).unwrap();
+    let ids: Vec<u64> = (0..n as u64).collect();
+    add_ids(&s, &ids, &vec![0; n], &vec![0; n], &vec![0; n]);
+    s
+}
+
 /// Run `f` on a helper thread; panic if it has not returned after 10 s (it blocked).
 fn within_seconds<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     let (tx, rx) = mpsc::channel();
@@ -290,10 +288,7 @@ fn open_rejects_forged_counters_and_non_finite_rows() {
     use std::io::{Seek, SeekFrom, Write};
     let dir = temp_dir("open");
     let path = dir.join("s.rbs");
-    let s = RingBuffer::create_file(&path, 8, DO, DT, Options::default()).unwrap();
-    let ids: Vec<u64> = (0..6).collect();
-    add_ids(&s, &ids, &[0; 6], &[0; 6], &[0; 6]);
-    drop(s);
+    drop(filled_file(&path, 8, 6));
     let poke = |at: u64, bytes: &[u8]| {
         let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         f.seek(SeekFrom::Start(at)).unwrap();
@@ -320,9 +315,7 @@ fn open_rejects_forged_counters_and_non_finite_rows() {
 fn a_truncated_shared_file_is_an_error_not_a_signal() {
     let dir = temp_dir("trunc");
     let path = dir.join("s.rbs");
-    let s = RingBuffer::create_file(&path, 1024, DO, DT, Options::default()).unwrap();
-    let ids: Vec<u64> = (0..100).collect();
-    add_ids(&s, &ids, &[0; 100], &[0; 100], &[0; 100]);
+    let s = filled_file(&path, 1024, 100);
     assert!(s.check_file().is_ok());
     // Another handle (as another process would) truncates the file.
     let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();

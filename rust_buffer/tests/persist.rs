@@ -6,22 +6,10 @@
 
 mod common;
 
-use std::io::Cursor;
-
 use common::*;
 use proptest::prelude::*;
 use rust_buffer::persist::{PersistError, HEADER_LEN};
 use rust_buffer::{Meta, MetaValues, Options, Retention, RingBuffer};
-
-fn snapshot(s: &RingBuffer) -> Vec<u8> {
-    let mut c = Cursor::new(Vec::new());
-    s.save_to(&mut c).unwrap();
-    c.into_inner()
-}
-
-fn load(bytes: &[u8]) -> Result<RingBuffer, PersistError> {
-    RingBuffer::load_from(&mut Cursor::new(bytes), bytes.len() as u64)
-}
 
 /// A store with two tasks of episodes, `n` rows, optionally cleared halfway.
 fn filled(capacity: usize, n: u64, retention: Retention, clear_at: Option<u64>) -> RingBuffer {

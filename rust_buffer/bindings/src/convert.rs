@@ -265,13 +265,45 @@ pub(crate) fn meta_arg<'py>(
     }
 }
 
-/// A caller-provided output array: 2-D, float32, C-contiguous, aligned, writable, `dim`
-/// columns. Returns its row count.
-pub(crate) fn out_rows<'py>(
+/// The caller's `obs_out` and `target_out` arrays as mutable slices, refused when their
+/// memory overlaps (the sampler writes both at once).
+///
+/// # Safety
+/// Both arrays must have passed `out_rows`/`out_windows` (C-contiguous, aligned, writable),
+/// and nothing else may borrow their data while the slices live (the `&mut` handles only
+/// tie the slices' lifetime to them; numpy arrays are shared objects). Like NumPy's own GIL-free
+/// loops, other Python threads touching them meanwhile see unspecified values.
+pub(crate) unsafe fn disjoint_outputs<'a>(
+    o: &'a mut Bound<'_, PyArrayDyn<f32>>,
+    t: &'a mut Bound<'_, PyArrayDyn<f32>>,
+) -> PyResult<(&'a mut [f32], &'a mut [f32])> {
+    let (op, tp) = (o.data(), t.data());
+    let (ol, tl) = (o.len(), t.len());
+    let (o_end, t_end) = (op.wrapping_add(ol) as usize, tp.wrapping_add(tl) as usize);
+    if ol > 0 && tl > 0 && (op as usize) < t_end && (tp as usize) < o_end {
+        return Err(PyValueError::new_err(
+            "obs_out and target_out overlap; pass separate arrays",
+        ));
+    }
+    // SAFETY: the caller's contract above; the two ranges were just checked to be disjoint.
+    unsafe {
+        Ok((
+            std::slice::from_raw_parts_mut(op, ol),
+            std::slice::from_raw_parts_mut(tp, tl),
+        ))
+    }
+}
+
+/// A caller-provided output array: `shape.len()` dims ending in `dim` columns (the error
+/// names the leading ones as `lead`), float32, C-contiguous, aligned, writable. Returns the
+/// array and its shape.
+pub(crate) fn out_array<'py>(
     obj: &Bound<'py, PyAny>,
     name: &str,
+    ndim: usize,
+    lead: &str,
     dim: usize,
-) -> PyResult<(Bound<'py, PyArrayDyn<f32>>, usize)> {
+) -> PyResult<(Bound<'py, PyArrayDyn<f32>>, Vec<usize>)> {
     let untyped = obj.cast::<PyUntypedArray>().map_err(|_| {
         PyTypeError::new_err(format!(
             "{name} must be a numpy.ndarray of float32 (for a torch tensor pass tensor.numpy()), got {}",
@@ -284,13 +316,13 @@ pub(crate) fn out_rows<'py>(
             untyped.dtype()
         ))
     })?;
-    let shape = array.shape();
-    if shape.len() != 2 || shape[1] != dim {
+    let shape = untyped.shape().to_vec();
+    if shape.len() != ndim || shape[ndim - 1] != dim {
         return Err(PyValueError::new_err(format!(
-            "{name} has shape {shape:?}, expected (batch_size, {dim})"
+            "{name} has shape {shape:?}, expected ({lead}, {dim})"
         )));
     }
-    if !array.is_c_contiguous() || !has_flags(untyped, NPY_ARRAY_ALIGNED) {
+    if !untyped.is_c_contiguous() || !has_flags(untyped, NPY_ARRAY_ALIGNED) {
         return Err(PyValueError::new_err(format!(
             "{name} must be C-contiguous and aligned (use np.ascontiguousarray or a fresh torch.empty)"
         )));
@@ -300,5 +332,15 @@ pub(crate) fn out_rows<'py>(
             "{name} is read-only; pass a writable array"
         )));
     }
-    Ok((array.clone(), shape[0]))
+    Ok((array.clone(), shape))
+}
+
+/// A caller-provided row output `(b, dim)` (see `out_array`). Returns the array and `b`.
+pub(crate) fn out_rows<'py>(
+    obj: &Bound<'py, PyAny>,
+    name: &str,
+    dim: usize,
+) -> PyResult<(Bound<'py, PyArrayDyn<f32>>, usize)> {
+    let (array, shape) = out_array(obj, name, 2, "batch_size", dim)?;
+    Ok((array, shape[0]))
 }

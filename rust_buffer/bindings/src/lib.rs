@@ -6,10 +6,10 @@ mod convert;
 mod pool;
 mod select;
 
-use convert::{float_rows, meta_arg, out_rows, size, MetaParam, DETACH_BYTES};
+use convert::{disjoint_outputs, float_rows, meta_arg, out_rows, size, MetaParam, DETACH_BYTES};
 use numpy::ndarray::{Array1, ArrayView1, ArrayView2};
 use numpy::npyffi::{_PyArray_GET_ITEM_DATA, NPY_ARRAY_WRITEABLE};
-use numpy::{Element, IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
+use numpy::{Element, IntoPyArray, PyArray1, PyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::{
     PyInterruptedError, PyOSError, PyRuntimeError, PyTimeoutError, PyTypeError, PyValueError,
 };
@@ -173,6 +173,36 @@ fn opt_size(v: Option<&Bound<'_, PyAny>>, name: &str) -> PyResult<Option<usize>>
     }
 }
 
+/// The window samplers' keyword arguments (`task_weights`, `recent`, `seed`), parsed; the
+/// weights are owned here and borrowed by [`WindowArgs::query`].
+struct WindowArgs {
+    weights: Option<Vec<(i64, f64)>>,
+    recent: Option<usize>,
+    seed: Option<u64>,
+}
+
+impl WindowArgs {
+    fn parse(
+        task_weights: Option<&Bound<'_, PyAny>>,
+        recent: Option<&Bound<'_, PyAny>>,
+        seed: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        Ok(Self {
+            weights: select::task_weights(task_weights)?,
+            recent: opt_size(recent, "recent")?,
+            seed: opt_seed(seed)?,
+        })
+    }
+
+    fn query(&self) -> WindowQuery<'_> {
+        WindowQuery {
+            task_weights: self.weights.as_deref(),
+            recent: self.recent,
+            seed: self.seed,
+        }
+    }
+}
+
 /// A lock-free ring of float32 `obs`/`target` rows with int64 `task_id`, `episode_id`, `step`.
 #[pyclass(frozen, module = "rust_buffer", name = "RingBuffer")]
 pub struct PyRingBuffer {
@@ -189,6 +219,38 @@ impl PyRingBuffer {
 
     fn row_bytes(&self) -> usize {
         4 * (self.inner.obs_dim() + self.inner.target_dim())
+    }
+
+    /// Run a window sampler for `batch` windows of `len` rows into pooled buffers (GIL
+    /// released for large batches) and return `(obs, target, task_ids)` shaped (b, l, dim).
+    fn window_tuple<'py, F>(
+        &self,
+        py: Python<'py>,
+        batch: usize,
+        len: usize,
+        mut sample: F,
+    ) -> PyResult<Bound<'py, PyTuple>>
+    where
+        F: Send + FnMut(&mut [f32], &mut [f32], &mut [i64]) -> Result<(), BufferError>,
+    {
+        let (d_o, d_t) = (self.inner.obs_dim(), self.inner.target_dim());
+        let bl = batch.saturating_mul(len);
+        let mut obs = pool::take(bl, d_o)?;
+        let mut target = pool::take(bl, d_t)?;
+        let mut ids = pool::ids(batch)?;
+        retry_contended(py, || {
+            maybe_detach(py, bl.saturating_mul(self.row_bytes()), || {
+                sample(&mut obs, &mut target, &mut ids)
+            })
+        })?;
+        PyTuple::new(
+            py,
+            [
+                pool::array(py, obs, &[batch, len, d_o])?,
+                pool::array(py, target, &[batch, len, d_t])?,
+                vector(py, ids),
+            ],
+        )
     }
 
     /// Run a uniform gather of `batch` rows into pooled buffers (GIL released for large
@@ -371,30 +433,16 @@ impl PyRingBuffer {
         obs_out: &Bound<'_, PyAny>,
         target_out: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        let (o, b) = out_rows(obs_out, "obs_out", self.inner.obs_dim())?;
-        let (t, bt) = out_rows(target_out, "target_out", self.inner.target_dim())?;
+        let (mut o, b) = out_rows(obs_out, "obs_out", self.inner.obs_dim())?;
+        let (mut t, bt) = out_rows(target_out, "target_out", self.inner.target_dim())?;
         if b != bt {
             return Err(PyValueError::new_err(format!(
                 "obs_out has {b} rows but target_out has {bt}; they must match"
             )));
         }
-        let (op, tp) = (o.data(), t.data());
-        let (ol, tl) = (o.len(), t.len());
-        let (o_end, t_end) = (op.wrapping_add(ol) as usize, tp.wrapping_add(tl) as usize);
-        if ol > 0 && tl > 0 && (op as usize) < t_end && (tp as usize) < o_end {
-            return Err(PyValueError::new_err(
-                "obs_out and target_out overlap; pass separate arrays",
-            ));
-        }
-        // SAFETY: both arrays are C-contiguous, aligned, writable, non-overlapping and kept
-        // alive by `o`/`t` for the call. Like NumPy's own GIL-free loops, other Python threads
-        // touching them during the call see unspecified values.
-        let (os, ts) = unsafe {
-            (
-                std::slice::from_raw_parts_mut(op, ol),
-                std::slice::from_raw_parts_mut(tp, tl),
-            )
-        };
+        // SAFETY: both passed the output checks and `o`/`t` keep them alive for the call;
+        // nothing else in this call borrows their data.
+        let (os, ts) = unsafe { disjoint_outputs(&mut o, &mut t)? };
         let inner = self.store()?;
         retry_contended(py, || {
             maybe_detach(py, b * self.row_bytes(), || inner.sample_into(os, ts, None))
@@ -482,25 +530,10 @@ impl PyRingBuffer {
         let b = size(batch_size, "batch_size", 0)?;
         let l = size(seq_len, "seq_len", 1)?;
         let inner = self.store()?;
-        let (d_o, d_t) = (inner.obs_dim(), inner.target_dim());
         inner.check_seq_len(l).map_err(to_py_err)?;
-        let bl = b.saturating_mul(l);
-        let mut obs = pool::take(bl, d_o)?;
-        let mut target = pool::take(bl, d_t)?;
-        let mut ids = pool::ids(b)?;
-        retry_contended(py, || {
-            maybe_detach(py, b * l * self.row_bytes(), || {
-                inner.sample_sequences_into(l, &mut obs, &mut target, &mut ids)
-            })
-        })?;
-        PyTuple::new(
-            py,
-            [
-                pool::array(py, obs, &[b, l, d_o])?,
-                pool::array(py, target, &[b, l, d_t])?,
-                vector(py, ids),
-            ],
-        )
+        self.window_tuple(py, b, l, |obs, target, ids| {
+            inner.sample_sequences_into(l, obs, target, ids)
+        })
     }
 
     /// `(obs, target, task_ids)`: `batch_size` windows of `length` consecutive steps of one
@@ -521,34 +554,13 @@ impl PyRingBuffer {
     ) -> PyResult<Bound<'py, PyTuple>> {
         let b = size(batch_size, "batch_size", 0)?;
         let l = size(length, "length", 1)?;
-        let weights = select::task_weights(task_weights)?;
-        let recent = opt_size(recent, "recent")?;
-        let seed = opt_seed(seed)?;
+        let args = WindowArgs::parse(task_weights, recent, seed)?;
         let inner = self.store()?;
-        let (d_o, d_t) = (inner.obs_dim(), inner.target_dim());
-        let query = WindowQuery {
-            task_weights: weights.as_deref(),
-            recent,
-            seed,
-        };
+        let query = args.query();
         inner.check_windows(l, &query).map_err(to_py_err)?;
-        let bl = b.saturating_mul(l);
-        let mut obs = pool::take(bl, d_o)?;
-        let mut target = pool::take(bl, d_t)?;
-        let mut ids = pool::ids(b)?;
-        retry_contended(py, || {
-            maybe_detach(py, bl.saturating_mul(self.row_bytes()), || {
-                inner.sample_windows_into(l, query, &mut obs, &mut target, &mut ids)
-            })
-        })?;
-        PyTuple::new(
-            py,
-            [
-                pool::array(py, obs, &[b, l, d_o])?,
-                pool::array(py, target, &[b, l, d_t])?,
-                vector(py, ids),
-            ],
-        )
+        self.window_tuple(py, b, l, |obs, target, ids| {
+            inner.sample_windows_into(l, query, obs, target, ids)
+        })
     }
 
     /// Like `sample_windows`, into the caller's C-contiguous, writable float32 arrays
@@ -567,40 +579,21 @@ impl PyRingBuffer {
         seed: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let l = size(length, "length", 1)?;
-        let (o, b, lo) = select::out_windows(obs_out, "obs_out", self.inner.obs_dim())?;
-        let (t, bt, lt) = select::out_windows(target_out, "target_out", self.inner.target_dim())?;
+        let (mut o, b, lo) = select::out_windows(obs_out, "obs_out", self.inner.obs_dim())?;
+        let (mut t, bt, lt) =
+            select::out_windows(target_out, "target_out", self.inner.target_dim())?;
         if (b, lo) != (bt, l) || lt != l {
             return Err(PyValueError::new_err(format!(
                 "obs_out is ({b}, {lo}, ...) and target_out is ({bt}, {lt}, ...); both must be (batch_size, length={l}, dim)"
             )));
         }
-        let weights = select::task_weights(task_weights)?;
-        let recent = opt_size(recent, "recent")?;
-        let seed = opt_seed(seed)?;
-        let (op, tp) = (o.data(), t.data());
-        let (ol, tl) = (o.len(), t.len());
-        let (o_end, t_end) = (op.wrapping_add(ol) as usize, tp.wrapping_add(tl) as usize);
-        if ol > 0 && tl > 0 && (op as usize) < t_end && (tp as usize) < o_end {
-            return Err(PyValueError::new_err(
-                "obs_out and target_out overlap; pass separate arrays",
-            ));
-        }
-        // SAFETY: both arrays are C-contiguous, aligned, writable, non-overlapping and kept
-        // alive by `o`/`t` for the call. Like NumPy's own GIL-free loops, other Python threads
-        // touching them during the call see unspecified values.
-        let (os, ts) = unsafe {
-            (
-                std::slice::from_raw_parts_mut(op, ol),
-                std::slice::from_raw_parts_mut(tp, tl),
-            )
-        };
+        let args = WindowArgs::parse(task_weights, recent, seed)?;
+        // SAFETY: both passed the output checks and `o`/`t` keep them alive for the call;
+        // nothing else in this call borrows their data.
+        let (os, ts) = unsafe { disjoint_outputs(&mut o, &mut t)? };
         let mut ids = pool::ids(b)?;
         let inner = self.store()?;
-        let query = WindowQuery {
-            task_weights: weights.as_deref(),
-            recent,
-            seed,
-        };
+        let query = args.query();
         retry_contended(py, || {
             py.detach(|| inner.sample_windows_into(l, query, &mut *os, &mut *ts, &mut ids))
         })?;

@@ -2,14 +2,13 @@
 //! arrays. Every refusal is a `TypeError` (wrong kind of object) or a `ValueError` (right kind,
 //! wrong size or value) that says what was expected.
 
-use numpy::npyffi::{NPY_ARRAY_ALIGNED, NPY_ARRAY_WRITEABLE};
 use numpy::{PyArrayDescrMethods, PyArrayDyn, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyFloat, PyInt};
 
-use crate::convert::{has_flags, int64};
+use crate::convert::{int64, out_array};
 
 static ASARRAY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
@@ -85,40 +84,13 @@ pub(crate) fn int_list(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Vec<i64>>
         .map_err(|_| PyValueError::new_err(format!("{name} holds a value outside the int64 range")))
 }
 
-/// A caller-provided window output: 3-D `(b, l, dim)`, float32, C-contiguous, aligned,
-/// writable. Returns the array, `b` and `l`.
+/// A caller-provided window output `(b, l, dim)` (see `convert::out_array`). Returns the
+/// array, `b` and `l`.
 pub(crate) fn out_windows<'py>(
     obj: &Bound<'py, PyAny>,
     name: &str,
     dim: usize,
 ) -> PyResult<(Bound<'py, PyArrayDyn<f32>>, usize, usize)> {
-    let untyped = obj.cast::<PyUntypedArray>().map_err(|_| {
-        PyTypeError::new_err(format!(
-            "{name} must be a numpy.ndarray of float32 (for a torch tensor pass tensor.numpy()), got {}",
-            type_name(obj)
-        ))
-    })?;
-    let array = untyped.cast::<PyArrayDyn<f32>>().map_err(|_| {
-        PyTypeError::new_err(format!(
-            "{name} has dtype {}, expected float32",
-            untyped.dtype()
-        ))
-    })?;
-    let shape = numpy::PyUntypedArrayMethods::shape(untyped).to_vec();
-    if shape.len() != 3 || shape[2] != dim {
-        return Err(PyValueError::new_err(format!(
-            "{name} has shape {shape:?}, expected (batch_size, length, {dim})"
-        )));
-    }
-    if !untyped.is_c_contiguous() || !has_flags(untyped, NPY_ARRAY_ALIGNED) {
-        return Err(PyValueError::new_err(format!(
-            "{name} must be C-contiguous and aligned (use np.ascontiguousarray or a fresh torch.empty)"
-        )));
-    }
-    if !has_flags(untyped, NPY_ARRAY_WRITEABLE) {
-        return Err(PyValueError::new_err(format!(
-            "{name} is read-only; pass a writable array"
-        )));
-    }
-    Ok((array.clone(), shape[0], shape[1]))
+    let (array, shape) = out_array(obj, name, 3, "batch_size, length", dim)?;
+    Ok((array, shape[0], shape[1]))
 }

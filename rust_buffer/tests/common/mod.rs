@@ -1,6 +1,9 @@
 //! Shared helpers: rows whose content encodes their id, so any copy can be checked.
 #![allow(dead_code)]
 
+use std::io::Cursor;
+
+use rust_buffer::persist::PersistError;
 use rust_buffer::{Meta, MetaValues, Options, Retention, RingBuffer, RowInfo};
 
 pub const DO: usize = 4;
@@ -75,4 +78,16 @@ pub fn batch_ids(obs: &[f32], target: &[f32], d_o: usize, d_t: usize) -> Vec<u64
         .zip(target.chunks(d_t))
         .map(|(o, t)| row_id(o, t))
         .collect()
+}
+
+/// The store's snapshot bytes (`save_to` into memory).
+pub fn snapshot(s: &RingBuffer) -> Vec<u8> {
+    let mut c = Cursor::new(Vec::new());
+    s.save_to(&mut c).unwrap();
+    c.into_inner()
+}
+
+/// Load a store from snapshot bytes.
+pub fn load(bytes: &[u8]) -> Result<RingBuffer, PersistError> {
+    RingBuffer::load_from(&mut Cursor::new(bytes), bytes.len() as u64)
 }

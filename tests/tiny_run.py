@@ -1,0 +1,13 @@
+"""The smallest training flags the CLI and run-folder tests train with (seconds on a CPU)."""
+
+from __future__ import annotations
+
+TINY_TRAIN = [
+    "--num_tasks", "4",
+    "--meta_batch_size", "2",
+    "--steps_per_task", "150",
+    "--num_epochs", "3",
+    "--hidden_dim", "16",
+    "--state_dim", "8",
+    "--device", "cpu",
+]  # fmt: skip
