@@ -53,6 +53,7 @@ from eaml_ssm.adaptation import Adapter, ExperienceSource, learned_inner_lrs
 from eaml_ssm.artifacts import RunDir, finite, fresh_run_dir, seed_everything
 from eaml_ssm.collect import build_store
 from eaml_ssm.config import RunConfig
+from eaml_ssm.doc_blocks import update_doc
 from eaml_ssm.feed import StoreLoader, draw_seed
 from eaml_ssm.plots import plot_curves
 from eaml_ssm.positive_steps import train_softplus
@@ -1649,28 +1650,6 @@ def doc_blocks(agg: dict[str, Any], saved: dict[str, Any], where: Path) -> dict[
         "quantities": "\n".join(quantities_md).strip(),
         "steps": steps_table(agg),
     }
-
-
-def update_doc(path: Path, name: str, blocks: dict[str, str]) -> int:
-    """Replace every `<!-- evaluate:NAME/BLOCK -->` ... `<!-- /evaluate:NAME/BLOCK -->` span of
-    `path` by the rendered block; returns how many were replaced (0 leaves the file as is)."""
-    if not path.exists():
-        return 0
-    text = path.read_text()
-    count = 0
-    for key, body in blocks.items():
-        begin, end = f"<!-- evaluate:{name}/{key} -->", f"<!-- /evaluate:{name}/{key} -->"
-        start = text.find(begin)
-        if start < 0:
-            continue
-        stop = text.find(end, start)
-        if stop < 0:
-            raise ValueError(f"{path}: {begin} has no closing {end}")
-        text = text[: start + len(begin)] + "\n" + body + "\n" + text[stop:]
-        count += 1
-    if count:
-        path.write_text(text)
-    return count
 
 
 def _seconds(wall: float | None) -> str:
