@@ -17,6 +17,7 @@ Shape letters: n candidates, H horizon, du control dim, ds state dim.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -113,7 +114,7 @@ def _check(name: str, value: float, low: float, what: str) -> None:
         raise ValueError(f"{name} must be {what}, got {value!r}")
 
 
-class Planner:
+class Planner(ABC):
     """Common state: the previous plan, shifted one step at each control step."""
 
     name = "planner"
@@ -154,10 +155,11 @@ class Planner:
         u = torch.rand(n, self.horizon, du, generator=self._gen(device), device=device)
         return u.mul_(2.0).sub_(1.0)
 
+    @abstractmethod
     def plan(
         self, dynamics: Dynamics, coder: ActionCoder, reward: FamilyReward, state: Tensor
     ) -> PlanResult:
-        raise NotImplementedError
+        """The best control sequence from `state` under `dynamics` (each subclass's search)."""
 
 
 class RandomShooting(Planner):
