@@ -99,25 +99,20 @@ class TrainedRun:
 
 
 def load_trained(path: str | Path, device: torch.device) -> TrainedRun:
-    """The meta-learned model, normalizer and store of a trained run folder."""
-    from eaml_ssm.artifacts import RunDir, load_checkpoint
-    from eaml_ssm.pipeline import STORE_FILE, build_maml, build_model, saved_config
+    """The meta-learned model, normalizer and store of a trained run folder (through
+    `eaml_ssm.load_run`, the one loader of run folders)."""
+    from eaml_ssm.pipeline import STORE_FILE
+    from eaml_ssm.run import load_run
 
     folder = Path(path)
     if not (folder / "config.json").exists():
         raise FileNotFoundError(f"{folder} is not a run folder (no config.json); train one first")
-    cfg = saved_config(folder)
-    run = RunDir(folder)
-    ck = load_checkpoint(run.checkpoint_path)
-    family = get_family(cfg.env_name)
-    model = build_model(cfg, family, device)
-    maml = build_maml(cfg, model)
-    model.load_state_dict(ck["model"])
-    maml.load_state_dict(ck["maml"])
+    run = load_run(folder, device)
     store_path = folder / STORE_FILE
     if not store_path.exists():
         raise FileNotFoundError(f"{folder} has no saved store ({STORE_FILE}) to replay from")
-    return TrainedRun(folder, cfg, maml, Normalizer.from_state_dict(ck["normalizer"]), store_path)
+    # the episode loop scores model error on the CPU: keep the normalizer there
+    return TrainedRun(folder, run.config, run.maml, run.normalizer.to("cpu"), store_path)
 
 
 def _planner(opts: ControlOptions) -> Planner:
