@@ -18,11 +18,14 @@ from typing import Any
 
 import numpy as np
 
+from eaml_ssm.doc_blocks import update_doc
 from eaml_ssm.stats import summarize
 
 DEFAULT_RESULTS_DIR = Path("docs/results/control")
 README_RESULT = "pendulum_rs.json"  # the grid the README shows (docs/control.md shows all)
-BEGIN, END = "<!-- control-results:begin -->", "<!-- control-results:end -->"
+# the marked span of README.md and docs/control.md (eaml_ssm.doc_blocks: prefix control)
+BLOCK = ("control", "results", "tables")  # prefix, name, key
+BEGIN, END = "<!-- control:results/tables -->", "<!-- /control:results/tables -->"
 # Issue 13's targets (Pendulum-v1, random shooting 500 x 20, one core)
 TARGET_HELDOUT = 0.95
 TARGET_OOD = 0.70
@@ -302,12 +305,8 @@ def rerender(results_dir: Path = DEFAULT_RESULTS_DIR, root: Path = Path(".")) ->
         (root / "README.md", headline),
         (root / "docs" / "control.md", list(blocks.values())),
     ):
-        body = doc.read_text()
-        if BEGIN not in body or END not in body:
+        prefix, name, key = BLOCK
+        if update_doc(doc, name, {key: "\n\n".join(chosen)}, prefix) == 0:
             raise ValueError(f"{doc} lacks the markers {BEGIN} ... {END}")
-        head, rest = body.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        text = "\n\n".join(chosen)
-        doc.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
         written.append(doc)
     return written
