@@ -88,8 +88,10 @@ class AdaptationConfig:
     adam_eps: float = 1e-8
     param_lrs: dict[str, float] | None = None  # per-parameter (learned) step sizes, by name
     # clamp the step sizes at >= 0: Meta-SGD learns a few negative ones, useful for the steps it
-    # was trained for but gradient *ascent* over a long continual stream (docs/evaluation.md)
-    nonnegative_lrs: bool = False
+    # was trained for but gradient *ascent* over a long continual stream. None (default): clamp
+    # in continual mode only; chosen over meta-training softplus step sizes by measurement
+    # (docs/evaluation.md, "Step-size parameterization")
+    nonnegative_lrs: bool | None = None
     seed: int | None = None  # seed of the adapter's replay draws (one store seed per draw)
     # replay also the live stream written into the store (True), or only the tasks the store
     # held when the adapter was built (False; an empty store then: no restriction); measured
@@ -125,6 +127,13 @@ class AdaptationConfig:
         if self.param_lrs is not None:
             for key, value in self.param_lrs.items():
                 _check_positive(f"param_lrs[{key!r}]", float(value), allow_zero=True)
+
+    @property
+    def clamps_lrs(self) -> bool:
+        """Whether step sizes are clamped at >= 0 (``nonnegative_lrs``, None = continual mode)."""
+        if self.nonnegative_lrs is None:
+            return self.mode == "continual"
+        return self.nonnegative_lrs
 
     @classmethod
     def from_maml(cls, maml: Any, **overrides: Any) -> AdaptationConfig:
@@ -838,9 +847,9 @@ class Adapter:
                         f"param_lrs[{name!r}] has shape {tuple(lr.shape)}, expected a scalar "
                         f"or {tuple(p.shape)}"
                     )
-                if self.config.nonnegative_lrs:
+                if self.config.clamps_lrs:
                     lr = lr.clamp(min=0.0)
-            elif self.config.nonnegative_lrs:
+            elif self.config.clamps_lrs:
                 lr = max(float(lr), 0.0)
             out[name] = lr
         return out

@@ -137,6 +137,9 @@ ZERO_SHOT = "J_none"  # the jointly trained model without adaptation: the zero-s
 # clamped at >= 0, absolute value, and each rescaled so its mean equals the signed mean
 # (separates the sign of the learned step sizes from their magnitude).
 STEP_VARIANTS = ("maml_pos", "maml_abs", "maml_posm", "maml_absm")
+# every row adapts with the step sizes as its model learned them (the library's default clamps
+# them in continual mode since the step-size study: that default is the `_pos` rows)
+SIGNED: dict[str, Any] = {"nonnegative_lrs": False}
 
 
 def matched_control_name(w: float) -> str:
@@ -411,12 +414,12 @@ class Models:
             trained = train_softplus(self.cfg, RunDir(self.work / kind), self.data)
             self.seconds[kind] = round(trained.seconds, 2)
             self.mamls[kind] = trained.maml
-            return pipeline.base_adapter(self.cfg, trained, self.data)
+            return pipeline.base_adapter(self.cfg, trained, self.data, **SIGNED)
         cfg = dataclasses.replace(self.cfg, first_order=(kind == "fo"))
         run = RunDir(self.work / kind)
         trained = pipeline.train_stage(cfg, run, self.data, resume=False)
         self.seconds[kind] = round(trained.seconds, 2)
-        base = pipeline.base_adapter(cfg, trained, self.data)
+        base = pipeline.base_adapter(cfg, trained, self.data, **SIGNED)
         self.mamls[kind] = trained.maml
         if kind == "maml":
             self.alpha = mean_inner_lr(trained.maml)

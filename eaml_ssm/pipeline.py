@@ -293,8 +293,10 @@ def _meta_step(
 # --- adapt + evaluate -----------------------------------------------------------------------
 
 
-def base_adapter(cfg: RunConfig, trained: Trained, data: Data) -> Adapter:
-    return adapter_for(cfg, trained.maml, data.store, data.normalizer, resolve_device(cfg.device))
+def base_adapter(cfg: RunConfig, trained: Trained, data: Data, **extra: Any) -> Adapter:
+    """The run's Adapter at the trained weights (``extra``: AdaptationConfig fields on top)."""
+    device = resolve_device(cfg.device)
+    return adapter_for(cfg, trained.maml, data.store, data.normalizer, device, **extra)
 
 
 def adapter_for(

@@ -720,7 +720,8 @@ def test_adapter_on_cuda_moves_and_adapts_the_model_there() -> None:
 def test_nonnegative_lrs_clamps_learned_step_sizes() -> None:
     model = torch.nn.Linear(2, 1)
     lrs = {"weight": torch.tensor([[0.1, -0.2]]), "bias": torch.tensor([-0.05])}
-    signed = Adapter(model, AdaptationConfig(num_steps=1, grad_clip_norm=None), param_lrs=lrs)
+    config = AdaptationConfig(num_steps=1, grad_clip_norm=None, nonnegative_lrs=False)
+    signed = Adapter(model, config, param_lrs=lrs)
     clamped = signed.fork(nonnegative_lrs=True)
     x, y = torch.ones(4, 2), torch.full((4, 1), 10.0)
     for adapter in (signed, clamped):
@@ -732,3 +733,16 @@ def test_nonnegative_lrs_clamps_learned_step_sizes() -> None:
     assert torch.equal(clamped.params["bias"], signed.meta_params["bias"])
     assert not torch.equal(signed.params["weight"][0, 1], w0[0, 1])
     assert not torch.equal(clamped.params["weight"][0, 0], w0[0, 0])
+
+
+def test_step_sizes_are_clamped_by_default_in_continual_mode_only() -> None:
+    # the default chosen by the step-size study (docs/evaluation.md): clamp when continual
+    lrs = {"weight": torch.tensor([[0.1, -0.2]]), "bias": torch.tensor([-0.05])}
+    continual = Adapter(torch.nn.Linear(2, 1), AdaptationConfig(), param_lrs=lrs)
+    assert continual.config.clamps_lrs
+    assert float(continual._lrs["weight"].min()) == 0.0 and float(continual._lrs["bias"]) == 0.0
+    reset = continual.fork(mode="reset")
+    assert not reset.config.clamps_lrs
+    assert torch.equal(reset._lrs["weight"], lrs["weight"])  # GrBAL: the steps it was trained for
+    assert not AdaptationConfig(nonnegative_lrs=False).clamps_lrs
+    assert AdaptationConfig(mode="reset", nonnegative_lrs=True).clamps_lrs
