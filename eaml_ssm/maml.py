@@ -31,7 +31,6 @@ Hidden state of stateful models (the contract):
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -40,9 +39,11 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
+from torch.func import grad, vmap
 
-__all__ = ["MetaMAML", "TaskBatch", "is_stateful"]
+from eaml_ssm.model_call import call, is_stateful
+
+__all__ = ["MetaMAML", "TaskBatch"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,15 +72,6 @@ class Task(NamedTuple):
     query_y: Tensor  # (b', [l',] o)
     support_reset: Tensor | None = None  # (b, l)
     query_reset: Tensor | None = None  # (b', l')
-
-
-def is_stateful(model: nn.Module) -> bool:
-    """True when ``model.forward`` takes a ``hidden_state`` argument (then it returns (y, h))."""
-    try:
-        params = inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):  # builtins without a signature: treat as x -> y
-        return False
-    return "hidden_state" in params
 
 
 def _mse(pred: Tensor, target: Tensor) -> Tensor:
@@ -198,24 +190,10 @@ class MetaMAML:
         A stateful model needs a hidden state (ValueError otherwise); ``reset`` (episode-start
         mask, e.g. (b, l)) is passed on as ``forward(x, hidden_state, reset=reset)``.
         """
+        if not self.stateful and reset is not None:
+            raise ValueError("reset masks need a stateful model; this model is stateless")
         tensors = {**self._buffers(), **params}
-        if not self.stateful:
-            if reset is not None:
-                raise ValueError("reset masks need a stateful model; this model is stateless")
-            return functional_call(self.model, tensors, (x,)), None
-        if hidden_state is None:
-            raise ValueError(
-                f"{type(self.model).__name__} is stateful (forward takes hidden_state) but "
-                "hidden_state is None; pass a (b, s) tensor, e.g. model.init_hidden(b)"
-            )
-        kwargs = {} if reset is None else {"reset": reset}
-        out = functional_call(self.model, tensors, (x, hidden_state), kwargs)
-        if not (isinstance(out, tuple) and len(out) == 2):
-            raise TypeError(
-                "a stateful model's forward(x, hidden_state) must return (y, next_hidden_state), "
-                f"got {type(out).__name__}"
-            )
-        return out[0], out[1]
+        return call(self.model, tensors, x, hidden_state, reset, stateful=self.stateful)
 
     def _default_hidden(self, x: Tensor) -> Tensor | None:
         if not self.stateful:

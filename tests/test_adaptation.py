@@ -419,6 +419,15 @@ class NoViews:
         return len(self._r)
 
 
+def _draw(
+    source: ExperienceSource, strategy: Any, k: int, query: Tensor | None = None, **kwargs: Any
+) -> tuple[Tensor, Tensor]:
+    """``source.rows(...)``, which must find something to replay."""
+    batch = source.rows(strategy, k, query, **kwargs)
+    assert batch is not None
+    return batch
+
+
 @pytest.mark.parametrize("views", [True, False])
 def test_task_balanced_draws_from_several_tasks(views: bool) -> None:
     ring = _ring(1, 1)
@@ -426,12 +435,12 @@ def test_task_balanced_draws_from_several_tasks(views: bool) -> None:
     for t in (1, 2, 3):
         ring.add(np.full((5, 1), t), np.zeros((5, 1)), task_id=t)
     store = ring if views else NoViews(ring)
-    assert ExperienceSource(store, seed=0).uniform(8)[0].shape == (8, 1)
-    obs, _ = ExperienceSource(store, seed=0).task_balanced(32)
+    assert _draw(ExperienceSource(store, seed=0), "uniform", 8)[0].shape == (8, 1)
+    obs, _ = _draw(ExperienceSource(store, seed=0), "task_balanced", 32)
     values, counts = np.unique(obs.numpy(), return_counts=True)
     assert set(values.tolist()) == {0.0, 1.0, 2.0, 3.0}
     assert counts.tolist() == [8, 8, 8, 8]
-    uniform, _ = ExperienceSource(ring, seed=0).uniform(32)
+    uniform, _ = _draw(ExperienceSource(ring, seed=0), "uniform", 32)
     assert (uniform.numpy() == 0).mean() > 0.8  # uniform sampling is dominated by task 0
 
 
@@ -442,7 +451,7 @@ def test_nearest_returns_the_closest_rows() -> None:
     for task, c in enumerate(centers):
         ring.add(c + 0.1 * rng.normal(size=(100, 2)), np.full((100, 1), task), task_id=task)
     query = torch.tensor([[10.0, 0.2], [9.8, -0.1]])
-    obs, tgt = ExperienceSource(ring, seed=0).nearest(20, query, candidates=10_000)
+    obs, tgt = _draw(ExperienceSource(ring, seed=0), "nearest", 20, query, candidates=10_000)
     assert (tgt == 1).all()
     # and they are the 20 nearest of all rows (oracle: brute force in normalised space)
     stored = ring.obs_view()
@@ -498,17 +507,23 @@ def test_task_balanced_windows_cover_tasks_and_nearest_windows_hold_nearest_rows
 def test_transform_is_applied_to_replayed_batches() -> None:
     ring = _store()
     shift = lambda o, t: (o + 100.0, t - 100.0)  # noqa: E731
-    obs, tgt = ExperienceSource(ring, seed=0, transform=shift).uniform(50)
+    obs, tgt = _draw(ExperienceSource(ring, seed=0, transform=shift), "uniform", 50)
     assert obs.min() > 90 and tgt.max() < -90
     # nearest compares the query with transformed rows
-    obs, _ = ExperienceSource(ring, transform=shift).nearest(3, torch.full((1, 3), 100.0), 1000)
+    obs, _ = _draw(
+        ExperienceSource(ring, transform=shift),
+        "nearest",
+        3,
+        torch.full((1, 3), 100.0),
+        candidates=1000,
+    )
     assert obs.min() > 90
 
 
 def test_recent_samples_only_the_newest_rows() -> None:
     ring = _ring(1, 1)
     ring.add(np.arange(100.0)[:, None], np.zeros((100, 1)))
-    obs, _ = ExperienceSource(ring).recent(50, window=10)
+    obs, _ = _draw(ExperienceSource(ring), "recent", 50, recent=10)
     assert obs.min() >= 90
 
 
@@ -519,10 +534,10 @@ def test_facade_buffer_supports_uniform_and_rejects_others_clearly() -> None:
     _, steps = adapter.update_step(x, y)
     assert steps == 5
     with pytest.raises(ValueError, match="task_balanced replay needs a store with"):
-        ExperienceSource(facade).task_balanced(4)
+        ExperienceSource(facade).rows("task_balanced", 4)
     with pytest.raises(ValueError, match="nearest replay needs a store with"):
-        ExperienceSource(facade, seed=0).nearest(3, torch.zeros(1, 3), candidates=50)
-    assert ExperienceSource(facade, seed=0).uniform(3)[0].shape == (3, 3)
+        ExperienceSource(facade, seed=0).rows("nearest", 3, torch.zeros(1, 3), candidates=50)
+    assert _draw(ExperienceSource(facade, seed=0), "uniform", 3)[0].shape == (3, 3)
 
 
 def test_experience_buffer_facade_replays_normalized_rows() -> None:

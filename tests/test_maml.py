@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from eaml_ssm.maml import MetaMAML, TaskBatch, is_stateful
+from eaml_ssm.maml import MetaMAML, TaskBatch
+from eaml_ssm.model_call import is_stateful
 from eaml_ssm.ssm import SSM
 
 # One torch thread: with 2 threads on the shared 2-core machine, contention makes OpenMP
