@@ -69,6 +69,8 @@ class LinearRecurrent(nn.Module):
         self.seen_hidden.append(hidden_state.detach().clone())
         single = x.dim() == 2
         xs = x[:, None] if single else x  # (b, l, d)
+        if reset is not None and single:  # (b,) -> (b, 1)
+            reset = reset[:, None]
         h, ys = hidden_state, []
         for t in range(xs.shape[1]):
             if reset is not None:
@@ -612,6 +614,54 @@ def test_online_stateful_carries_hidden_state() -> None:
     # before the first update the predictions are the model's own step-by-step outputs
     y_ref, _ = model(x[:, :4], torch.zeros(1, 4))
     torch.testing.assert_close(torch.stack(preds[:4], 1), y_ref)
+
+
+@pytest.mark.parametrize("kind", ["recurrent", "ssm"])
+@pytest.mark.parametrize(("window", "every"), [(4, 4), (5, 3)])
+def test_online_adapter_equals_the_stream_driven_by_hand(
+    kind: str, window: int, every: int
+) -> None:
+    """Oracle past the first update: the same stream driven by hand through the model's own
+    forward and ``Adapter.update_step`` gives the same predictions, hidden state and weights.
+
+    By hand: ``hs[t]`` is the state carried into step t; every ``every`` steps the adapter
+    adapts on the latest ``window`` steps from ``hs[start]`` (the state that preceded the
+    window), then the carried state is recomputed through the window with the new weights.
+    """
+    model = LinearRecurrent() if kind == "recurrent" else _ssm()
+    cfg = AdaptationConfig(
+        learning_rate=0.2, num_steps=2, experience_weight=0.3, sequence_length=6, burn_in=2, seed=0
+    )
+    base = Adapter(model, cfg, _store(n=400))
+    online, by_hand = OnlineAdapter(base.fork(), window=window, adapt_every=every), base.fork()
+    steps = 6 * every + 2  # six updates, then two more predictions
+    x, y = _window(b=1, length=steps, seed=3)
+    starts = {0, 9}  # episode starts: step 9 falls inside an adaptation window
+    resets = [
+        torch.tensor([t in starts]) if t % 2 == 0 or t in starts else None for t in range(steps)
+    ]
+    mask = torch.tensor([[float(t in starts) for t in range(steps)]])  # (1, l)
+    online.start(batch_size=1)
+    h = by_hand.init_hidden(1)
+    hs: list[Tensor] = []
+    for t in range(steps):
+        hs.append(h)
+        with torch.no_grad():  # the model's own forward with the current weights
+            want, h = by_hand.model(x[:, t], h, resets[t])
+        got = online.step(x[:, t], y[:, t], resets[t])
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        assert online.hidden is not None
+        if (t + 1) % every == 0:
+            lo = max(0, t + 1 - window)
+            span = slice(lo, t + 1)
+            by_hand.update_step(x[:, span], y[:, span], hs[lo], reset=mask[:, span])
+            with torch.no_grad():
+                _, h = by_hand.model(x[:, span], hs[lo], mask[:, span])
+        torch.testing.assert_close(online.hidden, h, rtol=1e-5, atol=1e-6)
+    assert online.adapter.stats["updates"] == by_hand.stats["updates"] == 6
+    for name, p in by_hand.params.items():
+        torch.testing.assert_close(online.adapter.params[name], p, rtol=1e-5, atol=1e-6)
+    assert any(not torch.equal(p, by_hand.meta_params[n]) for n, p in by_hand.params.items())
 
 
 def _linear_task(w: Tensor, context: float, n: int, seed: int) -> tuple[Tensor, Tensor]:
