@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from eaml_ssm.collect import _make_vector_env, build_store, collect, exploration_actions
+from eaml_ssm.collect import build_store, collect, exploration_actions
+from eaml_ssm.collect.steps import make_vector_env
 from eaml_ssm.features import Normalizer
 from eaml_ssm.feed import StoreLoader
 from eaml_ssm.tasks import get_family, sample_tasks
@@ -67,7 +68,7 @@ def _env_floor(env_id: str, n_tasks: int, steps: int) -> float:
         ],
         axis=1,
     )
-    venv = _make_vector_env(tasks)
+    venv = make_vector_env(tasks)
     venv.reset(seed=list(range(n_tasks)))
     t0 = time.perf_counter()
     for t in range(steps):

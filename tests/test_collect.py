@@ -254,22 +254,22 @@ def test_episodes_per_task_bad_values():
 
 
 def test_shared_backend_workers_write_into_the_file(tmp_path, monkeypatch):
-    import eaml_ssm.collect as collect_mod
+    import eaml_ssm.collect.writers as writers
 
     received = []
-    consume = collect_mod._consume
+    consume = writers._consume
 
     def spy(store, item, counter):  # the parent only receives counts, never rows
         received.append(type(item).__name__)
         consume(store, item, counter)
 
-    monkeypatch.setattr(collect_mod, "_consume", spy)
+    monkeypatch.setattr(writers, "_consume", spy)
     tasks = sample_tasks("Pendulum-v1", 4, seed=0)
     path = tmp_path / "store.rbuf"
     store, stats = build_store(
         tasks, episodes_per_task=2, path=path, num_workers=2, backend="shared", seed=3
     )
-    assert "_Segment" not in received and "_Written" in received
+    assert "Segment" not in received and "_Written" in received
     assert store.path == path and stats.episodes == 8
     assert len(store) == stats.transitions == store.total_added == 4 * 400
     assert store.task_counts() == {t: 400 for t in range(4)}
