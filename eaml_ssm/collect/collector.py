@@ -33,10 +33,6 @@ class CollectStats:
     segments: int  # store.add calls
     seconds: float  # wall time
 
-    @property
-    def steps_per_second(self) -> float:
-        return self.transitions / self.seconds if self.seconds > 0 else float("inf")
-
 
 def _jobs(
     tasks: Sequence[Task],
