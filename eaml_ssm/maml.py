@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import grad, vmap
 
-from eaml_ssm.model_call import call, is_stateful
+from eaml_ssm.model_call import call, initial_hidden, is_stateful
 
 __all__ = ["MetaMAML", "TaskBatch"]
 
@@ -198,13 +198,7 @@ class MetaMAML:
     def _default_hidden(self, x: Tensor) -> Tensor | None:
         if not self.stateful:
             return None
-        init = getattr(self.model, "init_hidden", None)
-        if init is None:
-            raise ValueError(
-                f"{type(self.model).__name__} is stateful but has no init_hidden(batch_size); "
-                "pass initial_hidden_state explicitly"
-            )
-        return init(x.shape[0])
+        return initial_hidden(self.model, x.shape[0], hint="pass initial_hidden_state explicitly")
 
     def _loss(
         self,

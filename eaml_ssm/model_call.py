@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from torch import Tensor, nn
 from torch.func import functional_call
 
-__all__ = ["call", "is_stateful"]
+__all__ = ["call", "initial_hidden", "is_stateful"]
 
 
 def is_stateful(model: nn.Module) -> bool:
@@ -25,6 +25,18 @@ def is_stateful(model: nn.Module) -> bool:
     except (TypeError, ValueError):  # builtins without a signature: treat as x -> y
         return False
     return "hidden_state" in params
+
+
+def initial_hidden(model: nn.Module, batch_size: int, *, hint: str) -> Tensor:
+    """``model.init_hidden(batch_size)`` (zeros) of a stateful model; ValueError, with
+    ``hint`` (what the caller can pass instead), when the model has none."""
+    init = getattr(model, "init_hidden", None)
+    if not callable(init):
+        raise ValueError(
+            f"{type(model).__name__} is stateful but has no init_hidden(batch_size); {hint}"
+        )
+    out: Tensor = init(batch_size)
+    return out
 
 
 def call(

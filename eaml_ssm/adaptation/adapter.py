@@ -48,7 +48,7 @@ from eaml_ssm.adaptation.adam import AdamState
 from eaml_ssm.adaptation.config import AdaptationConfig
 from eaml_ssm.adaptation.replay import ExperienceSource, find_ring
 from eaml_ssm.adaptation.step_sizes import learned_inner_lrs, resolve_lrs
-from eaml_ssm.model_call import call, is_stateful
+from eaml_ssm.model_call import call, initial_hidden, is_stateful
 
 if TYPE_CHECKING:
     from eaml_ssm.feed.replay import Transform
@@ -255,13 +255,8 @@ class Adapter:
         """Zero hidden state for a stateful model (on the adapter's device), else None."""
         if not self.stateful:
             return None
-        init = getattr(self.model, "init_hidden", None)
-        if not callable(init):
-            raise ValueError(
-                f"{type(self.model).__name__} is stateful but has no init_hidden(batch_size); "
-                "pass hidden_state_current explicitly and use replay='rows'"
-            )
-        return init(batch_size).to(self.device)
+        hint = "pass hidden_state_current explicitly and use replay='rows'"
+        return initial_hidden(self.model, batch_size, hint=hint).to(self.device)
 
     # ---- inference --------------------------------------------------------------------------
     @torch.no_grad()
