@@ -5,6 +5,8 @@ called as ``forward(x, hidden_state[, reset=...]) -> (y, next_hidden_state)`` (l
 `eaml_ssm.ssm.SSM`). Any other ``nn.Module`` is stateless: ``forward(x) -> y``. Both the
 meta-training inner loop (`eaml_ssm.maml`) and test-time adaptation (`eaml_ssm.adaptation`)
 run the model through `call`, a ``torch.func.functional_call`` with the weights they hold.
+
+Shapes: see the glossary in eaml_ssm/__init__.py.
 """
 
 from __future__ import annotations

@@ -27,8 +27,7 @@ with one invariant, the weights it holds: their snapshot and reset, the inner-st
 changes them with its rollback guard, and the hybrid objective it differentiates share that
 state; cut apart, each piece would have to reach back into the others.
 
-Shapes: see the glossary in eaml_ssm/__init__.py (``b``, ``l``, ``d``, ``o`` as there; ``h``
-is the model's hidden-state shape).
+Shapes: see the glossary in eaml_ssm/__init__.py.
 """
 
 from __future__ import annotations

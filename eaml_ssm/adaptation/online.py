@@ -1,4 +1,12 @@
-"""`OnlineAdapter`: one step at a time, predict then learn, adapting every few steps."""
+"""`OnlineAdapter`: one step at a time, predict then learn, adapting every few steps.
+
+For a caller that sees one transition at a time (an acting loop, a live stream) and carries
+the hidden state from step to step. The evaluation's window protocol
+(`eaml_ssm.protocol.prequential_run`) is a different measurement, not a copy of this loop:
+it scores whole windows, each predicted from a zero state at the start of the window before.
+
+Shapes: see the glossary in eaml_ssm/__init__.py.
+"""
 
 from __future__ import annotations
 

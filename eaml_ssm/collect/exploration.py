@@ -5,7 +5,7 @@ tasks are split between workers): ``"repeat"`` holds a uniformly random action f
 1..``max_repeat`` steps; ``"uniform"`` draws i.i.d. actions; ``"ou"`` (Box actions only) is an
 Ornstein-Uhlenbeck process squashed into the action bounds.
 
-Shapes: see the glossary in eaml_ssm/__init__.py (``T`` schedule steps, ``da`` action dim).
+Shapes: see the glossary in eaml_ssm/__init__.py.
 """
 
 from __future__ import annotations

@@ -2,8 +2,7 @@
 
 Used for test streams (online evaluation); rows as `eaml_ssm.collect` stores them.
 
-Shapes: see the glossary in eaml_ssm/__init__.py (``T`` steps, ``ds``/``da``/``di``/``dt``
-state, action, input and target dims).
+Shapes: see the glossary in eaml_ssm/__init__.py.
 """
 
 from __future__ import annotations

@@ -11,9 +11,7 @@ Rows follow the layout of `eaml_ssm.features`: ``obs`` = raw ``[state, action_en
 episode of that task in this call (plus ``first_episode``), unique across tasks and
 independent of thread timing.
 
-Shapes: see the glossary in eaml_ssm/__init__.py (here ``n`` envs in a worker, ``T`` steps of
-the schedule, ``ds`` state, ``da`` action, ``di`` input, ``dt`` target dims, ``k`` envs still
-collecting, ``m`` rows of a segment, ``c`` rows staged per env).
+Shapes: see the glossary in eaml_ssm/__init__.py.
 """
 
 from __future__ import annotations
