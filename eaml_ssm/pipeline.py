@@ -57,7 +57,8 @@ def train_stage(
 def control_stage(path: Path, options: Any, results: Path | None = None) -> dict[str, Any]:
     """Model-predictive control grid (eaml_ssm.control) on the trained run folder `path`;
     writes control.json, control.md and plots there (or at `results`)."""
-    from eaml_ssm.control.report import write_outputs  # the control package is optional here
+    # the control grid (planners, env models) loads only when this stage runs
+    from eaml_ssm.control.report import write_outputs
     from eaml_ssm.control.run import load_trained, run_grid
 
     trained = load_trained(path, runtime.resolve_device(options.device))
