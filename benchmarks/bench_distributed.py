@@ -44,7 +44,7 @@ def _worker(args: argparse.Namespace) -> None:
 
     from eaml_ssm import distributed as D
     from eaml_ssm.config import RunConfig
-    from eaml_ssm.pipeline import build_maml, build_model
+    from eaml_ssm.models import build_maml, build_model
 
     cfg = RunConfig(
         num_tasks=args.num_tasks,

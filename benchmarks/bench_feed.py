@@ -26,17 +26,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from eaml_ssm import pipeline
 from eaml_ssm.collect import build_store
 from eaml_ssm.config import RunConfig
 from eaml_ssm.features import Normalizer
 from eaml_ssm.feed import ReplayFeed, StoreLoader, draw_seed
+from eaml_ssm.hooks import meta_batch
 from eaml_ssm.maml import TaskBatch
+from eaml_ssm.models import build_maml, build_model
 from eaml_ssm.tasks import get_family, sample_tasks
 
 
 def former_meta_batch(cfg: RunConfig, store: Any, norm: Normalizer, step: int) -> TaskBatch:
-    """The meta-training batch before the feed (pipeline.meta_batch as it was)."""
+    """The meta-training batch before the feed (eaml_ssm.hooks.meta_batch as it was)."""
     store.reseed(draw_seed(cfg.seed, step))
     so, st, qo, qt, _ = store.sample_tasks(
         cfg.meta_batch_size, cfg.support_len, cfg.query_len, contiguous=True
@@ -129,20 +130,20 @@ def main(argv: list[str] | None = None) -> None:
 
     # 1. meta-step
     torch.manual_seed(0)
-    model = pipeline.build_model(cfg, get_family(cfg.env_name), cpu)
-    maml = pipeline.build_maml(cfg, model)
+    model = build_model(cfg, get_family(cfg.env_name), cpu)
+    maml = build_maml(cfg, model)
     loader = StoreLoader(store, cpu, norm, seed=cfg.seed)
     step = [0]
 
     def feed_step() -> None:
-        maml.meta_update(pipeline.meta_batch(cfg, loader))
+        maml.meta_update(meta_batch(cfg, loader))
 
     def former_step() -> None:
         step[0] += 1
         maml.meta_update(former_meta_batch(cfg, store, norm, step[0]))
 
     def feed_batch() -> None:
-        pipeline.meta_batch(cfg, loader)
+        meta_batch(cfg, loader)
 
     def former_batch() -> None:
         step[0] += 1

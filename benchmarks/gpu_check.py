@@ -243,8 +243,9 @@ def _naive_tasks(data: _Data, device: torch.device, t: int, k: int) -> Any:
 
 
 def _meta_train(data: _Data, device: torch.device, small: bool) -> Result:
-    from eaml_ssm import pipeline
     from eaml_ssm.feed import StoreLoader
+    from eaml_ssm.hooks import meta_batch
+    from eaml_ssm.models import build_maml, build_model
 
     steps = 3 if small else 30
     res: Result = {}
@@ -253,8 +254,8 @@ def _meta_train(data: _Data, device: torch.device, small: bool) -> Result:
         t = cfg.meta_batch_size
         for kind in ("feed", "naive"):
             torch.manual_seed(0)
-            model = pipeline.build_model(cfg, data.family, device)
-            maml = pipeline.build_maml(cfg, model)
+            model = build_model(cfg, data.family, device)
+            maml = build_maml(cfg, model)
             loader = StoreLoader(data.store, device, data.normalizer, seed=0)
             waits, totals = [], []
             t0 = time.perf_counter()
@@ -265,7 +266,7 @@ def _meta_train(data: _Data, device: torch.device, small: bool) -> Result:
                 marks = _marks(device)
                 marks.start()
                 if kind == "feed":
-                    batch = pipeline.meta_batch(cfg, loader)
+                    batch = meta_batch(cfg, loader)
                 else:
                     batch = _naive_tasks(data, device, t, k)
                 marks.mid()
@@ -338,13 +339,13 @@ class _NaiveReplay:
 
 
 def _adapt(data: _Data, device: torch.device, small: bool) -> Result:
-    from eaml_ssm import pipeline
     from eaml_ssm.adaptation import Adapter
+    from eaml_ssm.models import build_maml, build_model
 
     cfg = data.cfg
     torch.manual_seed(0)
-    model = pipeline.build_model(cfg, data.family, device)
-    maml = pipeline.build_maml(cfg, model)
+    model = build_model(cfg, data.family, device)
+    maml = build_maml(cfg, model)
     repeats = 3 if small else 30
     x = torch.randn(1, cfg.adapt_every, data.family.input_dim, device=device)
     y = torch.randn(1, cfg.adapt_every, data.family.target_dim, device=device)

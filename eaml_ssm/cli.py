@@ -193,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return control_run.main(args)
         resume = bool(getattr(args, "resume", False))
         cfg: RunConfig = config_from_args(args, check=False)  # checked once its base is known
-        from eaml_ssm.pipeline import existing_run, named_run, saved_config
+        from eaml_ssm.run_folders import existing_run, named_run, saved_config
 
         if resume or command == "adapt" or named_run(cfg) is not None:
             # a stage continuing a run: unspecified flags keep the saved run's values

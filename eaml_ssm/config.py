@@ -2,7 +2,14 @@
 
 Every field has a default and a help string; `add_config_arguments` turns the fields into CLI
 flags, and the resolved config is saved as `config.json` in the run folder and in every
-checkpoint.
+checkpoint. The settings of the parts are derived from it by methods, never copied:
+`RunConfig.model_config` (the SSM), `RunConfig.maml_config` (meta-training) and
+`RunConfig.adaptation_config` (test-time adaptation).
+
+Validation happens where a value enters: `validate` for the CLI and a RunConfig (the flags'
+names in its errors); `AdaptationConfig` validates the users of the library who build one
+directly. Two entry points, one check each; RunConfig's test-time defaults are
+AdaptationConfig's, referenced rather than repeated.
 """
 
 from __future__ import annotations
@@ -13,6 +20,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
+
+from eaml_ssm.adaptation import AdaptationConfig
+from eaml_ssm.ssm import SSMConfig
 
 
 def _f(default: Any, help: str, **meta: Any) -> Any:
@@ -58,11 +68,68 @@ class RunConfig:
     # --- adaptation ----------------------------------------------------------------------
     adapt_lr: float = _f(0.0, "test-time step size (0 = the meta-learned one)")
     num_adapt_steps: int = _f(0, "test-time steps per adaptation (0 = as meta-trained)")
-    experience_batch_size: int = _f(32, "experience rows replayed per adaptation step")
-    experience_weight: float = _f(0.1, "weight of the experience loss in the hybrid loss")
+    experience_batch_size: int = _f(
+        AdaptationConfig.experience_batch_size, "experience rows replayed per adaptation step"
+    )
+    experience_weight: float = _f(
+        AdaptationConfig.experience_weight, "weight of the experience loss in the hybrid loss"
+    )
     adapt_every: int = _f(16, "adapt online every M steps on the latest window")
     stream_steps: int = _f(200, "steps per test task in the online stream")
     num_test_tasks: int = _f(3, "test tasks per split (held-out and out-of-range)")
+
+    def model_config(self, input_dim: int, output_dim: int) -> SSMConfig:
+        """The SSM of this run for a task family's feature widths."""
+        return SSMConfig(
+            state_dim=self.state_dim,
+            input_dim=input_dim,
+            output_dim=output_dim,
+            hidden_dim=self.hidden_dim,
+            num_layers=self.num_layers,
+        )
+
+    def maml_config(self) -> MAMLConfig:
+        """The meta-learner's settings (`eaml_ssm.models.build_maml`)."""
+        return MAMLConfig(
+            inner_lr=self.inner_lr,
+            outer_lr=self.outer_lr,
+            first_order=self.first_order,
+            num_inner_steps=self.num_inner_steps,
+            learn_inner_lr=self.learn_inner_lr,
+        )
+
+    def adaptation_config(self, maml: Any, **overrides: Any) -> AdaptationConfig:
+        """The run's test-time adaptation of ``maml``'s model.
+
+        Step size and step count as meta-trained (``AdaptationConfig.from_maml``) unless
+        --adapt_lr / --num_adapt_steps set them; replay of the run's store in windows of the
+        stretch meta-training used (the support warms the hidden state up). ``overrides``:
+        AdaptationConfig fields on top.
+        """
+        learned = AdaptationConfig.from_maml(maml)
+        run = dataclasses.replace(
+            learned,
+            experience_batch_size=self.experience_batch_size,
+            experience_weight=self.experience_weight,
+            seed=self.seed,
+            sequence_length=self.support_len + self.query_len,
+            burn_in=self.support_len,
+            learning_rate=self.adapt_lr if self.adapt_lr > 0 else learned.learning_rate,
+            param_lrs=None if self.adapt_lr > 0 else learned.param_lrs,
+            num_steps=self.num_adapt_steps if self.num_adapt_steps > 0 else learned.num_steps,
+        )
+        return dataclasses.replace(run, **overrides)
+
+
+@dataclass(frozen=True)
+class MAMLConfig:
+    """What `eaml_ssm.maml.MetaMAML` is built with (see the RunConfig fields of the same name)."""
+
+    inner_lr: float
+    outer_lr: float
+    first_order: bool
+    num_inner_steps: int
+    learn_inner_lr: bool
 
 
 def config_fields() -> list[dataclasses.Field[Any]]:
@@ -169,6 +236,7 @@ def validate(cfg: RunConfig) -> None:
     for name in ["inner_lr", "outer_lr"]:
         if not getattr(cfg, name) > 0:
             raise ValueError(f"--{name} must be > 0, got {getattr(cfg, name)}")
+    # the CLI's entry point; AdaptationConfig checks the same values for direct library users
     for name in ["adapt_lr", "experience_weight"]:
         if getattr(cfg, name) < 0:
             raise ValueError(f"--{name} must be >= 0, got {getattr(cfg, name)}")

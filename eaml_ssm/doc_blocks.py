@@ -41,7 +41,7 @@ def update_doc(path: Path, name: str, blocks: dict[str, str], prefix: str = "eva
 
 def pipeline_block(summary: dict, source: Path = PIPELINE_SUMMARY) -> str:
     """The README's table of what `python -m eaml_ssm` printed, from its summary.json."""
-    from eaml_ssm.pipeline import format_table
+    from eaml_ssm.adapt_stage import format_table
 
     return (
         f"From `{source}` (`python -m eaml_ssm`, {summary['env_name']}, seed {summary['seed']}, "

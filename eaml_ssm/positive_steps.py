@@ -14,20 +14,21 @@ step size (`_lrs`, `inner_lr_for`, hence `learned_inner_lrs` and the Adapter) ge
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import time
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.nn import functional
 
-from eaml_ssm import pipeline
 from eaml_ssm.artifacts import RunDir
 from eaml_ssm.config import RunConfig
 from eaml_ssm.maml import MetaMAML
+from eaml_ssm.run_data import Data
+from eaml_ssm.runtime import resolve_device
+from eaml_ssm.train import Trained, meta_train
 
 
 def inverse_softplus(alpha: Tensor) -> Tensor:
@@ -56,32 +57,13 @@ class SoftplusStepMAML(MetaMAML):
         return functional.softplus(rho) if isinstance(rho, Tensor) else rho
 
 
-def train_softplus(cfg: RunConfig, run: RunDir, data: pipeline.Data) -> pipeline.Trained:
-    """Meta-train like `pipeline.train_stage` (same seed, batches and steps) with positive
-    step sizes; no checkpoints (the evaluation caches the result per unit)."""
-    device = pipeline.resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    model = pipeline.build_model(cfg, data.family, device)
-    maml = SoftplusStepMAML(
-        model,
-        inner_lr=cfg.inner_lr,
-        outer_lr=cfg.outer_lr,
-        first_order=cfg.first_order,
-        num_inner_steps=cfg.num_inner_steps,
-        learn_inner_lr=True,
-    )
-    trained = pipeline.Trained(model, maml, [], 0.0)
-    t0 = time.perf_counter()
-    loader = pipeline.meta_loader(cfg, data, device)  # the same draws as train_stage's
-    try:
-        for step in range(cfg.num_epochs):
-            loss = maml.meta_update(pipeline.meta_batch(cfg, loader))
-            if not np.isfinite(loss):
-                raise FloatingPointError(f"softplus meta-training diverged at step {step}")
-            trained.losses.append(loss)
-    finally:
-        loader.close()
-    trained.seconds = time.perf_counter() - t0
+def train_softplus(cfg: RunConfig, run: RunDir, data: Data) -> Trained:
+    """Meta-train on the one loop (`eaml_ssm.train.meta_train`: the same seed, batches and
+    steps as the pipeline's) with positive step sizes; no checkpoints (the evaluation caches
+    the result per unit), the losses go to `run`/losses.txt."""
+    positive = dataclasses.replace(cfg, learn_inner_lr=True)
+    device = resolve_device(cfg.device)
+    trained = meta_train(positive, data, None, device, maml_class=SoftplusStepMAML)
     run.path.mkdir(parents=True, exist_ok=True)
     (run.path / "losses.txt").write_text("\n".join(f"{v:.6g}" for v in trained.losses) + "\n")
     return trained

@@ -24,10 +24,15 @@ import torch
 from torch import Tensor
 
 from eaml_ssm.adaptation import Adapter
+from eaml_ssm.adapters import adapter_for
 from eaml_ssm.artifacts import RunDir, load_checkpoint
 from eaml_ssm.config import RunConfig
 from eaml_ssm.features import Normalizer, apply_delta, encode_inputs
 from eaml_ssm.maml import MetaMAML
+from eaml_ssm.models import build_maml
+from eaml_ssm.run_data import saved_store, train_tasks
+from eaml_ssm.run_folders import checkpoint_config
+from eaml_ssm.runtime import resolve_device
 from eaml_ssm.ssm import SSM, SSMConfig
 from eaml_ssm.tasks import Task, TaskFamily, get_family
 
@@ -52,9 +57,7 @@ class Run:
     def store(self) -> Any:
         """The run's experience store (``rust_buffer.RingBuffer``), or None if none was kept."""
         if self._store is None:
-            from eaml_ssm import pipeline
-
-            self._store = pipeline.saved_store(self.config, RunDir(self.path, create=False))
+            self._store = saved_store(self.config, RunDir(self.path, create=False))
         return self._store
 
     @torch.no_grad()
@@ -108,9 +111,7 @@ class Run:
         every Adapter it adapts ``run.model`` in place (``reset()`` restores it); use
         ``run.adapter().fork()`` to keep ``run.model`` at the meta-learned weights.
         """
-        from eaml_ssm import pipeline
-
-        return pipeline.adapter_for(
+        return adapter_for(
             self.config, self.maml, self.store, self.normalizer, self.device, **overrides
         )
 
@@ -122,8 +123,6 @@ def load_run(path: str | os.PathLike[str], device: str | torch.device = "auto") 
     available), cpu, cuda or a ``torch.device``. A folder without a checkpoint, or a file
     that is not one, raises ValueError / FileNotFoundError naming the file.
     """
-    from eaml_ssm import pipeline
-
     folder = Path(path)
     if folder.is_file():
         folder = folder.parent
@@ -136,8 +135,8 @@ def load_run(path: str | os.PathLike[str], device: str | torch.device = "auto") 
             f"--out {folder.parent} --name {folder.name})"
         )
     ck = load_checkpoint(ckpt_path)
-    cfg = pipeline.checkpoint_config(ck, ckpt_path)
-    dev = device if isinstance(device, torch.device) else pipeline.resolve_device(str(device))
+    cfg = checkpoint_config(ck, ckpt_path)
+    dev = device if isinstance(device, torch.device) else resolve_device(str(device))
     try:
         model = SSM.from_config(SSMConfig.from_dict(ck["model_config"]))
         model.load_state_dict(ck["model"])
@@ -145,9 +144,9 @@ def load_run(path: str | os.PathLike[str], device: str | torch.device = "auto") 
     except (KeyError, RuntimeError, ValueError, TypeError) as exc:
         raise ValueError(f"{ckpt_path}: damaged run checkpoint ({exc})") from exc
     model = model.to(dev).eval()
-    maml = pipeline.build_maml(cfg, model)
+    maml = build_maml(cfg, model)
     maml.load_state_dict(ck["maml"])
-    tasks = pipeline.train_tasks(cfg)
+    tasks = train_tasks(cfg)
     return Run(folder, cfg, model, normalizer, get_family(cfg.env_name), tasks, maml, dev)
 
 

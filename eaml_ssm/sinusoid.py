@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from eaml_ssm.maml import MetaMAML, TaskBatch
 from eaml_ssm.progress import progress
+from eaml_ssm.runtime import resolve_device
 
 __all__ = ["SinusoidConfig", "add_arguments", "main", "run", "run_benchmark", "sample_tasks"]
 
@@ -184,8 +185,6 @@ def eval_tasks(cfg: SinusoidConfig) -> TaskBatch:
 
 
 def _device(cfg: SinusoidConfig) -> torch.device:
-    from eaml_ssm.pipeline import resolve_device
-
     return resolve_device(cfg.device)
 
 

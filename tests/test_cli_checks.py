@@ -229,7 +229,7 @@ def test_a_continued_run_is_checked_against_its_saved_values(collected: Path) ->
     args = parser.parse_args(["train", "--num_tasks", "4", "--out", str(collected), "--name", "s"])
     with pytest.raises(ValueError, match="meta_batch_size"):
         config_from_args(args)  # against the defaults: 8 tasks per meta-batch > 4
-    from eaml_ssm.pipeline import existing_run, saved_config
+    from eaml_ssm.run_folders import existing_run, saved_config
 
     base = saved_config(existing_run(config_from_args(args, check=False)))
     assert config_from_args(args, base=base).meta_batch_size == 2

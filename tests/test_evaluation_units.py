@@ -84,7 +84,7 @@ def _unit(seed: int) -> evaluate.Unit:
 
 
 def test_probes_wiring_independent_units_and_splits() -> None:
-    from eaml_ssm.pipeline import Data
+    from eaml_ssm.run_data import Data
 
     family = tasks.get_family("Pendulum-v1")
     norm = Normalizer(family.input_dim, family.target_dim)

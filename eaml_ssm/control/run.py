@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from eaml_ssm import runtime
+from eaml_ssm.adapters import adapter_for, methods
 from eaml_ssm.control.loop import Adaptation, EpisodeResult, LiveIds, run_episode
 from eaml_ssm.control.model import SSMDynamics
 from eaml_ssm.control.oracle import OracleDynamics, has_oracle
@@ -37,6 +39,9 @@ from eaml_ssm.control.planners import PLANNERS, Dynamics, Planner, make_planner
 from eaml_ssm.control.report import DEFAULT_RESULTS_DIR, render_markdown, rerender, summarize_grid
 from eaml_ssm.control.rewards import get_reward
 from eaml_ssm.features import Normalizer
+from eaml_ssm.run_data import STORE_FILE
+from eaml_ssm.run_folders import existing_run
+from eaml_ssm.runtime import resolve_device
 from eaml_ssm.tasks import Task, get_family, sample_tasks
 
 log = logging.getLogger(__name__)
@@ -101,7 +106,6 @@ class TrainedRun:
 def load_trained(path: str | Path, device: torch.device) -> TrainedRun:
     """The meta-learned model, normalizer and store of a trained run folder (through
     `eaml_ssm.load_run`, the one loader of run folders)."""
-    from eaml_ssm.pipeline import STORE_FILE
     from eaml_ssm.run import load_run
 
     folder = Path(path)
@@ -127,8 +131,6 @@ def _planner(opts: ControlOptions) -> Planner:
 
 
 def method_names(cfg: Any) -> list[str]:
-    from eaml_ssm.pipeline import methods
-
     return [*methods(cfg, _NullAdapter()), "oracle", "random"]  # type: ignore[arg-type]
 
 
@@ -159,7 +161,6 @@ def model_episode(
 ) -> EpisodeResult:
     """One episode of a model-based method on a private copy of the weights and store."""
     import rust_buffer
-    from eaml_ssm.pipeline import Data, Trained, base_adapter, methods
 
     cfg = trained.cfg
     family = get_family(cfg.env_name)
@@ -168,9 +169,7 @@ def model_episode(
     # a private copy: adaptation must never touch the meta-learned weights, whatever the
     # Adapter does with the model it is given
     maml = copy.deepcopy(trained.maml)
-    base = base_adapter(
-        cfg, Trained(maml.model, maml, [], 0.0), Data(family, [], store, trained.normalizer)
-    )
+    base = adapter_for(cfg, maml, store, trained.normalizer, resolve_device(cfg.device))
     variants = methods(cfg, base)
     if method not in variants:
         raise ValueError(f"unknown model method {method!r}; expected one of {list(variants)}")
@@ -235,8 +234,6 @@ def start_seed(seed: int, split: int, task: int, episode: int) -> int:
 
 def run_grid(trained: TrainedRun, opts: ControlOptions) -> dict[str, Any]:
     """Play every (split, task, episode, method) and summarize."""
-    from eaml_ssm.pipeline import resolve_device
-
     opts.validate()
     cfg = trained.cfg
     get_reward(cfg.env_name)  # a family without a reward fails before anything runs
@@ -453,7 +450,6 @@ def run_folder(args: argparse.Namespace) -> Path:
     if args.run:
         return Path(args.run)
     from eaml_ssm.config import RunConfig
-    from eaml_ssm.pipeline import existing_run
 
     return existing_run(RunConfig(env_name=args.env_name, out=args.out, name=args.name))
 
@@ -463,9 +459,9 @@ def main(args: argparse.Namespace) -> int:
         for path in rerender():
             print(f"rendered {path}")
         return 0
-    torch.set_num_threads(1)  # the issue's budget: one core per control step
     opts = options_from_args(args)
     opts.validate()
+    runtime.setup(opts.seed, threads=1)  # the issue's budget: one core per control step
     from eaml_ssm.pipeline import control_stage
 
     folder = run_folder(args)

@@ -1,0 +1,60 @@
+"""The runtime block of a process: threads, seeds and the torch device, set once.
+
+Every process that computes calls `setup` once at its start: the CLI's stages
+(`eaml_ssm.pipeline.run_stage`), each torchrun rank (`eaml_ssm.distributed.run`) and each
+evaluation worker. `resolve_device` is the one reading of a ``--device`` value.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int) -> None:
+    """The one seeding block: Python, NumPy's legacy global RNG and torch."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str | torch.device, local_rank: int | None = None) -> torch.device:
+    """The torch device of a ``--device`` value: ``auto`` picks CUDA when torch sees it.
+
+    One process: ``cpu``, ``cuda``, ``cuda:N`` (or any torch device name) as given. A torchrun
+    rank (``local_rank`` given) accepts auto, cpu and cuda only, and ``cuda`` means its own
+    GPU, ``cuda:<local_rank>``. A ``torch.device`` is returned as it is.
+    """
+    if isinstance(name, torch.device):
+        return name
+    if local_rank is not None and name not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
+    if local_rank is None or name != "cuda":
+        return torch.device(name)
+    count = torch.cuda.device_count()
+    if local_rank >= count:
+        raise ValueError(
+            f"LOCAL_RANK {local_rank} needs GPU {local_rank}, but this node has {count}; "
+            "use --nproc_per_node <= the number of GPUs"
+        )
+    return torch.device("cuda", local_rank)
+
+
+def setup(seed: int, threads: int = 1, device: str | torch.device = "cpu") -> torch.device:
+    """Set torch's intra-op threads and every global RNG; return the resolved ``device``.
+
+    One core per process by default: the stages, ranks and evaluation workers of this
+    package run side by side and scale by processes, not by intra-op threads.
+    """
+    torch.set_num_threads(threads)
+    seed_everything(seed)
+    return resolve_device(device)
+
+
+__all__ = ["resolve_device", "seed_everything", "setup"]
