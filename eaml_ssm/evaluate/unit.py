@@ -242,7 +242,7 @@ def evaluate_unit(unit: Unit) -> dict[str, Any]:
 def _switch_split(curve: list[float], whole: stream_scoring.WholeStream) -> dict[str, Any]:
     """A reference's whole-stream summary (the same fields as a method row's)."""
     scored = whole.scored()
-    run = stream_scoring.WholeRun(
+    run = protocol.StreamRun(
         errors=curve, tasks=[t for _, t, _ in scored], switch=[f for _, _, f in scored]
     )
     return stream_scoring.stream_summary(run)
