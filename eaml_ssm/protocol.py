@@ -36,6 +36,8 @@ from eaml_ssm.features import Normalizer
 from eaml_ssm.feed import LiveWriter
 from eaml_ssm.tasks import Task
 
+TEST_SPLITS = ("heldout", "ood")  # the test splits of tasks.SPLITS: a stream and probes each
+
 
 @dataclass(frozen=True)
 class StreamData:
@@ -322,6 +324,7 @@ def variant(adapter: Adapter, **overrides: Any) -> Adapter:
 
 __all__ = [
     "SEED_STRIDE",
+    "TEST_SPLITS",
     "StreamData",
     "StreamRun",
     "UnitSeeds",

@@ -99,8 +99,8 @@ def test_probes_wiring_independent_units_and_splits() -> None:
     assert {t.seed for t in train0}.isdisjoint({t.seed for t in train1})
     ranges = tasks.quantity_ranges("Pendulum-v1")
     for train, p in ((train0, p0), (train1, p1)):
-        assert set(p.streams) == set(evaluate.SPLITS)
-        for split in evaluate.SPLITS:
+        assert set(p.streams) == set(protocol.TEST_SPLITS)
+        for split in protocol.TEST_SPLITS:
             assert len(p.tasks[split]) >= 5 and len(p.streams[split]) == len(p.tasks[split])
             assert all(len(s) == 32 for s in p.streams[split])
             assert {t.seed for t in p.tasks[split]}.isdisjoint({t.seed for t in train})

@@ -66,7 +66,6 @@ from eaml_ssm.evaluate.results import DOC_FILES, publish, rerender
 from eaml_ssm.evaluate.tables import method_table
 from eaml_ssm.evaluate.unit import (
     DIVERGED,
-    SPLITS,
     Probes,
     Unit,
     evaluate_unit,
@@ -85,7 +84,6 @@ __all__ = [
     "PREREGISTERED",
     "PROFILES",
     "REFERENCE",
-    "SPLITS",
     "STEP_VARIANTS",
     "ZERO_SHOT",
     "Method",

@@ -12,7 +12,8 @@ import numpy as np
 
 from eaml_ssm.evaluate.claims import REFERENCES, claims, effects, hybrid_controls, targets
 from eaml_ssm.evaluate.methods import REFERENCE, Method
-from eaml_ssm.evaluate.unit import SPLITS, is_diverged
+from eaml_ssm.evaluate.unit import is_diverged
+from eaml_ssm.protocol import TEST_SPLITS
 from eaml_ssm.stats import summarize
 from eaml_ssm.tasks import DYNAMICS_QUANTITIES, outside_factor, quantity_ranges
 
@@ -30,7 +31,7 @@ def aggregate(units: Sequence[dict[str, Any]], methods: dict[str, list[Method]])
         fam["negative_step_share"] = summarize(
             [u.get("negative_step_share", math.nan) for u in runs]
         ).to_dict()
-        for split in SPLITS:
+        for split in TEST_SPLITS:
             fam["splits"][split] = _aggregate_split(
                 [u["splits"][split] for u in runs], methods[family]
             )
@@ -38,7 +39,7 @@ def aggregate(units: Sequence[dict[str, Any]], methods: dict[str, list[Method]])
             family,
             {
                 sp: [q for r in runs for q in [r["splits"][sp].get("task_quantities", [])]]
-                for sp in SPLITS
+                for sp in TEST_SPLITS
             },
         )
         fam["targets"] = targets(fam, family)

@@ -10,8 +10,8 @@ from typing import Any
 
 from eaml_ssm.evaluate.claims import REFERENCES
 from eaml_ssm.evaluate.methods import PREREGISTERED, REFERENCE, ZERO_SHOT, matched_control_name
-from eaml_ssm.evaluate.unit import SPLITS
 from eaml_ssm.markdown import md_table
+from eaml_ssm.protocol import TEST_SPLITS
 from eaml_ssm.stats import Summary, paired, percent
 
 COLUMNS = (
@@ -176,13 +176,13 @@ def quantities_table(quantities: dict[str, Any]) -> str:
 
 def headline_table(agg: dict[str, Any]) -> str:
     """One compact table: the key rows of every family, both streams side by side."""
-    cols = [(split, k) for k in ("new", "F_train_fs") for split in SPLITS]
+    cols = [(split, k) for k in ("new", "F_train_fs") for split in TEST_SPLITS]
     head = [f"{'new' if k == 'new' else 'F train few-shot'} ({split})" for split, k in cols]
     body = []
     for family, fam in agg.items():
         splits = fam["splits"]
         for name in (*REFERENCES, ZERO_SHOT, *HEADLINE):
-            if name not in splits[SPLITS[0]]["rows"]:
+            if name not in splits[TEST_SPLITS[0]]["rows"]:
                 continue
             cells = []
             for split, k in cols:

@@ -34,7 +34,6 @@ from eaml_ssm.tasks import (
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("heldout", "ood")
 DIVERGED = 10.0  # nMSE above this (10x identity on training data) or non-finite: diverged
 
 
@@ -100,7 +99,7 @@ def make_probes(unit: Unit, data: pipeline.Data) -> Probes:
     old_streams = protocol.task_streams(old, 2 * m * p.pairs_per_task, norm, rollout)
     train_pairs = [q for s in old_streams for q in protocol.window_pairs(s, m, p.pairs_per_task)]
     streams, a_pairs, tasks = {}, {}, {}
-    for i, split in enumerate(SPLITS):
+    for i, split in enumerate(protocol.TEST_SPLITS):
         tasks[split] = test_tasks(unit, split)
         streams[split] = protocol.task_streams(
             tasks[split], p.stream_steps, norm, rollout + 1000 * (i + 1)
@@ -202,7 +201,7 @@ def evaluate_unit(unit: Unit) -> dict[str, Any]:
     out: dict[str, Any] = {"family": unit.family, "seed": unit.seed, "splits": {}, "before": {}}
     befores: dict[str, dict[str, float]] = {}
     prior = references.global_fit(data.store, data.normalizer)
-    for split in SPLITS:
+    for split in protocol.TEST_SPLITS:
         streams = probes.streams[split]
         whole = stream_scoring.concat_streams(streams, m)
         res: dict[str, Any] = {
