@@ -86,19 +86,36 @@ def plot_before_after(
 
 
 def plot_pareto(
-    path: Path, points: Mapping[str, tuple[float, float]], *, title: str
+    path: Path,
+    series: Mapping[str, Sequence[tuple[float, float, float]]],
+    points: Mapping[str, tuple[float, float]],
+    *,
+    title: str,
+    legend: str,
 ) -> Path | None:
-    """New-task error (x) against forgetting (y), one labelled point per method."""
+    """New-task error (x, log scale) against forgetting (y): one line per series of
+    (label value, x, y) points, each point after the first labelled with its value, plus
+    single named points."""
     plt = _pyplot()
-    if plt is None or not points:
+    if plt is None or not series:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for label, (x, y) in points.items():
-        ax.scatter([x], [y], s=20)
-        ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    for label, pts in series.items():
+        ax.plot([p[1] for p in pts], [p[2] for p in pts], marker="o", ms=4, lw=1.2, label=label)
+        for w, x, y in pts[1:]:
+            ax.annotate(f"{w:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    for name, (x, y) in points.items():
+        ax.scatter([x], [y], marker="s", s=28, zorder=3)
+        ax.annotate(name, (x, y), fontsize=7, xytext=(3, -9), textcoords="offset points")
     ax.set_xscale("log")
-    ax.set(title=title, xlabel="new-task nMSE", ylabel="few-shot forgetting (train tasks)")
+    ax.axhline(0.0, color="grey", lw=0.6)
+    ax.set(
+        title=title,
+        xlabel="new-task nMSE (prequential)",
+        ylabel="few-shot forgetting, training tasks",
+    )
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, title=legend, title_fontsize=7)
     return _finish(plt, fig, path)
 
 

@@ -8,20 +8,21 @@ contract). Each window is scored once, before its own data is used: prequential 
 
 Retention ("forgetting") is measured on held-out window pairs (a, b) of *old* tasks:
     0-shot    the current weights predict a+b from a zero state; b is scored;
-    few-shot  a copy of the current weights adapts on a (N steps), then b is scored.
+    few-shot  a copy of the current weights adapts on a (its `num_steps`), then b is scored.
 
 Every error is an nMSE: the MSE in the store-normalized target space, i.e. the MSE divided by
 the store's per-dimension target variance, averaged over dimensions (identity ~ 1 on the
 training distribution).
 
-Glossary: T stream steps, M window length, K windows, d model inputs, o targets.
+Symbols (T, M = m, K, d, o): see the glossary in eaml_ssm/__init__.py.
 """
 
 from __future__ import annotations
 
+import bisect
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,8 @@ from eaml_ssm.collect import rollout
 from eaml_ssm.features import Normalizer
 from eaml_ssm.feed import LiveWriter
 from eaml_ssm.tasks import Task
+
+TEST_SPLITS = ("heldout", "ood")  # the test splits of tasks.SPLITS: a stream and probes each
 
 
 @dataclass(frozen=True)
@@ -90,11 +93,25 @@ def _adapt_on(adapter: Adapter, x: Tensor, y: Tensor, reset: Tensor) -> int:
     return adapter.update_step(x, y)[1]
 
 
+def task_of(starts: Sequence[int], k: int) -> int:
+    """The task that window k belongs to; task t covers windows `starts[t]` to
+    `starts[t+1] - 1` (`starts` ends with the window count K)."""
+    return bisect.bisect_right(starts, k) - 1
+
+
+def scored_windows(starts: Sequence[int]) -> list[tuple[int, int, bool]]:
+    """(window k, its task, whether k is the first window after a task switch) for every
+    scored window k = 1..K-1 (see `task_of` for `starts`)."""
+    return [(k, task_of(starts, k), k in starts[1:-1]) for k in range(1, starts[-1])]
+
+
 @dataclass
 class StreamRun:
     """What one prequential pass over a stream measured."""
 
     errors: list[float]  # nMSE of windows 1..K-1
+    tasks: list[int] = field(default_factory=list)  # task of each scored window
+    switch: list[bool] = field(default_factory=list)  # first window after a task switch
     adapt_seconds: float = 0.0  # wall time inside `update_step`
     updates: int = 0  # adaptations run
     steps: int = 0  # accepted gradient steps
@@ -108,47 +125,56 @@ def prequential_run(
     adapt: bool,
     store: Any = None,
     task_id: int = 0,
+    starts: Sequence[int] | None = None,
+    on_task_done: Callable[[int], None] | None = None,
 ) -> StreamRun:
     """Score windows 1..K-1 of `data`, adapting on window k-1 before scoring window k.
 
+    `starts`: the first window of each task when `data` is several tasks' streams one after
+    another (ending with K; `stream_scoring.concat_streams`); default one task. The first
+    window after a switch is scored like any other. `on_task_done(t)` runs once the adapter
+    has used the last window of task t (before the next task's first window is scored).
+
     With `store` (a RingBuffer), the stream's transitions go into it as they arrive (raw rows,
-    `task_id`, the stream's own episode and step ids, through `eaml_ssm.feed.LiveWriter`):
-    window k-1 is in the store before the adapter adapts on it, so replay may draw on the
-    live stream (whether it does is `AdaptationConfig.replay_live`).
+    task id `task_id + t`, the stream's own episode and step ids, through
+    `eaml_ssm.feed.LiveWriter`, one writer per task): window k-1 is in the store before the
+    adapter adapts on it, so replay may draw on the live stream (whether it does is
+    `AdaptationConfig.replay_live`).
     """
     k_windows = len(data) // m
     if k_windows < 2:
         raise ValueError(f"stream of {len(data)} steps has fewer than 2 windows of {m}")
+    bounds = (0, k_windows) if starts is None else tuple(starts)
+    if bounds[0] != 0 or bounds[-1] != k_windows:
+        raise ValueError(f"task starts {bounds} must run from window 0 to {k_windows}")
     run = StreamRun(errors=[])
-    live = None if store is None else LiveWriter(store, task_id)
-    for k in range(1, k_windows):
+    writers: dict[int, LiveWriter] = {}
+
+    def arrive(k: int) -> None:  # window k's transitions into the store
+        if store is None:
+            return
+        task = task_of(bounds, k)
+        writer = writers.setdefault(task, LiveWriter(store, task_id + task))
+        rows = data.window(k, m)
+        writer.add_rows(data.raw_x[rows], data.raw_y[rows], data.reset[rows].numpy())
+
+    for k, task, first in scored_windows(bounds):
         prev, cur = data.window(k - 1, m), data.window(k, m)
-        if live is not None:
-            live.add_rows(data.raw_x[prev], data.raw_y[prev], data.reset[prev].numpy())
+        arrive(k - 1)
         if adapt:
             t0 = time.perf_counter()
-            steps = _adapt_on(adapter, data.x[prev], data.y[prev], data.reset[prev])
+            run.steps += _adapt_on(adapter, data.x[prev], data.y[prev], data.reset[prev])
             run.adapt_seconds += time.perf_counter() - t0
             run.updates += 1
-            run.steps += steps
+        if first and on_task_done is not None:
+            on_task_done(task - 1)
         span = slice(prev.start, cur.stop)
         pred = _predict_pair(adapter, data.x[span], data.reset[span], m)
         run.errors.append(nmse(pred, data.y[cur]))
-    if live is not None:  # the last window arrived too
-        last = data.window(k_windows - 1, m)
-        live.add_rows(data.raw_x[last], data.raw_y[last], data.reset[last].numpy())
+        run.tasks.append(task)
+        run.switch.append(first)
+    arrive(k_windows - 1)  # the last window arrived too
     return run
-
-
-def prequential(adapter: Adapter | None, data: StreamData, m: int, *, adapt: bool) -> list[float]:
-    """Per-window nMSE of windows 1..K-1 (window k scored after adapting on window k-1).
-
-    `adapter` carries its own mode (continual or GrBAL-style reset) and hybrid settings;
-    with `adapt=False` the weights are used as they are (no adaptation).
-    """
-    if adapter is None:
-        raise ValueError("prequential needs an Adapter")
-    return prequential_run(adapter, data, m, adapt=adapt).errors
 
 
 def identity_windows(data: StreamData, m: int, norm: Normalizer) -> list[float]:
@@ -182,7 +208,13 @@ def best_linear_windows(
 
     `norm` is accepted for compatibility and not needed: the stream is already normalized.
     """
-    results = {r: linear_windows(data, m, r) for r in ridges}
+    return best_ridge(linear_windows, ridges, data, m)
+
+
+def best_ridge(score: Any, ridges: Sequence[float], *args: Any) -> tuple[float, list[float]]:
+    """(ridge, per-window errors `score(*args, ridge)`) at the ridge with the lowest mean
+    error on this stream (the first of equals)."""
+    results = {r: score(*args, r) for r in ridges}
     best = min(results, key=lambda r: float(np.mean(results[r])))
     return best, results[best]
 
@@ -292,18 +324,21 @@ def variant(adapter: Adapter, **overrides: Any) -> Adapter:
 
 __all__ = [
     "SEED_STRIDE",
+    "TEST_SPLITS",
     "StreamData",
     "StreamRun",
     "UnitSeeds",
     "WindowPair",
     "best_linear_windows",
+    "best_ridge",
     "identity_windows",
     "linear_windows",
     "nmse",
-    "prequential",
     "prequential_run",
     "retention",
+    "scored_windows",
     "stream_data",
+    "task_of",
     "task_streams",
     "unit_seeds",
     "variant",

@@ -18,7 +18,6 @@ store-normalized inputs and targets.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -26,23 +25,12 @@ import torch
 
 from eaml_ssm.baselines import LinearModel, fit_ridge, fit_ridge_toward
 from eaml_ssm.features import Normalizer
-from eaml_ssm.protocol import nmse
+from eaml_ssm.protocol import best_ridge, identity_windows, nmse
 from eaml_ssm.stream_scoring import WholeStream
 
 GROWING_RIDGES = (1e-3, 0.1, 1.0, 10.0)
 PRIOR_RIDGES = (1.0, 10.0, 100.0, 1000.0)  # in rows: 100 means "as much as ~100 rows"
 PRIOR_ROWS = 50_000  # rows of the store used for the global fit (a deterministic stride)
-
-
-def identity_errors(whole: WholeStream, norm: Normalizer) -> list[float]:
-    """nMSE of "nothing changes" on every scored window of the whole stream."""
-    data, m = whole.data, whole.m
-    zero = norm.normalize_targets(torch.zeros(1, data.y.shape[1]))  # (1, o)
-    out = []
-    for k, _, _ in whole.scored():
-        y = data.y[k * m : (k + 1) * m]
-        out.append(nmse(zero.expand_as(y), y))
-    return out
 
 
 def _task_rows(whole: WholeStream, k: int) -> slice:
@@ -91,22 +79,16 @@ def ridge_prior_errors(whole: WholeStream, prior: LinearModel, ridge: float) -> 
     return out
 
 
-def best_of(score: Any, ridges: Sequence[float], *args: Any) -> tuple[float, list[float]]:
-    """(ridge, per-window errors) at the ridge with the lowest mean error on this stream."""
-    results = {r: score(*args, r) for r in ridges}
-    best = min(results, key=lambda r: float(np.mean(results[r])))
-    return best, results[best]
-
-
 def reference_rows(
     whole: WholeStream, norm: Normalizer, prior: LinearModel | None
 ) -> dict[str, dict[str, Any]]:
     """Per-window errors and their mean for every linear/identity reference."""
-    rows: dict[str, dict[str, Any]] = {"identity": {"curve": identity_errors(whole, norm)}}
-    ridge, errs = best_of(growing_linear_errors, GROWING_RIDGES, whole)
+    identity = identity_windows(whole.data, whole.m, norm)  # every scored window
+    rows: dict[str, dict[str, Any]] = {"identity": {"curve": identity}}
+    ridge, errs = best_ridge(growing_linear_errors, GROWING_RIDGES, whole)
     rows["linear"] = {"curve": errs, "ridge": ridge}
     if prior is not None:
-        ridge, errs = best_of(ridge_prior_errors, PRIOR_RIDGES, whole, prior)
+        ridge, errs = best_ridge(ridge_prior_errors, PRIOR_RIDGES, whole, prior)
         rows["ridge_prior"] = {"curve": errs, "ridge": ridge}
     for row in rows.values():
         row["new"] = float(np.mean(row["curve"]))
@@ -116,10 +98,8 @@ def reference_rows(
 __all__ = [
     "GROWING_RIDGES",
     "PRIOR_RIDGES",
-    "best_of",
     "global_fit",
     "growing_linear_errors",
-    "identity_errors",
     "reference_rows",
     "ridge_prior_errors",
 ]

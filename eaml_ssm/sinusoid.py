@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from eaml_ssm.maml import MetaMAML, TaskBatch
+from eaml_ssm.markdown import md_table
 from eaml_ssm.progress import progress
 from eaml_ssm.runtime import resolve_device
 
@@ -230,8 +231,8 @@ def _lr_range(maml: MetaMAML) -> dict[str, float]:
 # ----- reporting -------------------------------------------------------------------------------
 def format_table(results: dict[str, Any], steps: Sequence[int] = (0, 1, 5, 10)) -> str:
     """A markdown table: one row per (method, step size), query MSE mean +- 95% CI."""
-    head = "| method | train s | " + " | ".join(f"{k} step{'s' * (k != 1)}" for k in steps) + " |"
-    lines = [head, "|" + "---|" * (len(steps) + 2)]
+    head = ["method", "train s", *(f"{k} step{'s' * (k != 1)}" for k in steps)]
+    body = []
     for method, entry in results.items():
         for label, curve in entry["curves"].items():
             cells = []
@@ -246,9 +247,8 @@ def format_table(results: dict[str, Any], steps: Sequence[int] = (0, 1, 5, 10)) 
                     )
                 else:
                     cells.append(f"{c['mean']:.3f} ± {c['ci95']:.3f}")
-            name = f"{method} ({label})"
-            lines.append(f"| {name} | {entry['train_seconds']:.1f} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            body.append([f"{method} ({label})", f"{entry['train_seconds']:.1f}", *cells])
+    return md_table(head, body)
 
 
 def _out_path(out: str) -> Path:

@@ -19,8 +19,9 @@ Effect sizes follow the calibration study (shared/research/hybrid-feasibility.md
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -51,7 +52,17 @@ class Summary:
     n: int  # finite values
     n_bad: int  # non-finite values (diverged runs)
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Summary:
+        """The inverse of `to_dict`; None (a non-finite value in saved JSON) reads as NaN."""
+
+        def num(v: Any) -> float:
+            return math.nan if v is None else float(v)
+
+        return cls(num(d["mean"]), num(d["ci95"]), int(d["n"]), int(d["n_bad"]))
+
     def format(self, digits: int = 4) -> str:
+        """`mean ± ci` at `digits` decimals ("diverged" / "-" when no value is finite)."""
         if self.n == 0:
             return "diverged" if self.n_bad else "-"
         text = f"{self.mean:.{digits}f}"

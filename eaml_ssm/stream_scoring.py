@@ -11,23 +11,21 @@ Per switch, *recovery* is the number of windows after the switch until the error
 10 % of the task's settled value (the mean error of the task's last third of windows):
 0 means the switch window itself is already within 10 %.
 
-Glossary: m window length, N windows of the whole stream, t task index.
+Symbols (M = m, K, t): see the glossary in eaml_ssm/__init__.py.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from eaml_ssm.adaptation import Adapter
-from eaml_ssm.feed import LiveWriter
-from eaml_ssm.protocol import StreamData, _adapt_on, _predict_pair, nmse
+from eaml_ssm.protocol import StreamData, StreamRun, prequential_run, scored_windows, task_of
 
 RECOVERY_TOLERANCE = 0.1  # "recovered" = error within 10 % of the settled value
 
@@ -37,7 +35,7 @@ class WholeStream:
     """Test tasks concatenated; task t covers windows `starts[t]` to `starts[t+1] - 1`."""
 
     data: StreamData
-    starts: tuple[int, ...]  # first window of each task, plus N at the end
+    starts: tuple[int, ...]  # first window of each task, plus K at the end
     names: tuple[str, ...]
     m: int
 
@@ -47,11 +45,11 @@ class WholeStream:
 
     def task_of(self, k: int) -> int:
         """The task that window k belongs to."""
-        return int(np.searchsorted(self.starts, k, side="right")) - 1
+        return task_of(self.starts, k)
 
     def scored(self) -> list[tuple[int, int, bool]]:
-        """(window, task, is the first window after a switch) for windows 1..N-1."""
-        return [(k, self.task_of(k), k in self.starts[1:-1]) for k in range(1, self.windows)]
+        """(window, task, is the first window after a switch) for windows 1..K-1."""
+        return scored_windows(self.starts)
 
 
 def concat_streams(streams: Sequence[StreamData], m: int) -> WholeStream:
@@ -82,19 +80,6 @@ def concat_streams(streams: Sequence[StreamData], m: int) -> WholeStream:
     return WholeStream(data, tuple(starts), tuple(s.name for s in streams), m)
 
 
-@dataclass
-class WholeRun:
-    """One prequential pass over a whole stream."""
-
-    errors: list[float]  # nMSE of windows 1..N-1
-    tasks: list[int]  # task of each scored window
-    switch: list[bool]  # True for the first window after a switch
-    adapt_seconds: float = 0.0
-    updates: int = 0
-    steps: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 def whole_stream_run(
     adapter: Adapter,
     whole: WholeStream,
@@ -103,43 +88,25 @@ def whole_stream_run(
     store: Any = None,
     task_id_base: int = 10_000,
     on_task_done: Callable[[int], None] | None = None,
-) -> WholeRun:
-    """Score windows 1..N-1 of `whole`, adapting on window k-1 before scoring window k.
+) -> StreamRun:
+    """Score windows 1..K-1 of `whole`, adapting on window k-1 before scoring window k
+    (`protocol.prequential_run` over the tasks' windows).
 
     `on_task_done(t)` runs once the adapter has used the last window of task t (before the
     next task's first window is scored), e.g. to measure retention "right after task A".
     With `store`, every window goes into it as it arrives, before the adapter adapts on it
     (task id `task_id_base + t`, through the feed's `LiveWriter`: one writer per task).
     """
-    m, data = whole.m, whole.data
-    run = WholeRun(errors=[], tasks=[], switch=[])
-    writers: dict[int, LiveWriter] = {}
-
-    def arrive(k: int) -> None:  # window k's transitions into the store
-        if store is None:
-            return
-        t = whole.task_of(k)
-        writer = writers.setdefault(t, LiveWriter(store, task_id_base + t))
-        rows = slice(k * m, (k + 1) * m)
-        writer.add_rows(data.raw_x[rows], data.raw_y[rows], data.reset[rows].numpy())
-
-    for k, task, first in whole.scored():
-        prev, cur = slice((k - 1) * m, k * m), slice(k * m, (k + 1) * m)
-        arrive(k - 1)
-        if adapt:
-            t0 = time.perf_counter()
-            run.steps += _adapt_on(adapter, data.x[prev], data.y[prev], data.reset[prev])
-            run.adapt_seconds += time.perf_counter() - t0
-            run.updates += 1
-        if first and on_task_done is not None:
-            on_task_done(task - 1)
-        span = slice(prev.start, cur.stop)
-        pred = _predict_pair(adapter, data.x[span], data.reset[span], m)
-        run.errors.append(nmse(pred, data.y[cur]))
-        run.tasks.append(task)
-        run.switch.append(first)
-    arrive(whole.windows - 1)  # the last window arrived too
-    return run
+    return prequential_run(
+        adapter,
+        whole.data,
+        whole.m,
+        adapt=adapt,
+        store=store,
+        task_id=task_id_base,
+        starts=whole.starts,
+        on_task_done=on_task_done,
+    )
 
 
 def settled_error(errors: Sequence[float]) -> float:
@@ -178,7 +145,7 @@ def recovery(
     return out
 
 
-def stream_summary(run: WholeRun) -> dict[str, Any]:
+def stream_summary(run: StreamRun) -> dict[str, Any]:
     """Headline numbers of a whole-stream run: every scored window (`new`), the windows
     inside a task (`new_settled`: what a scheme that skips switch windows would report), the
     switch windows, and the mean recovery over switches."""
@@ -197,7 +164,6 @@ def stream_summary(run: WholeRun) -> dict[str, Any]:
 
 __all__ = [
     "RECOVERY_TOLERANCE",
-    "WholeRun",
     "WholeStream",
     "concat_streams",
     "recovery",

@@ -91,7 +91,7 @@ def test_probes_wiring_independent_units_and_splits() -> None:
     probes = {}
     for seed in (0, 1):
         unit = _unit(seed)
-        cfg_seed = evaluate._unit_config(unit).seed
+        cfg_seed = evaluate.unit_config(unit).seed
         train = tasks.sample_tasks("Pendulum-v1", 4, seed=cfg_seed, split="train")
         data = Data(family, train, None, norm)
         probes[seed] = (train, evaluate.make_probes(unit, data))
@@ -99,8 +99,8 @@ def test_probes_wiring_independent_units_and_splits() -> None:
     assert {t.seed for t in train0}.isdisjoint({t.seed for t in train1})
     ranges = tasks.quantity_ranges("Pendulum-v1")
     for train, p in ((train0, p0), (train1, p1)):
-        assert set(p.streams) == set(evaluate.SPLITS)
-        for split in evaluate.SPLITS:
+        assert set(p.streams) == set(protocol.TEST_SPLITS)
+        for split in protocol.TEST_SPLITS:
             assert len(p.tasks[split]) >= 5 and len(p.streams[split]) == len(p.tasks[split])
             assert all(len(s) == 32 for s in p.streams[split])
             assert {t.seed for t in p.tasks[split]}.isdisjoint({t.seed for t in train})
@@ -149,12 +149,10 @@ def test_step_size_variants_separate_sign_from_magnitude() -> None:
     assert math.isfinite(signed)
 
 
-def test_replay_source_rows_follow_the_adapter_option(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(evaluate, "has_replay_live", lambda: False)
-    assert evaluate.live_replay_rows() == []
-    monkeypatch.setattr(evaluate, "has_replay_live", lambda: True)
+def test_replay_source_rows_set_the_adapter_option() -> None:
     rows = {m.name: m for m in evaluate.live_replay_rows()}
     assert set(rows) == {"hybn_0.3_live", "hybn_0.3_oldonly"}
+    assert set(rows) <= {m.name for m in evaluate.method_grid("core")}
     for name, live in (("hybn_0.3_live", True), ("hybn_0.3_oldonly", False)):
         cfg = dict(rows[name].overrides)
         assert cfg["replay_live"] is live and cfg["experience_weight"] == 0.3

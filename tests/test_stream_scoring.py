@@ -72,6 +72,21 @@ def test_whole_stream_scores_the_switch_window_after_adapting_on_the_old_task(mo
     assert run.updates == 5 and run.steps == 5
 
 
+def test_whole_stream_writes_each_task_under_its_own_id() -> None:
+    """Every window reaches the store (the last one too), task t as task_id_base + t."""
+    import rust_buffer
+
+    store = rust_buffer.RingBuffer(100, 1, 1, seed=0)
+    whole = stream_scoring.concat_streams([stream(3.0), stream(-2.0, 2, seed=1)], M)
+    stream_scoring.whole_stream_run(
+        toy_adapter(0.5), whole, adapt=True, store=store, task_id_base=40
+    )
+    assert store.task_counts() == {40: 3 * M, 41: 2 * M}
+    np.testing.assert_array_equal(store.obs_view()[:, 0], whole.data.raw_x[:, 0])
+    with pytest.raises(ValueError, match="task starts"):
+        protocol.prequential_run(toy_adapter(0.5), whole.data, M, adapt=False, starts=(0, 3))
+
+
 def test_recovery_counts_windows_until_within_ten_percent_of_settled() -> None:
     errors = [0.9, 0.5, 0.5, 8.0, 4.0, 1.15, 1.0, 1.0, 1.0]
     tasks = [0, 0, 0, 1, 1, 1, 1, 1, 1]
@@ -81,7 +96,7 @@ def test_recovery_counts_windows_until_within_ten_percent_of_settled() -> None:
     # window within 10 % is the 4th of the task (index 3)
     assert rec == [{"windows": 3.0, "switch_error": 8.0, "settled": 1.0}]
     summary = stream_scoring.stream_summary(
-        stream_scoring.WholeRun(errors=errors, tasks=tasks, switch=switch)
+        protocol.StreamRun(errors=errors, tasks=tasks, switch=switch)
     )
     assert summary["switch"] == pytest.approx(8.0)
     assert summary["new"] == pytest.approx(np.mean(errors))

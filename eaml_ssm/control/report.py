@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from eaml_ssm.doc_blocks import update_doc
+from eaml_ssm.markdown import md_table
 from eaml_ssm.stats import summarize
 
 DEFAULT_RESULTS_DIR = Path("docs/results/control")
@@ -180,24 +181,40 @@ def render_markdown(summary: dict[str, Any]) -> str:
         f"device {s['device']} ({s['torch_threads']} thread).",
         f"Command: `{summary['command']}` ({summary['seconds']} s).",
         "",
-        "| split | method | return (mean ± 95% CI) | normalized score | steps in goal | "
-        "episodes ending in goal | plan ms/step | ms/step incl. adaptation | "
-        "CPU ms/step incl. adaptation | model nMSE |",
-        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    head = [
+        "split",
+        "method",
+        "return (mean ± 95% CI)",
+        "normalized score",
+        "steps in goal",
+        "episodes ending in goal",
+        "plan ms/step",
+        "ms/step incl. adaptation",
+        "CPU ms/step incl. adaptation",
+        "model nMSE",
+    ]
+    body = []
     for split, data in summary["splits"].items():
         for name, row in data["methods"].items():
             r, g = row["return"], row["goal_fraction"]
             ci = f" ± {r['ci95']:.1f}" if r["ci95"] is not None and math.isfinite(r["ci95"]) else ""
             planned = name != "random"
-            lines.append(
-                f"| {split} | {name} | {r['mean']:.1f}{ci} | {_fmt(row['normalized_score'], True)} "
-                f"| {_fmt(g['mean'], True)} | {row['episodes_ending_in_goal']}/{row['episodes']} "
-                f"| {_fmt(row['plan_ms']) if planned else '-'} "
-                f"| {_fmt(row['step_ms']) if planned else '-'} "
-                f"| {_fmt(row['step_cpu_ms']) if planned else '-'} "
-                f"| {_fmt(row['model_error_mean'], digits=4)} |"
+            body.append(
+                [
+                    split,
+                    name,
+                    f"{r['mean']:.1f}{ci}",
+                    _fmt(row["normalized_score"], True),
+                    _fmt(g["mean"], True),
+                    f"{row['episodes_ending_in_goal']}/{row['episodes']}",
+                    _fmt(row["plan_ms"]) if planned else "-",
+                    _fmt(row["step_ms"]) if planned else "-",
+                    _fmt(row["step_cpu_ms"]) if planned else "-",
+                    _fmt(row["model_error_mean"], digits=4),
+                ]
             )
+    lines.append(md_table(head, body))
     lines += ["", *_per_task_table(summary)]
     t = summary.get("targets", {})
     if t:
@@ -229,19 +246,14 @@ def _per_task_table(summary: dict[str, Any]) -> list[str]:
     names = [m for m in first["methods"] if m not in ("oracle", "random")]
     if not names:
         return []
-    lines = [
-        "Normalized score per task (mean over start seeds):",
-        "",
-        "| split | task | " + " | ".join(names) + " |",
-        "|---|---|" + "---|" * len(names),
-    ]
+    body = []
     for split, data in summary["splits"].items():
         for ti, params in enumerate(data["tasks"]):
             label = ", ".join(f"{k}={v:.2f}" for k, v in params.items())
             per = [data["methods"][m]["normalized_per_task"] for m in names]
-            cells = [_fmt(p[ti] if p else None, True) for p in per]
-            lines.append(f"| {split} | {label} | " + " | ".join(cells) + " |")
-    return lines
+            body.append([split, label, *(_fmt(p[ti] if p else None, True) for p in per)])
+    table = md_table(["split", "task", *names], body)
+    return ["Normalized score per task (mean over start seeds):", "", table]
 
 
 def write_outputs(summary: dict[str, Any], results: Path) -> None:
