@@ -17,13 +17,12 @@ from eaml_ssm import protocol
 from eaml_ssm.adapters import base_adapter, methods
 from eaml_ssm.artifacts import RunDir
 from eaml_ssm.config import RunConfig
+from eaml_ssm.markdown import md_table
 from eaml_ssm.plots import plot_before_after, plot_curve, plot_curves
 from eaml_ssm.progress import progress
 from eaml_ssm.run_data import Data
 from eaml_ssm.tasks import sample_tasks
 from eaml_ssm.train import Trained
-
-SPLITS = ("heldout", "ood")
 
 LIVE_TASK_BASE = 1_000_000  # task ids of the evaluation's live streams (training: 0..n-1)
 
@@ -56,9 +55,9 @@ def evaluate_stage(cfg: RunConfig, run: RunDir, data: Data, trained: Trained) ->
     curves: dict[str, dict[str, list[float]]] = {}
     per_task: dict[str, dict[str, list[float]]] = {}
     task_names: dict[str, list[str]] = {}
-    streams_total = len(SPLITS) * len(methods(cfg, base)) * cfg.num_test_tasks
+    streams_total = len(protocol.TEST_SPLITS) * len(methods(cfg, base)) * cfg.num_test_tasks
     bar = progress(total=streams_total, desc="adapt", unit="stream", quiet=cfg.quiet)
-    for split in SPLITS:
+    for split in protocol.TEST_SPLITS:
         test_tasks = sample_tasks(cfg.env_name, cfg.num_test_tasks, seed=cfg.seed, split=split)
         streams = protocol.task_streams(test_tasks, cfg.stream_steps, norm, cfg.seed + 104729)
         for name, (adapter, adapts) in methods(cfg, base).items():
@@ -71,7 +70,7 @@ def evaluate_stage(cfg: RunConfig, run: RunDir, data: Data, trained: Trained) ->
                     adapter.config.seed, adapter.experience.feed.old_tasks, buffer=store
                 )
             for i, s in enumerate(streams):  # A -> B -> C, without resetting between tasks
-                task_id = LIVE_TASK_BASE + 1000 * SPLITS.index(split) + i
+                task_id = LIVE_TASK_BASE + 1000 * protocol.TEST_SPLITS.index(split) + i
                 e = protocol.prequential_run(
                     adapter, s, m, adapt=adapts, store=store, task_id=task_id
                 ).errors
@@ -90,7 +89,7 @@ def evaluate_stage(cfg: RunConfig, run: RunDir, data: Data, trained: Trained) ->
             per_task.setdefault(split, {})[name] = task_means
         for name, fn in (
             ("identity", lambda s: protocol.identity_windows(s, m, norm)),
-            ("linear LS (best ridge)", lambda s: protocol.best_linear_windows(s, m, norm)[1]),
+            ("linear LS (best ridge)", lambda s: protocol.best_linear_windows(s, m)[1]),
         ):
             errs = [e for s in streams for e in fn(s)]
             rows.setdefault(name, {})[f"{split} nMSE"] = float(np.mean(errs))
@@ -158,16 +157,13 @@ def format_table(summary: dict[str, Any]) -> str:
         "ood old tasks few-shot",
         "ood old tasks 0-shot",
     ]
-    lines = [
-        "| method | " + " | ".join(cols) + " |",
-        "|---" * (len(cols) + 1) + "|",
+    rows = [
+        [name, *(f"{row[c]:.4f}" if c in row else "-" for c in cols)]
+        for name, row in summary["methods"].items()
     ]
-    for name, row in summary["methods"].items():
-        cells = [f"{row[c]:.4f}" if c in row else "-" for c in cols]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     before = summary["old_tasks_before"]
-    lines.append(
-        f"\nold (training) tasks before the streams: few-shot {before['few-shot']:.4f}, "
+    return (
+        md_table(["method", *cols], rows)
+        + f"\n\nold (training) tasks before the streams: few-shot {before['few-shot']:.4f}, "
         f"0-shot {before['0-shot']:.4f} (nMSE; identity ~ 1)"
     )
-    return "\n".join(lines)

@@ -11,6 +11,7 @@ from eaml_ssm.adaptation import Adapter, learned_inner_lrs
 from eaml_ssm.config import RunConfig
 from eaml_ssm.features import Normalizer
 from eaml_ssm.maml import MetaMAML
+from eaml_ssm.method_names import REFERENCE, hybrid_key, label
 from eaml_ssm.run_data import Data
 from eaml_ssm.runtime import resolve_device
 from eaml_ssm.train import Trained
@@ -46,11 +47,14 @@ def methods(cfg: RunConfig, base: Adapter) -> dict[str, tuple[Adapter, bool]]:
     w = cfg.experience_weight
     live = base.config.replay_live
     return {
-        "no adaptation": (protocol.variant(base), False),
-        "GrBAL reset (w=0)": (protocol.variant(base, mode="reset", experience_weight=0.0), True),
-        "continual (w=0)": (protocol.variant(base, mode="continual", experience_weight=0.0), True),
-        f"hybrid (w={w:g})": (protocol.variant(base, mode="continual", experience_weight=w), True),
-        f"hybrid (w={w:g}, replay_live={not live})": (
+        label("none"): (protocol.variant(base), False),
+        label("grbal"): (protocol.variant(base, mode="reset", experience_weight=0.0), True),
+        label(REFERENCE): (protocol.variant(base, mode="continual", experience_weight=0.0), True),
+        label(hybrid_key(w)): (
+            protocol.variant(base, mode="continual", experience_weight=w),
+            True,
+        ),
+        label(hybrid_key(w, not live)): (
             protocol.variant(base, mode="continual", experience_weight=w, replay_live=not live),
             True,
         ),

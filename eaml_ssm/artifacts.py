@@ -269,8 +269,3 @@ RESUME_FREE_FIELDS = {
 def config_diff(saved: dict[str, Any], now: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     keys = sorted((set(saved) | set(now)) - RESUME_FREE_FIELDS)
     return [(k, saved.get(k), now.get(k)) for k in keys if saved.get(k) != now.get(k)]
-
-
-# --- TEMPORARY (issue 12): evaluate.py imports seed_everything from here; it moved to
-# eaml_ssm.runtime (the one runtime block). The lead removes this line at merge.
-from eaml_ssm.runtime import seed_everything  # noqa: E402, F401

@@ -100,19 +100,9 @@ def run_stage(command: str, cfg: RunConfig, *, resume: bool = False) -> int:
     return 0
 
 
-# --- TEMPORARY (issue 12): names evaluate.py still reads as `pipeline.X`; the lead removes
-# this block when evaluate.py imports them from their modules.
-from eaml_ssm.adapters import base_adapter  # noqa: E402
-from eaml_ssm.models import build_model  # noqa: E402
-from eaml_ssm.runtime import resolve_device  # noqa: E402
-
 __all__ = [
-    "Data",  # temporary re-export, see above
-    "base_adapter",  # temporary re-export
-    "build_model",  # temporary re-export
     "collect_stage",
     "control_stage",
-    "resolve_device",  # temporary re-export
     "run_stage",
     "train_stage",
 ]

@@ -202,12 +202,9 @@ def linear_windows(data: StreamData, m: int, ridge: float) -> list[float]:
 
 
 def best_linear_windows(
-    data: StreamData, m: int, norm: Normalizer | None = None, ridges: Sequence[float] = RIDGES
+    data: StreamData, m: int, ridges: Sequence[float] = RIDGES
 ) -> tuple[float, list[float]]:
-    """The linear baseline at its best ridge (chosen on this stream: optimistic for it).
-
-    `norm` is accepted for compatibility and not needed: the stream is already normalized.
-    """
+    """The linear baseline at its best ridge (chosen on this stream: optimistic for it)."""
     return best_ridge(linear_windows, ridges, data, m)
 
 

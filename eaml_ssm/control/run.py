@@ -39,6 +39,7 @@ from eaml_ssm.control.planners import PLANNERS, Dynamics, Planner, make_planner
 from eaml_ssm.control.report import DEFAULT_RESULTS_DIR, render_markdown, rerender, summarize_grid
 from eaml_ssm.control.rewards import get_reward
 from eaml_ssm.features import Normalizer
+from eaml_ssm.protocol import TEST_SPLITS
 from eaml_ssm.run_data import STORE_FILE
 from eaml_ssm.run_folders import existing_run
 from eaml_ssm.runtime import resolve_device
@@ -48,7 +49,6 @@ log = logging.getLogger(__name__)
 
 # Live transitions get task ids far above any collected task's (collection numbers from 0).
 LIVE_TASK_BASE = 1_000_000
-SPLITS = ("heldout", "ood")
 
 PROFILES: dict[str, dict[str, Any]] = {
     # fits in 10 minutes on 2 CPU cores (a smaller budget, fewer tasks)
@@ -73,7 +73,7 @@ class ControlOptions:
     seed: int = 0
     device: str = "auto"
     methods: tuple[str, ...] = ()  # empty: all
-    splits: tuple[str, ...] = SPLITS
+    splits: tuple[str, ...] = TEST_SPLITS
 
     def validate(self) -> None:
         if self.planner not in PLANNERS:
@@ -83,9 +83,9 @@ class ControlOptions:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
         if self.num_candidates < 2:
             raise ValueError(f"--num_candidates must be >= 2, got {self.num_candidates}")
-        bad = sorted(set(self.splits) - set(SPLITS))
+        bad = sorted(set(self.splits) - set(TEST_SPLITS))
         if bad or not self.splits:
-            raise ValueError(f"--splits must be some of {SPLITS}, got {list(self.splits)}")
+            raise ValueError(f"--splits must be some of {TEST_SPLITS}, got {list(self.splits)}")
         if self.warmup < 0 or self.adapt_every < 0:
             raise ValueError("--warmup and --adapt_every must be >= 0")
         if self.episodes < 2:
@@ -248,7 +248,7 @@ def run_grid(trained: TrainedRun, opts: ControlOptions) -> dict[str, Any]:
     episodes: list[dict[str, Any]] = []
     tasks: dict[str, list[dict[str, float]]] = {}
     t0 = time.perf_counter()
-    for si, split in enumerate(SPLITS):
+    for si, split in enumerate(TEST_SPLITS):
         if split not in opts.splits:
             continue
         split_tasks = sample_tasks(cfg.env_name, opts.tasks, seed=cfg.seed, split=split)
@@ -395,7 +395,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated subset of the methods (default: all)",
     )
     parser.add_argument(
-        "--splits", type=str, default=",".join(SPLITS), help="comma-separated test splits"
+        "--splits", type=str, default=",".join(TEST_SPLITS), help="comma-separated test splits"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the start states")
     parser.add_argument(

@@ -46,14 +46,11 @@ from eaml_ssm.evaluate.cli import add_arguments, run
 from eaml_ssm.evaluate.joint import train_joint
 from eaml_ssm.evaluate.methods import (
     HYBRID_WEIGHTS,
-    LABELS,
     LEVELS,
     PREREGISTERED,
-    REFERENCE,
     STEP_VARIANTS,
     ZERO_SHOT,
     Method,
-    label,
     live_replay_rows,
     matched_control_name,
     method_grid,
@@ -74,6 +71,7 @@ from eaml_ssm.evaluate.unit import (
     run_method,
     unit_config,
 )
+from eaml_ssm.method_names import LABELS, REFERENCE, label
 
 __all__ = [
     "DIVERGED",

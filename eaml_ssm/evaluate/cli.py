@@ -12,8 +12,6 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from eaml_ssm.artifacts import finite, fresh_run_dir
 from eaml_ssm.evaluate.methods import LEVELS, method_grid
 from eaml_ssm.evaluate.profiles import PROFILES, resolve_profile
@@ -83,7 +81,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the profile, write the run folder, print the tables; returns the exit code."""
-    torch.set_num_threads(1)
     if args.publish and not args.rerender:
         raise ValueError("--publish needs --rerender RUN_DIR (the run to publish)")
     if args.rerender:

@@ -9,11 +9,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from eaml_ssm import pipeline
 from eaml_ssm.adaptation import Adapter
 from eaml_ssm.config import RunConfig
 from eaml_ssm.feed import StoreLoader, draw_seed
+from eaml_ssm.models import build_model
+from eaml_ssm.run_data import Data
+from eaml_ssm.runtime import resolve_device
 from eaml_ssm.ssm import SSM
+from eaml_ssm.train import run_steps
 
 if TYPE_CHECKING:
     from eaml_ssm.evaluate.models import Models
@@ -21,23 +24,28 @@ if TYPE_CHECKING:
 _JOINT_TAG = 0x10E7  # seed-sequence tag of the joint baseline's batches
 
 
-def train_joint(cfg: RunConfig, data: pipeline.Data, steps: int, seq_len: int) -> SSM:
-    """A non-meta SSM: Adam on store sequence windows, MSE from a zero state."""
-    device = pipeline.resolve_device(cfg.device)
-    model = pipeline.build_model(cfg, data.family, device)
+def train_joint(cfg: RunConfig, data: Data, steps: int, seq_len: int) -> SSM:
+    """A non-meta SSM: Adam on store sequence windows, MSE from a zero state (the one
+    training loop, `eaml_ssm.train.run_steps`, with a plain gradient step)."""
+    device = resolve_device(cfg.device)
+    model = build_model(cfg, data.family, device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.outer_lr)
     batch = 4 * cfg.meta_batch_size
     # the one feed; draw k seeded by (seed, k, tag) so the batches do not depend on what
     # else used the store's generator before
     seed = draw_seed(cfg.seed, 0, _JOINT_TAG)
     with StoreLoader(data.store, device, data.normalizer, seed=seed) as loader:
-        for _ in range(steps):
+
+        def update(step: int) -> float:
             x, y, _ = loader.sequences(batch, seq_len)  # (b, l, d), (b, l, o)
             pred, _ = model(x, model.init_hidden(batch))
             loss = torch.nn.functional.mse_loss(pred, y)
             opt.zero_grad()
             loss.backward()
             opt.step()
+            return float(loss.detach())
+
+        run_steps(update, 0, steps, [], desc="joint", what="joint training", quiet=True)
     return model
 
 

@@ -9,12 +9,13 @@ returns the rows of a level ("sanity", "core", "cartpole", "all", "stability", "
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
-REFERENCE = "cont_w0"  # effect sizes are measured against continual w = 0
-PREREGISTERED = "hybn_0.3"  # the hybrid setting fixed before the run (calibration study)
+from eaml_ssm.method_names import REFERENCE, hybrid_key
+
+W_PRE = 0.3  # the hybrid weight fixed before the run (calibration study)
+PREREGISTERED = hybrid_key(W_PRE)  # "hybn_0.3"
 
 
 @dataclass(frozen=True)
@@ -69,31 +70,6 @@ STEP_VARIANTS = ("maml_pos", "maml_abs", "maml_posm", "maml_absm")
 SIGNED: dict[str, Any] = {"nonnegative_lrs": False}
 
 
-# Display labels: the names the pipeline's summary gives the same methods
-# (`eaml_ssm.pipeline.methods`); hybrids are labelled by `label` from their key.
-LABELS: dict[str, str] = {
-    "none": "no adaptation",
-    "grbal": "GrBAL reset (w=0)",
-    REFERENCE: "continual (w=0)",
-}
-_HYBRID_KEY = re.compile(r"hybn_([0-9]+(?:\.[0-9]+)?)(?:_(live|oldonly))?")
-
-
-def label(key: str) -> str:
-    """The display label of method `key`: LABELS; a normalized hybrid `hybn_<w>` is
-    "hybrid (w=<w>)", with its replay source (`hybn_<w>_live` / `_oldonly`)
-    "hybrid (w=<w>, replay_live=True/False)"; any other key is its own label."""
-    if key in LABELS:
-        return LABELS[key]
-    match = _HYBRID_KEY.fullmatch(key)
-    if match is None:
-        return key
-    w = f"{float(match[1]):g}"
-    if match[2] is None:
-        return f"hybrid (w={w})"
-    return f"hybrid (w={w}, replay_live={match[2] == 'live'})"
-
-
 def matched_control_name(w: float) -> str:
     """The continual w = 0 row at the effective step of a normalized hybrid of weight w."""
     return f"{REFERENCE}_m{w:g}"
@@ -120,12 +96,12 @@ def live_replay_rows() -> list[Method]:
     for live in (False, True):
         out.append(
             _m(
-                f"{PREREGISTERED}_{'live' if live else 'oldonly'}",
+                hybrid_key(W_PRE, live),
                 group="replay source",
-                weight=0.3,
+                weight=W_PRE,
                 store="live",
                 mode="continual",
-                experience_weight=0.3,
+                experience_weight=W_PRE,
                 normalize=True,
                 replay_live=live,
             )
@@ -141,7 +117,7 @@ def step_size_rows() -> list[Method]:
         tag = model.removeprefix("maml")
         out += [
             _m(f"{REFERENCE}{tag}", model=model, mode="continual", experience_weight=0.0),
-            _m(f"{PREREGISTERED}{tag}", model=model, mode="continual", experience_weight=0.3),
+            _m(f"{PREREGISTERED}{tag}", model=model, mode="continual", experience_weight=W_PRE),
         ]
     return out
 
@@ -171,7 +147,7 @@ def _stability_grid() -> list[Method]:
             _m(
                 f"hybn_0.3_lrx2{tag}",
                 mode="continual",
-                experience_weight=0.3,
+                experience_weight=W_PRE,
                 lr_scale=2.0,
                 **guard,
             ),
@@ -196,19 +172,19 @@ def method_grid(level: str) -> list[Method]:
         _m("none", adapt=False, group="baseline"),
         _m("grbal", group="baseline", weight=0.0, mode="reset", experience_weight=0.0),
         _m(REFERENCE, group="baseline", weight=0.0, **w0),
-        _hybrid(0.3, True, "uniform"),
+        _hybrid(W_PRE, True, "uniform"),
         _hybrid(1.0, True, "uniform"),
         _hybrid(1.0, False, "uniform"),
         _m("l2_1", group="l2", mode="continual", experience_weight=0.0, anchor_weight=1.0),
     ]
     zero_shot = _m(ZERO_SHOT, model="joint", adapt=False, group="baseline")
     if level == "sanity":
-        return [*grid[:4], zero_shot, matched_control(0.3)]
+        return [*grid[:4], zero_shot, matched_control(W_PRE)]
     if level == "stability":
         return [*grid[:3], zero_shot, *_stability_grid()]
     if level == "steps":
         return [*grid[:4], zero_shot, *step_size_rows()]
-    grid += [zero_shot, matched_control(0.3), matched_control(1.0), *live_replay_rows()]
+    grid += [zero_shot, matched_control(W_PRE), matched_control(1.0), *live_replay_rows()]
     if level == "core":
         return grid
     grid += [
@@ -234,10 +210,10 @@ def method_grid(level: str) -> list[Method]:
             _m(f"{prefix}_grbal", model=model, mode="reset", experience_weight=0.0),
             _m(f"{prefix}_{REFERENCE}", model=model, **w0),
             _m(
-                f"{prefix}_hybn_0.3",
+                f"{prefix}_{PREREGISTERED}",
                 model=model,
                 mode="continual",
-                experience_weight=0.3,
+                experience_weight=W_PRE,
                 normalize=True,
             ),
         ]
@@ -258,7 +234,7 @@ def method_grid(level: str) -> list[Method]:
                 f"hybn_0.3_{retention}",
                 store=retention,
                 mode="continual",
-                experience_weight=0.3,
+                experience_weight=W_PRE,
                 replay="rows",  # a reservoir store keeps few intact windows: rows for both
             )
         )

@@ -15,14 +15,17 @@ from typing import Any
 
 import torch
 
-from eaml_ssm import pipeline
 from eaml_ssm.adaptation import Adapter, ExperienceSource, learned_inner_lrs
+from eaml_ssm.adapters import base_adapter
 from eaml_ssm.artifacts import RunDir
 from eaml_ssm.collect import build_store
 from eaml_ssm.config import RunConfig
 from eaml_ssm.evaluate.joint import joint_adapter
 from eaml_ssm.evaluate.methods import SIGNED, STEP_VARIANTS
 from eaml_ssm.positive_steps import train_softplus
+from eaml_ssm.run_data import Data
+from eaml_ssm.runtime import resolve_device
+from eaml_ssm.train import meta_train
 
 
 @dataclass
@@ -30,7 +33,7 @@ class Models:
     """Trained weights of one unit, cached per variant ("maml", "fo", "joint")."""
 
     cfg: RunConfig
-    data: pipeline.Data
+    data: Data
     work: Path
     joint_steps: int
     cache: dict[str, Adapter] = field(default_factory=dict)
@@ -53,12 +56,12 @@ class Models:
             trained = train_softplus(self.cfg, RunDir(self.work / kind), self.data)
             self.seconds[kind] = round(trained.seconds, 2)
             self.mamls[kind] = trained.maml
-            return pipeline.base_adapter(self.cfg, trained, self.data, **SIGNED)
+            return base_adapter(self.cfg, trained, self.data, **SIGNED)
         cfg = dataclasses.replace(self.cfg, first_order=(kind == "fo"))
         run = RunDir(self.work / kind)
-        trained = pipeline.train_stage(cfg, run, self.data, resume=False)
+        trained = meta_train(cfg, self.data, run, resolve_device(cfg.device))
         self.seconds[kind] = round(trained.seconds, 2)
-        base = pipeline.base_adapter(cfg, trained, self.data, **SIGNED)
+        base = base_adapter(cfg, trained, self.data, **SIGNED)
         self.mamls[kind] = trained.maml
         if kind == "maml":
             self.alpha = mean_inner_lr(trained.maml)

@@ -15,15 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from eaml_ssm import pipeline, protocol, references, stream_scoring
+from eaml_ssm import protocol, references, runtime, stream_scoring
 from eaml_ssm.adaptation import Adapter
-from eaml_ssm.artifacts import RunDir, finite, seed_everything
+from eaml_ssm.artifacts import RunDir, finite
 from eaml_ssm.config import RunConfig
-from eaml_ssm.evaluate.methods import Method
+from eaml_ssm.evaluate.methods import W_PRE, Method
 from eaml_ssm.evaluate.models import Models, negative_share, small_store, store_adapter
 from eaml_ssm.evaluate.profiles import Profile
+from eaml_ssm.run_data import Data, collect
 from eaml_ssm.tasks import (
     DYNAMICS_QUANTITIES,
     Task,
@@ -66,7 +65,7 @@ def unit_config(unit: Unit) -> RunConfig:
         query_len=p.window,
         stream_steps=p.stream_steps,
         num_test_tasks=p.test_tasks,
-        experience_weight=0.3,
+        experience_weight=W_PRE,
     )
 
 
@@ -92,7 +91,7 @@ def test_tasks(unit: Unit, split: str) -> list[Task]:
     return sample_tasks(unit.family, p.test_tasks, seed=first, split=split)
 
 
-def make_probes(unit: Unit, data: pipeline.Data) -> Probes:
+def make_probes(unit: Unit, data: Data) -> Probes:
     p, norm, m = unit.profile, data.normalizer, unit.profile.window
     rollout = protocol.unit_seeds(unit.seed, p.num_tasks, p.test_tasks).rollout
     old = data.train_tasks[: p.old_tasks]
@@ -189,12 +188,11 @@ def _retention(
 
 def evaluate_unit(unit: Unit) -> dict[str, Any]:
     """Train (cached per variant) and run every method of `unit` on both streams."""
-    torch.set_num_threads(1)
-    seed_everything(unit.seed)
+    runtime.setup(unit.seed, threads=1, device=unit.profile.device)
     t0 = time.perf_counter()
     cfg = unit_config(unit)
     work = Path(unit.work)
-    data = pipeline.collect_stage(cfg, RunDir(work / "data"))
+    data = collect(cfg, RunDir(work / "data"))
     models = Models(cfg, data, work, unit.profile.joint_steps)
     probes = make_probes(unit, data)
     m = unit.profile.window
