@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tiny_run import TINY_RUN
 
 from eaml_ssm import evaluate
 
@@ -30,18 +31,7 @@ UPDATE = os.environ.get("EAML_SSM_UPDATE_GOLDEN") == "1"
 TIMING_KEYS = frozenset({"seconds", "train_seconds", "ms_per_step", "wall_seconds"})
 RTOL, ATOL = 1e-5, 1e-8
 
-PIPELINE = [
-    "--num_tasks", "4",
-    "--meta_batch_size", "2",
-    "--steps_per_task", "200",
-    "--num_epochs", "4",
-    "--stream_steps", "48",
-    "--num_test_tasks", "1",
-    "--hidden_dim", "16",
-    "--state_dim", "8",
-    "--device", "cpu",
-    "--quiet",
-]  # fmt: skip
+PIPELINE = [*TINY_RUN, "--device", "cpu"]
 
 
 def leaves(value: Any, path: str = "") -> dict[str, Any]:

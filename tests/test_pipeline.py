@@ -9,20 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_run import TINY_RUN
 
 from eaml_ssm.artifacts import load_checkpoint
 
-TINY = [
-    "--num_tasks", "4",
-    "--meta_batch_size", "2",
-    "--steps_per_task", "200",
-    "--num_epochs", "4",
-    "--stream_steps", "48",
-    "--num_test_tasks", "1",
-    "--hidden_dim", "16",
-    "--state_dim", "8",
-    "--quiet",
-]  # fmt: skip
+TINY = TINY_RUN
 
 
 # The tiny run uses the default device (auto): on a CUDA machine it trains on the GPU, whose
