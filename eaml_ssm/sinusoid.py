@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from eaml_ssm.maml import MetaMAML, TaskBatch
 from eaml_ssm.progress import progress
 
-__all__ = ["SinusoidConfig", "add_arguments", "main", "run", "run_benchmark", "sample_tasks"]
+__all__ = ["SinusoidConfig", "add_arguments", "draw_sinusoids", "main", "run", "run_benchmark"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class SinusoidConfig:
 
 
 # ----- data ------------------------------------------------------------------------------------
-def sample_tasks(
+def draw_sinusoids(
     n_tasks: int, n_support: int, n_query: int, generator: torch.Generator
 ) -> TaskBatch:
     """Stacked sinusoid tasks: support (T, n_support, 1) and query (T, n_query, 1)."""
@@ -114,7 +114,7 @@ def train_meta(
     start = time.perf_counter()
     with _progress(cfg.iterations, name, quiet) as bar:
         for it in range(cfg.iterations):
-            batch = _to(sample_tasks(cfg.meta_batch, cfg.k_shot, cfg.k_shot, gen), device)
+            batch = _to(draw_sinusoids(cfg.meta_batch, cfg.k_shot, cfg.k_shot, gen), device)
             loss = maml.meta_update(batch)
             losses.append(loss)
             if (it + 1) % 100 == 0:
@@ -140,7 +140,7 @@ def train_pretrain(cfg: SinusoidConfig, quiet: bool = False) -> tuple[nn.Module,
     losses: list[float] = []
     with _progress(cfg.iterations, "pretrain", quiet) as bar:
         for it in range(cfg.iterations):
-            batch = _to(sample_tasks(cfg.meta_batch, cfg.k_shot, cfg.k_shot, gen), device)
+            batch = _to(draw_sinusoids(cfg.meta_batch, cfg.k_shot, cfg.k_shot, gen), device)
             x = torch.cat((batch.support_x, batch.query_x), dim=1).reshape(-1, 1)  # (T*2k, 1)
             y = torch.cat((batch.support_y, batch.query_y), dim=1).reshape(-1, 1)
             loss = F.mse_loss(model(x), y)
@@ -180,7 +180,7 @@ def evaluate(
 
 def eval_tasks(cfg: SinusoidConfig) -> TaskBatch:
     gen = torch.Generator().manual_seed(cfg.eval_seed)
-    return _to(sample_tasks(cfg.eval_tasks, cfg.k_shot, cfg.eval_query, gen), _device(cfg))
+    return _to(draw_sinusoids(cfg.eval_tasks, cfg.k_shot, cfg.eval_query, gen), _device(cfg))
 
 
 def _device(cfg: SinusoidConfig) -> torch.device:

@@ -47,7 +47,7 @@ def test_outside_factor() -> None:
 def test_the_old_parameter_ood_split_is_partly_in_range() -> None:
     """Why the split moved: v1's out-of-range Pendulum tasks keep g/l inside its range."""
     r = tasks.quantity_ranges("Pendulum-v1")
-    old = [tasks.sample_task("Pendulum-v1", s, "ood") for s in range(10)]
+    old = [tasks.draw_task("Pendulum-v1", s, "ood") for s in range(10)]
     assert all(r["g/l"][0] <= t.params["g"] / t.params["l"] <= r["g/l"][1] for t in old)
 
 
@@ -56,15 +56,15 @@ def test_dynamics_ood_tasks_are_outside_in_every_quantity(family: str) -> None:
     ranges = tasks.quantity_ranges(family)
     lo, hi = tasks.DYNAMICS_OOD_FACTORS
     for seed in range(8):
-        task = tasks.sample_dynamics_ood(family, seed)
+        task = tasks.draw_dynamics_ood(family, seed)
         assert task.split == "ood" and task.seed == seed
         for q, value in tasks.dynamics_quantities(task).items():
             assert lo <= tasks.outside_factor(value, ranges[q]) <= hi, (seed, q, value)
-    again = tasks.sample_dynamics_ood(family, 3)
-    assert again.params == tasks.sample_dynamics_ood(family, 3).params
-    assert again.params != tasks.sample_dynamics_ood(family, 4).params
+    again = tasks.draw_dynamics_ood(family, 3)
+    assert again.params == tasks.draw_dynamics_ood(family, 3).params
+    assert again.params != tasks.draw_dynamics_ood(family, 4).params
     with pytest.raises(ValueError, match="factors"):
-        tasks.sample_dynamics_ood(family, 0, factors=(2.0, 1.5))
+        tasks.draw_dynamics_ood(family, 0, factors=(2.0, 1.5))
 
 
 def _unit(seed: int) -> evaluate.Unit:
@@ -92,7 +92,7 @@ def test_probes_wiring_independent_units_and_splits() -> None:
     for seed in (0, 1):
         unit = _unit(seed)
         cfg_seed = evaluate._unit_config(unit).seed
-        train = tasks.sample_tasks("Pendulum-v1", 4, seed=cfg_seed, split="train")
+        train = tasks.draw_tasks("Pendulum-v1", 4, seed=cfg_seed, split="train")
         data = Data(family, train, None, norm)
         probes[seed] = (train, evaluate.make_probes(unit, data))
     (train0, p0), (train1, p1) = probes[0], probes[1]

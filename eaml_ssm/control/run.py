@@ -37,7 +37,7 @@ from eaml_ssm.control.planners import PLANNERS, Dynamics, Planner, make_planner
 from eaml_ssm.control.report import DEFAULT_RESULTS_DIR, render_markdown, rerender, summarize_grid
 from eaml_ssm.control.rewards import get_reward
 from eaml_ssm.features import Normalizer
-from eaml_ssm.tasks import Task, get_family, sample_tasks
+from eaml_ssm.tasks import Task, draw_tasks, get_family
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ def run_grid(trained: TrainedRun, opts: ControlOptions) -> dict[str, Any]:
     for si, split in enumerate(SPLITS):
         if split not in opts.splits:
             continue
-        split_tasks = sample_tasks(cfg.env_name, opts.tasks, seed=cfg.seed, split=split)
+        split_tasks = draw_tasks(cfg.env_name, opts.tasks, seed=cfg.seed, split=split)
         tasks[split] = [dict(t.params) for t in split_tasks]
         for ti, task in enumerate(split_tasks):
             for e in range(opts.episodes):
