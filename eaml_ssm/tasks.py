@@ -19,8 +19,8 @@ a 1-D ``Box`` observation space and a ``Discrete`` or ``Box`` action space is a 
 family without randomization (``params == {}`` for every split). Anything else raises a
 ``ValueError`` that lists what is supported.
 
-Glossary: ``ds`` state (observation) dim, ``da`` action-encoding dim (one-hot size for
-``Discrete``, action dim for ``Box``).
+Shapes: see the glossary in eaml_ssm/__init__.py (``ds`` is the observation size, ``da`` the
+one-hot size for ``Discrete`` actions or the action size for ``Box`` ones).
 """
 
 from __future__ import annotations
@@ -404,16 +404,16 @@ def _fixed(family: TaskFamily, fixed: Mapping[str, float] | None) -> dict[str, f
 
 def draw_tasks(
     env_name: str,
-    n: int,
+    count: int,
     *,
     seed: int = 0,
     split: str = "train",
     fixed: Mapping[str, float] | None = None,
 ) -> list[Task]:
-    """`n` tasks with seeds `seed, seed+1, ...` (distinct physics for a randomized family)."""
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    return [draw_task(env_name, seed + i, split, fixed=fixed) for i in range(n)]
+    """`count` tasks with seeds `seed, seed+1, ...` (distinct physics for a randomized family)."""
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    return [draw_task(env_name, seed + i, split, fixed=fixed) for i in range(count)]
 
 
 def make_task(env_name: str, params: Mapping[str, float], split: str = "train") -> Task:
@@ -511,7 +511,7 @@ def draw_dynamics_ood(
     family = get_family(env_name)
     table = DYNAMICS_QUANTITIES[env_name]
     rng = np.random.default_rng([zlib.crc32(env_name.encode()), 7, int(seed)])
-    logs = np.log([[p.default / 4.0, p.default * 4.0] for p in family.params])  # (P, 2)
+    logs = np.log([[p.default / 4.0, p.default * 4.0] for p in family.params])  # (parameters, 2)
     for _ in range(max_tries):
         values = np.exp(rng.uniform(logs[:, 0], logs[:, 1]))
         params = {n: float(v) for n, v in zip(family.param_names, values, strict=True)}

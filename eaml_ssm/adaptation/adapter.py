@@ -426,7 +426,7 @@ class Adapter:
         return total, current
 
     def _experience_loss(self, full: Mapping[str, Tensor], batch: tuple[Tensor, Tensor]) -> Tensor:
-        obs, tgt = batch  # rows (k, d), (k, o) or windows (b, l, d), (b, l, o)
+        obs, tgt = batch  # rows (n, d), (n, o) or windows (b, l, d), (b, l, o)
         if obs.dim() == 2 or not self.stateful:
             if obs.dim() == 3:  # windows for a stateless model: score the steps after burn-in
                 burn = self.config.burn_in
@@ -435,7 +435,7 @@ class Adapter:
             pred, _ = call(self.model, full, obs, h, stateful=self.stateful)
             return self.loss_fn(pred, tgt)
         burn = self.config.burn_in
-        h = self.init_hidden(obs.shape[0])  # (b, h): each window runs from its own context
+        h = self.init_hidden(obs.shape[0])  # (b, z): each window runs from its own context
         if burn > 0:
             with torch.no_grad():
                 _, h = call(self.model, full, obs[:, :burn], h, stateful=True)

@@ -10,6 +10,8 @@ plays one episode from the same start state:
     oracle               the same planner and budget on the task's true dynamics
     random               uniform random actions
 
+(M is ``--adapt_every``; w in a method's name is its replay weight ``experience_weight``.)
+
 Results: mean return with 95% intervals, the normalized score
 (R - R_random) / (R_oracle - R_random) of the split means, the fraction of steps in the goal
 region, episodes that end in it, and planning ms per control step (with adaptation amortized).
