@@ -19,7 +19,7 @@ Each cell is the median of `--repeat` timed runs after a warm-up.
     .venv/bin/python benchmarks/bench_collect.py              # all parts, defaults
     .venv/bin/python benchmarks/bench_collect.py --quick      # smaller sizes (smoke run)
 
-Glossary: b batch rows, l window length, t tasks, s/q support/query rows, di/dt row widths.
+Shapes: see the glossary in eaml_ssm/__init__.py.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ pre-sampled. Both engines compute the same meta-gradient (tests/test_maml.py che
     .venv/bin/python benchmarks/bench_maml.py
     .venv/bin/python benchmarks/bench_maml.py --workloads sinusoid --device cuda
 
-Glossary: T tasks, b rows per task, l sequence length, d features.
+Shapes: see the glossary in eaml_ssm/__init__.py.
 """
 
 from __future__ import annotations
