@@ -79,7 +79,7 @@ class ParamSpec:
         """Whether `value` lies in the region of `split` (closed intervals)."""
         return any(a <= value <= b for a, b in self.intervals(split))
 
-    def sample(self, rng: np.random.Generator, split: str) -> float:
+    def draw(self, rng: np.random.Generator, split: str) -> float:
         """Uniform over the union of the split's intervals (weighted by their lengths)."""
         ivs = self.intervals(split)
         widths = np.array([b - a for a, b in ivs])
@@ -382,7 +382,7 @@ def draw_task(
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     family = get_family(env_name)
     rng = task_rng(env_name, int(seed), split)
-    params = {p.name: p.sample(rng, split) for p in family.params}
+    params = {p.name: p.draw(rng, split) for p in family.params}
     params.update(_fixed(family, fixed))
     return Task(env_id=env_name, params=params, seed=int(seed), split=split)
 

@@ -18,7 +18,7 @@ from eaml_ssm.sinusoid import SinusoidConfig, draw_sinusoids, run_benchmark, sum
 torch.set_num_threads(1)
 
 
-def test_sample_tasks_shapes_and_ranges() -> None:
+def test_draw_sinusoids_shapes_and_ranges() -> None:
     batch = draw_sinusoids(500, 10, 7, torch.Generator().manual_seed(0))
     assert batch.support_x.shape == (500, 10, 1) and batch.query_y.shape == (500, 7, 1)
     x = torch.cat((batch.support_x, batch.query_x), dim=1)
