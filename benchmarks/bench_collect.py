@@ -19,7 +19,7 @@ Each cell is the median of `--repeat` timed runs after a warm-up.
     .venv/bin/python benchmarks/bench_collect.py              # all parts, defaults
     .venv/bin/python benchmarks/bench_collect.py --quick      # smaller sizes (smoke run)
 
-Glossary: b batch rows, l window length, t tasks, s/q support/query rows, di/dt row widths.
+Shapes: see the glossary in eaml_ssm/__init__.py.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from eaml_ssm.collect import build_store, collect, exploration_actions
 from eaml_ssm.collect.steps import make_vector_env
 from eaml_ssm.features import Normalizer
 from eaml_ssm.feed import StoreLoader
-from eaml_ssm.tasks import get_family, sample_tasks
+from eaml_ssm.tasks import draw_tasks, get_family
 
 log = logging.getLogger("bench_collect")
 
@@ -59,7 +59,7 @@ def _median_time(fn: Callable[[], Any], repeat: int) -> float:
 
 def _env_floor(env_id: str, n_tasks: int, steps: int) -> float:
     """Seconds to step the vectorized envs with the same kind of actions, storing nothing."""
-    tasks = sample_tasks(env_id, n_tasks, seed=0)
+    tasks = draw_tasks(env_id, n_tasks, seed=0)
     fam = get_family(env_id)
     acts = np.stack(
         [
@@ -79,7 +79,7 @@ def _env_floor(env_id: str, n_tasks: int, steps: int) -> float:
 
 
 def bench_collect(env_id: str, n_tasks: int, steps: int, repeat: int) -> list[tuple[str, float]]:
-    tasks = sample_tasks(env_id, n_tasks, seed=0)
+    tasks = draw_tasks(env_id, n_tasks, seed=0)
     fam = get_family(env_id)
     total = n_tasks * steps
     rows: list[tuple[str, float]] = []
@@ -146,7 +146,7 @@ class NaiveRows:
 def bench_loader(
     env_id: str, n_tasks: int, steps: int, repeat: int
 ) -> list[tuple[str, float, float]]:
-    store, _ = build_store(sample_tasks(env_id, n_tasks, seed=0), steps, seed=0, progress=False)
+    store, _ = build_store(draw_tasks(env_id, n_tasks, seed=0), steps, seed=0, progress=False)
     naive = NaiveRows(store)
     norm = Normalizer.from_store(store)
     loader = StoreLoader(store, "cpu", norm)
@@ -194,7 +194,7 @@ def bench_coverage() -> list[str]:
         ("MountainCarContinuous-v0", ("uniform", "repeat", "ou")),
     ):
         for pol in policies:
-            tasks = sample_tasks(env_id, 10, seed=0)
+            tasks = draw_tasks(env_id, 10, seed=0)
             store, stats = build_store(tasks, 1000, policy=pol, seed=0, progress=False)
             states = np.asarray(store.obs_view())[:, : store.target_dim]
             lo, hi = np.percentile(states, [1, 99], axis=0)

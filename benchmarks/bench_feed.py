@@ -33,7 +33,7 @@ from eaml_ssm.feed import ReplayFeed, StoreLoader, draw_seed
 from eaml_ssm.hooks import meta_batch
 from eaml_ssm.maml import TaskBatch
 from eaml_ssm.models import build_maml, build_model
-from eaml_ssm.tasks import get_family, sample_tasks
+from eaml_ssm.tasks import draw_tasks, get_family
 
 
 def former_meta_batch(cfg: RunConfig, store: Any, norm: Normalizer, step: int) -> TaskBatch:
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     cfg = RunConfig(num_tasks=8 if args.quick else 24, steps_per_task=1000)
-    tasks = sample_tasks(cfg.env_name, cfg.num_tasks, seed=cfg.seed, split="train")
+    tasks = draw_tasks(cfg.env_name, cfg.num_tasks, seed=cfg.seed, split="train")
     store, _ = build_store(tasks, cfg.steps_per_task, store_seed=0, seed=0, progress=False)
     norm = Normalizer.from_store(store)
     cpu = torch.device("cpu")

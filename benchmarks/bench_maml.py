@@ -9,7 +9,7 @@ pre-sampled. Both engines compute the same meta-gradient (tests/test_maml.py che
     .venv/bin/python benchmarks/bench_maml.py
     .venv/bin/python benchmarks/bench_maml.py --workloads sinusoid --device cuda
 
-Glossary: T tasks, b rows per task, l sequence length, d features.
+Shapes: see the glossary in eaml_ssm/__init__.py.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 from timing import median_seconds
 
 from eaml_ssm.maml import MetaMAML, TaskBatch
-from eaml_ssm.sinusoid import make_mlp, sample_tasks
+from eaml_ssm.sinusoid import draw_sinusoids, make_mlp
 from eaml_ssm.ssm import SSM
 
 
@@ -38,7 +38,7 @@ def bench(workload: str, n_tasks: int, repeats: int, device: torch.device) -> tu
         torch.manual_seed(0)
         if workload == "sinusoid":
             model = make_mlp().to(device)
-            batch = sample_tasks(n_tasks, 10, 10, torch.Generator().manual_seed(0))
+            batch = draw_sinusoids(n_tasks, 10, 10, torch.Generator().manual_seed(0))
             batch = TaskBatch(*(t.to(device) for t in batch[:4]))
         else:
             model = SSM(16, 5, 4, hidden_dim=32, num_layers=2).to(device)

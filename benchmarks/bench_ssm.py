@@ -6,7 +6,7 @@ measures the time of one forward + backward pass over a (b, l, d) batch and prin
     .venv/bin/python benchmarks/bench_ssm.py                 # l = 64, 256, 1024 on the CPU
     .venv/bin/python benchmarks/bench_ssm.py --device cuda
 
-Glossary: b batch, l sequence length, d input features.
+Shapes: see the glossary in eaml_ssm/__init__.py.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def bench(length: int, args: argparse.Namespace, device: torch.device) -> tuple[
         args.state_dim, args.input_dim, args.output_dim, args.hidden_dim, num_layers=args.num_layers
     ).to(device)
     x = torch.randn(args.batch, length, args.input_dim, device=device)  # (b, l, d)
-    h0 = torch.randn(args.batch, model.hidden_size, device=device)  # (b, s)
+    h0 = torch.randn(args.batch, model.hidden_size, device=device)  # (b, z)
 
     def scan() -> None:
         y, h = model(x, h0)
@@ -62,7 +62,7 @@ def main() -> None:
     device = torch.device(args.device)
     print(
         f"SSM fwd+bwd, b={args.batch}, d={args.input_dim}, h={args.hidden_dim}, "
-        f"n={args.state_dim}, layers={args.num_layers}, device={device}, "
+        f"m={args.state_dim}, layers={args.num_layers}, device={device}, "
         f"threads={torch.get_num_threads()}, torch {torch.__version__}"
     )
     print("| l | scan ms | step loop ms | loop / scan |")

@@ -210,13 +210,13 @@ def _data(small: bool) -> _Data:
     from eaml_ssm.collect import build_store
     from eaml_ssm.config import RunConfig
     from eaml_ssm.features import Normalizer
-    from eaml_ssm.tasks import get_family, sample_tasks
+    from eaml_ssm.tasks import draw_tasks, get_family
 
     # the default run's sizes, with enough tasks for the 4x meta-batch
     cfg = RunConfig(num_tasks=8 if small else 32, steps_per_task=200 if small else 1000)
     if small:
         cfg = dataclasses.replace(cfg, meta_batch_size=2)
-    tasks = sample_tasks(cfg.env_name, cfg.num_tasks, seed=0, split="train")
+    tasks = draw_tasks(cfg.env_name, cfg.num_tasks, seed=0, split="train")
     store, _ = build_store(tasks, cfg.steps_per_task, store_seed=0, seed=0, progress=False)
     return _Data(cfg, store, Normalizer.from_store(store), get_family(cfg.env_name))
 

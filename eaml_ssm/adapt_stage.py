@@ -21,7 +21,7 @@ from eaml_ssm.markdown import md_table
 from eaml_ssm.plots import plot_before_after, plot_curve, plot_curves
 from eaml_ssm.progress import progress
 from eaml_ssm.run_data import Data
-from eaml_ssm.tasks import sample_tasks
+from eaml_ssm.tasks import draw_tasks
 from eaml_ssm.train import Trained
 
 LIVE_TASK_BASE = 1_000_000  # task ids of the evaluation's live streams (training: 0..n-1)
@@ -58,7 +58,7 @@ def evaluate_stage(cfg: RunConfig, run: RunDir, data: Data, trained: Trained) ->
     streams_total = len(protocol.TEST_SPLITS) * len(methods(cfg, base)) * cfg.num_test_tasks
     bar = progress(total=streams_total, desc="adapt", unit="stream", quiet=cfg.quiet)
     for split in protocol.TEST_SPLITS:
-        test_tasks = sample_tasks(cfg.env_name, cfg.num_test_tasks, seed=cfg.seed, split=split)
+        test_tasks = draw_tasks(cfg.env_name, cfg.num_test_tasks, seed=cfg.seed, split=split)
         streams = protocol.task_streams(test_tasks, cfg.stream_steps, norm, cfg.seed + 104729)
         for name, (adapter, adapts) in methods(cfg, base).items():
             errs: list[float] = []

@@ -1,8 +1,8 @@
 """`ExperienceBuffer`: the original project's buffer API as a thin torch facade over the store.
 
     buf = ExperienceBuffer(max_size=100_000, device="cpu")
-    buf.add(obs, targets)          # (d_in,) / (d_out,) one row, or (b, d_in) / (b, d_out)
-    batch = buf.get_batch(64)      # (obs (k, d_in), targets (k, d_out)) on `device`, or None
+    buf.add(obs, targets)          # (d,) / (o,) one row, or (n, d) / (n, o)
+    batch = buf.get_batch(64)      # (obs (n, d), targets (n, o)) on `device`, or None
     len(buf)
 
 Rows live in a `rust_buffer.RingBuffer` (created at the first `add`, when the row widths are
@@ -13,7 +13,7 @@ With a `Normalizer` the facade speaks *model space* while the store keeps *raw* 
 layout of `eaml_ssm.features`): `add` denormalizes, `get_batch` normalizes. That is how the
 adapter replays the meta-training store, whose rows are raw.
 
-Glossary: ``k`` rows in a batch, ``d_in`` obs/input width, ``d_out`` target width.
+Shapes: see the glossary in eaml_ssm/__init__.py.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from eaml_ssm.features import Normalizer
 
 
 def _rows(x: Any, what: str) -> np.ndarray:
-    """Tensor/array/list of 1 or 2 dims -> float32 (k, d) numpy (no autograd)."""
+    """Tensor/array/list of 1 or 2 dims -> float32 (n, d) numpy (no autograd)."""
     if isinstance(x, torch.Tensor):
         x = x.detach().to("cpu", torch.float32).numpy()
     arr = np.asarray(x, dtype=np.float32)
@@ -70,11 +70,12 @@ class ExperienceBuffer:
         buf._check_dims(store.obs_dim, store.target_dim)
         return buf
 
-    def _check_dims(self, d_in: int, d_out: int) -> None:
-        n = self.normalizer
-        if n is not None and (n.input_dim, n.target_dim) != (d_in, d_out):
+    def _check_dims(self, obs_dim: int, target_dim: int) -> None:
+        norm = self.normalizer
+        if norm is not None and (norm.input_dim, norm.target_dim) != (obs_dim, target_dim):
             raise ValueError(
-                f"normalizer is ({n.input_dim}, {n.target_dim}), rows are ({d_in}, {d_out})"
+                f"normalizer is ({norm.input_dim}, {norm.target_dim}), "
+                f"rows are ({obs_dim}, {target_dim})"
             )
 
     def add(self, obs: Any, targets: Any) -> None:
@@ -110,7 +111,7 @@ class ExperienceBuffer:
 
             # unpinned: one small batch per call, no background worker to own
             self._loader = StoreLoader(self.store, self.device, self.normalizer, pinned=False)
-        return self._loader.batch(min(batch_size, len(self)))  # (k, d_in), (k, d_out)
+        return self._loader.batch(min(batch_size, len(self)))  # (n, d), (n, o)
 
     def clear(self) -> None:
         if self.store is not None:

@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         _add_run_flags(sp)
     from eaml_ssm import evaluate, sinusoid
-    from eaml_ssm.control import run as control_run
+    from eaml_ssm.control import cli as control_cli
 
     # Commands that own their flags (module.add_arguments) and help page (module docstring).
     for name, module, summary in (
@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         (
             "control",
-            control_run,
+            control_cli,
             "act with the adapted model: model-predictive control on a trained run folder",
         ),
     ):
@@ -188,9 +188,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return evaluate.run(args)
         if command == "control":
-            from eaml_ssm.control import run as control_run
+            from eaml_ssm.control import cli as control_cli
 
-            return control_run.main(args)
+            return control_cli.main(args)
         resume = bool(getattr(args, "resume", False))
         cfg: RunConfig = config_from_args(args, check=False)  # checked once its base is known
         from eaml_ssm.run_folders import existing_run, named_run, saved_config

@@ -10,12 +10,12 @@ whose statistics are computed from the store's zero-copy views. So the stored ex
 stays valid when the statistics change, and normalizing a batch is one fused in-place
 ``(x - mean) / std`` on the tensor that already holds it.
 
-Action encoding: one-hot for ``Discrete`` (``da = n``), for ``Box`` the action clipped to its
-bounds and scaled to ``[-1, 1]`` (``da = action size``). The action columns are not
-normalized again (mean 0, std 1 in the `Normalizer`): they are already on a unit scale.
+Action encoding: one-hot for ``Discrete`` (``da`` = the number of actions), for ``Box`` the
+action clipped to its bounds and scaled to ``[-1, 1]`` (``da = action size``). The action
+columns are not normalized again (mean 0, std 1 in the `Normalizer`): they are already on a
+unit scale.
 
-Glossary: ``b`` batch rows, ``ds`` state dim, ``da`` action-encoding dim,
-``di = ds + da`` input dim, ``dt = ds`` target dim.
+Shapes: see the glossary in eaml_ssm/__init__.py (``d = ds + da`` inputs, ``o = ds`` targets).
 """
 
 from __future__ import annotations
@@ -89,17 +89,17 @@ def _states(fam: TaskFamily, states: Any, what: str) -> np.ndarray:
 
 
 def encode_inputs(family: TaskFamily | str, states: Any, actions: Any) -> np.ndarray:
-    """Raw model input = [state, action encoding]: (b, ds), actions -> (b, di) float32."""
+    """Raw model input = [state, action encoding]: (b, ds), actions -> (b, d) float32."""
     fam = _family(family)
     s = _states(fam, states, "states")  # (b, ds)
     a = encode_actions(fam, actions)  # (b, da)
     if a.shape[0] != s.shape[0]:
         raise ValueError(f"{s.shape[0]} states but {a.shape[0]} actions")
-    return np.concatenate([s.astype(np.float32), a], axis=1)  # (b, di)
+    return np.concatenate([s.astype(np.float32), a], axis=1)  # (b, d)
 
 
 def encode_targets(family: TaskFamily | str, states: Any, next_states: Any) -> np.ndarray:
-    """Raw target = next_state - state, raw-angle columns wrapped: -> (b, dt) float32."""
+    """Raw target = next_state - state, raw-angle columns wrapped: -> (b, o) float32."""
     fam = _family(family)
     s = _states(fam, states, "states")  # (b, ds)
     s2 = _states(fam, next_states, "next_states")  # (b, ds)
@@ -115,7 +115,7 @@ def encode_targets(family: TaskFamily | str, states: Any, next_states: Any) -> n
 def encode_transitions(
     family: TaskFamily | str, states: Any, actions: Any, next_states: Any
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(states, actions, next_states) -> raw (inputs (b, di), targets (b, dt)), float32."""
+    """(states, actions, next_states) -> raw (inputs (b, d), targets (b, o)), float32."""
     return encode_inputs(family, states, actions), encode_targets(family, states, next_states)
 
 
@@ -130,10 +130,10 @@ def apply_delta(family: TaskFamily | str, states: Any, deltas: Any) -> np.ndarra
 def column_moments(
     view: np.ndarray, chunk_rows: int = _CHUNK_ROWS
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-column mean and (population) std of a (n, d) array, in float64.
+    """Per-column mean and (population) std of a (n, columns) array, in float64.
 
     Reads `view` in row chunks (Chan et al. parallel merge), so a zero-copy store view is
-    never copied whole: the temporaries are at most `chunk_rows x d` float64.
+    never copied whole: the temporaries are at most `chunk_rows` x columns float64.
     """
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
@@ -158,8 +158,8 @@ def column_moments(
 class Normalizer:
     """z-scores model inputs and targets with statistics of the store.
 
-    Tensors (all in ``state_dict``): ``input_mean``/``input_std`` (di,),
-    ``target_mean``/``target_std`` (dt,). The action-encoding columns of the input keep
+    Tensors (all in ``state_dict``): ``input_mean``/``input_std`` (d,),
+    ``target_mean``/``target_std`` (o,). The action-encoding columns of the input keep
     mean 0 and std 1. Constant columns get std 1. Works on tensors of any leading shape.
     A plain class, not an ``nn.Module``, so importing this module (and collecting data in
     worker processes) does not load torch; save ``state_dict()`` beside the model weights.
@@ -172,10 +172,10 @@ class Normalizer:
 
         if input_dim <= 0 or target_dim <= 0:
             raise ValueError(f"dims must be positive, got input {input_dim}, target {target_dim}")
-        self.input_mean = torch.zeros(input_dim)  # (di,)
-        self.input_std = torch.ones(input_dim)  # (di,)
-        self.target_mean = torch.zeros(target_dim)  # (dt,)
-        self.target_std = torch.ones(target_dim)  # (dt,)
+        self.input_mean = torch.zeros(input_dim)  # (d,)
+        self.input_std = torch.ones(input_dim)  # (d,)
+        self.target_mean = torch.zeros(target_dim)  # (o,)
+        self.target_std = torch.ones(target_dim)  # (o,)
 
     @property
     def input_dim(self) -> int:
@@ -201,9 +201,9 @@ class Normalizer:
         state_dim: int | None = None,
         chunk_rows: int = _CHUNK_ROWS,
     ) -> Normalizer:
-        """Statistics of raw (n, di) inputs and (n, dt) targets.
+        """Statistics of raw (n, d) inputs and (n, o) targets.
 
-        Only the first `state_dim` input columns are normalized (default: `dt`, the state
+        Only the first `state_dim` input columns are normalized (default: ``o = ds``, the state
         part of the row layout); the rest (the action encoding) stay as they are.
         """
         if inputs.ndim != 2 or targets.ndim != 2 or inputs.shape[0] != targets.shape[0]:
@@ -297,22 +297,22 @@ class Normalizer:
         return mean, std
 
     def normalize_inputs(self, x: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
-        """(..., di) raw -> normalized."""
+        """(..., d) raw -> normalized."""
         mean, std = self._stats(x, "input", self.input_dim)
         return x.sub_(mean).div_(std) if inplace else (x - mean) / std
 
     def normalize_targets(self, y: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
-        """(..., dt) raw change of state -> normalized."""
+        """(..., o) raw change of state -> normalized."""
         mean, std = self._stats(y, "target", self.target_dim)
         return y.sub_(mean).div_(std) if inplace else (y - mean) / std
 
     def denormalize_inputs(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., di) normalized -> raw."""
+        """(..., d) normalized -> raw."""
         mean, std = self._stats(x, "input", self.input_dim)
         return x * std + mean
 
     def denormalize_targets(self, y: torch.Tensor) -> torch.Tensor:
-        """(..., dt) normalized -> raw change of state."""
+        """(..., o) normalized -> raw change of state."""
         mean, std = self._stats(y, "target", self.target_dim)
         return y * std + mean
 
@@ -328,12 +328,12 @@ def model_batch(
     normalizer: Normalizer | None = None,
     device: torch.device | str = "cpu",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(states, actions, next_states) -> model tensors (b, di), (b, dt), normalized if given."""
+    """(states, actions, next_states) -> model tensors (b, d), (b, o), normalized if given."""
     import torch
 
     x_np, y_np = encode_transitions(family, states, actions, next_states)
-    x = torch.from_numpy(x_np).to(device)  # (b, di)
-    y = torch.from_numpy(y_np).to(device)  # (b, dt)
+    x = torch.from_numpy(x_np).to(device)  # (b, d)
+    y = torch.from_numpy(y_np).to(device)  # (b, o)
     if normalizer is None:
         return x, y
     return normalizer.normalize_inputs(x, inplace=True), normalizer.normalize_targets(

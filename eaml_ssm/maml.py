@@ -1,14 +1,13 @@
 """MAML / Meta-SGD for stateless and stateful (hidden-state) models, on ``torch.func``.
 
-Glossary (shape letters used in the ``# (...)`` comments):
-    T  tasks in a meta-batch      b  batch rows (points, or sequences) per task
-    l  sequence length            d  input features      o  output features
-    s  flat hidden-state size of a stateful model
+Shapes: see the glossary in eaml_ssm/__init__.py (here ``b`` counts the points or sequences of
+one task, and ``b'`` the query's, which may differ from the support's for a stateless model).
 
 A *task* is a tuple ``(support_x, support_y, query_x, query_y)``. For a stateless model (any
 ``nn.Module`` whose ``forward`` takes only ``x``) the tensors are e.g. ``(b, d)`` / ``(b, o)``.
 For a stateful model (its ``forward(x, hidden_state, ...)`` returns ``(y, next_hidden_state)``,
-like :class:`eaml_ssm.ssm.SSM`) they are sequences ``(b, l, d)`` / ``(b, l, o)``.
+like :class:`eaml_ssm.ssm.SSM`) they are sequences: ``(b, s, d)`` / ``(b, s, o)`` for the
+support, ``(b, q, d)`` / ``(b, q, o)`` for the query.
 
 Engine: the inner loop is ``torch.func.grad`` of a ``torch.func.functional_call`` loss, and the
 update is ``fast = params - lr * grad``. Plain autograd then differentiates the query loss through
@@ -27,6 +26,11 @@ Hidden state of stateful models (the contract):
       what an online model that has just adapted on the last window would carry forward. This
       needs query batch == support batch. Pass ``query_hidden_state`` to start the query from a
       given state instead (for queries that are separate windows).
+
+Why one module: `MetaMAML` is one class whose inner loop, meta-gradient (vmap and loop
+paths), learned step sizes and original-project API (``adapt_task``, ``meta_update``) all act
+on the same parameters and state dict; the functional call it shares with the adapter is
+`eaml_ssm.model_call`.
 """
 
 from __future__ import annotations
@@ -53,25 +57,25 @@ HiddenArg = Tensor | Sequence[Tensor] | None
 
 
 class TaskBatch(NamedTuple):
-    """A meta-batch of same-shaped tasks stacked on a leading task axis T (the vmap fast path)."""
+    """A meta-batch of same-shaped tasks stacked on a leading task axis t (the vmap fast path)."""
 
-    support_x: Tensor  # (T, b, [l,] d)
-    support_y: Tensor  # (T, b, [l,] o)
-    query_x: Tensor  # (T, b', [l',] d)
-    query_y: Tensor  # (T, b', [l',] o)
-    support_reset: Tensor | None = None  # (T, b, l) episode starts (stateful models only)
-    query_reset: Tensor | None = None  # (T, b', l')
+    support_x: Tensor  # (t, b, [s,] d)
+    support_y: Tensor  # (t, b, [s,] o)
+    query_x: Tensor  # (t, b', [q,] d)
+    query_y: Tensor  # (t, b', [q,] o)
+    support_reset: Tensor | None = None  # (t, b, s) episode starts (stateful models only)
+    query_reset: Tensor | None = None  # (t, b', q)
 
 
 class Task(NamedTuple):
     """One task (internal): the TaskBatch fields without the task axis."""
 
-    support_x: Tensor  # (b, [l,] d)
-    support_y: Tensor  # (b, [l,] o)
-    query_x: Tensor  # (b', [l',] d)
-    query_y: Tensor  # (b', [l',] o)
-    support_reset: Tensor | None = None  # (b, l)
-    query_reset: Tensor | None = None  # (b', l')
+    support_x: Tensor  # (b, [s,] d)
+    support_y: Tensor  # (b, [s,] o)
+    query_x: Tensor  # (b', [q,] d)
+    query_y: Tensor  # (b', [q,] o)
+    support_reset: Tensor | None = None  # (b, s)
+    query_reset: Tensor | None = None  # (b', q)
 
 
 def _mse(pred: Tensor, target: Tensor) -> Tensor:
@@ -354,12 +358,12 @@ class MetaMAML:
         loss_fn: LossFn | None = None,
         inner_lr: float | None = None,
     ) -> Tensor:
-        """Per-task query loss after 0, 1, ..., ``num_steps`` inner steps, shape (T, num_steps+1).
+        """Per-task query loss after 0, 1, ..., ``num_steps`` inner steps, shape (t, num_steps+1).
 
         Evaluation helper (no meta-gradient; run under ``torch.no_grad()``), vmapped over the
         stacked tasks. Uses the learned step sizes for Meta-SGD unless ``inner_lr`` is given.
         For stateful models the query continues from the support's final state under the
-        weights of each step, and ``initial_hidden_state`` (b, s) is shared by every task.
+        weights of each step, and ``initial_hidden_state`` (b, z) is shared by every task.
         """
         if not isinstance(tasks, TaskBatch):
             raise TypeError(f"adaptation_curve needs a TaskBatch, got {type(tasks).__name__}")
@@ -431,7 +435,7 @@ class MetaMAML:
         task = Task(*batch)
         in_dims = (_task_in_dims(task), h_dim, q_dim)
         losses = vmap(task_loss, in_dims=in_dims, randomness="different")(task, h_arg, q_arg)
-        return losses.mean()  # mean over the T tasks
+        return losses.mean()  # mean over the t tasks
 
     # ----- checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -64,7 +64,7 @@ def call(
     if hidden is None:
         raise ValueError(
             f"{type(model).__name__} is stateful (forward takes hidden_state) but "
-            "hidden_state is None; pass a (b, s) tensor, e.g. model.init_hidden(b)"
+            "hidden_state is None; pass a (b, z) tensor, e.g. model.init_hidden(b)"
         )
     kwargs = {} if reset is None else {"reset": reset}
     out = functional_call(model, dict(params), (x, hidden), kwargs)

@@ -8,8 +8,7 @@ A run (written by ``python -m eaml_ssm``) holds the model weights, the normalize
 config in ``checkpoint.pt``; the feature encoding is the task family's (``eaml_ssm.features``);
 the experience store is ``store.rbuf`` (or ``store.shared``) when collection kept one.
 
-Glossary: ``b`` batch rows, ``l`` steps of a sequence, ``ds`` state dim, ``di`` model input
-dim, ``s`` flat hidden-state size.
+Shapes: see the glossary in eaml_ssm/__init__.py.
 """
 
 from __future__ import annotations
@@ -96,7 +95,7 @@ class Run:
         flat_s = s.reshape(b * length, -1)  # (b*l, ds)
         flat_a = a.reshape(b * length, *a.shape[(2 if seq else 1) :])
         x = torch.from_numpy(encode_inputs(self.family, flat_s, flat_a)).to(self.device)
-        x = self.normalizer.normalize_inputs(x).reshape(b, length, -1)  # (b, l, di)
+        x = self.normalizer.normalize_inputs(x).reshape(b, length, -1)  # (b, l, d)
         h = self.model.init_hidden(b) if hidden_state is None else hidden_state.to(self.device)
         y, h_next = self.model(x if seq else x[:, 0], h)
         delta = self.normalizer.denormalize_targets(y.reshape(b * length, -1))  # raw (b*l, ds)

@@ -16,7 +16,7 @@ from eaml_ssm.collect import build_store, max_rows
 from eaml_ssm.config import RunConfig
 from eaml_ssm.features import Normalizer
 from eaml_ssm.hooks import ONE_PROCESS, Hooks
-from eaml_ssm.tasks import Task, TaskFamily, get_family, sample_tasks
+from eaml_ssm.tasks import Task, TaskFamily, draw_tasks, get_family
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class Data:
 
 def train_tasks(cfg: RunConfig) -> list[Task]:
     """The run's meta-training tasks (task_id = position), from its env and seed."""
-    return sample_tasks(cfg.env_name, cfg.num_tasks, seed=cfg.seed, split="train")
+    return draw_tasks(cfg.env_name, cfg.num_tasks, seed=cfg.seed, split="train")
 
 
 def collection_length(cfg: RunConfig) -> tuple[int, int | None]:

@@ -12,7 +12,8 @@ Protocol (the paper and its reference code, cbfinn/maml):
             points each; query MSE after 0..10 full-batch SGD steps; mean and 95% CI
             (1.96 sd / sqrt(600)) over tasks
 
-Glossary (shape letters): T tasks, k points per task (support or query), 1 feature.
+Shapes: see the glossary in eaml_ssm/__init__.py (``n`` the points of a task, support and
+query together; one feature).
 
 Run ``python -m eaml_ssm sinusoid`` (or ``python -m eaml_ssm.sinusoid``); see ``add_arguments``.
 """
@@ -41,7 +42,7 @@ from eaml_ssm.markdown import md_table
 from eaml_ssm.progress import progress
 from eaml_ssm.runtime import resolve_device
 
-__all__ = ["SinusoidConfig", "add_arguments", "main", "run", "run_benchmark", "sample_tasks"]
+__all__ = ["SinusoidConfig", "add_arguments", "draw_sinusoids", "main", "run", "run_benchmark"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,14 +73,14 @@ class SinusoidConfig:
 
 
 # ----- data ------------------------------------------------------------------------------------
-def sample_tasks(
+def draw_sinusoids(
     n_tasks: int, n_support: int, n_query: int, generator: torch.Generator
 ) -> TaskBatch:
-    """Stacked sinusoid tasks: support (T, n_support, 1) and query (T, n_query, 1)."""
-    amplitude = torch.rand(n_tasks, 1, 1, generator=generator) * 4.9 + 0.1  # (T, 1, 1)
-    phase = torch.rand(n_tasks, 1, 1, generator=generator) * math.pi  # (T, 1, 1)
-    x = torch.rand(n_tasks, n_support + n_query, 1, generator=generator) * 10.0 - 5.0  # (T, k, 1)
-    y = amplitude * torch.sin(x - phase)  # (T, k, 1)
+    """Stacked sinusoid tasks: support (t, n_support, 1) and query (t, n_query, 1)."""
+    amplitude = torch.rand(n_tasks, 1, 1, generator=generator) * 4.9 + 0.1  # (t, 1, 1)
+    phase = torch.rand(n_tasks, 1, 1, generator=generator) * math.pi  # (t, 1, 1)
+    x = torch.rand(n_tasks, n_support + n_query, 1, generator=generator) * 10.0 - 5.0  # (t, n, 1)
+    y = amplitude * torch.sin(x - phase)  # (t, n, 1)
     return TaskBatch(x[:, :n_support], y[:, :n_support], x[:, n_support:], y[:, n_support:])
 
 
@@ -116,7 +117,7 @@ def train_meta(
     start = time.perf_counter()
     with _progress(cfg.iterations, name, quiet) as bar:
         for it in range(cfg.iterations):
-            batch = _to(sample_tasks(cfg.meta_batch, cfg.k_shot, cfg.k_shot, gen), device)
+            batch = _to(draw_sinusoids(cfg.meta_batch, cfg.k_shot, cfg.k_shot, gen), device)
             loss = maml.meta_update(batch)
             losses.append(loss)
             if (it + 1) % 100 == 0:
@@ -142,8 +143,8 @@ def train_pretrain(cfg: SinusoidConfig, quiet: bool = False) -> tuple[nn.Module,
     losses: list[float] = []
     with _progress(cfg.iterations, "pretrain", quiet) as bar:
         for it in range(cfg.iterations):
-            batch = _to(sample_tasks(cfg.meta_batch, cfg.k_shot, cfg.k_shot, gen), device)
-            x = torch.cat((batch.support_x, batch.query_x), dim=1).reshape(-1, 1)  # (T*2k, 1)
+            batch = _to(draw_sinusoids(cfg.meta_batch, cfg.k_shot, cfg.k_shot, gen), device)
+            x = torch.cat((batch.support_x, batch.query_x), dim=1).reshape(-1, 1)  # (2 t k_shot, 1)
             y = torch.cat((batch.support_y, batch.query_y), dim=1).reshape(-1, 1)
             loss = F.mse_loss(model(x), y)
             opt.zero_grad(set_to_none=True)
@@ -176,13 +177,13 @@ def evaluate(
 ) -> list[dict[str, Any]]:
     """Query-MSE statistics after 0..steps inner steps on the fixed evaluation tasks."""
     with torch.no_grad():
-        curve = maml.adaptation_curve(eval_set, steps, inner_lr=inner_lr)  # (T, steps + 1)
+        curve = maml.adaptation_curve(eval_set, steps, inner_lr=inner_lr)  # (t, steps + 1)
     return [{"steps": k, **summarize(curve[:, k])} for k in range(steps + 1)]
 
 
 def eval_tasks(cfg: SinusoidConfig) -> TaskBatch:
     gen = torch.Generator().manual_seed(cfg.eval_seed)
-    return _to(sample_tasks(cfg.eval_tasks, cfg.k_shot, cfg.eval_query, gen), _device(cfg))
+    return _to(draw_sinusoids(cfg.eval_tasks, cfg.k_shot, cfg.eval_query, gen), _device(cfg))
 
 
 def _device(cfg: SinusoidConfig) -> torch.device:

@@ -1,12 +1,8 @@
 """A stable, diagonal state-space model (S4D / S5 family) with a scan mode and a step mode.
 
-Glossary (shape letters used in the ``# (...)`` comments):
-    b  batch                      l  sequence length
-    d  input features             o  output features
-    h  hidden width (``hidden_dim``, the channel width of the layer stack)
-    n  complex state modes per layer (``state_dim``)
-    k  number of stacked layers (``num_layers``)
-    s  flat hidden-state size = k * n * 2 (real and imaginary part of every mode)
+Shapes: see the glossary in eaml_ssm/__init__.py (``m`` modes per layer is ``state_dim``, ``h``
+is ``hidden_dim``, ``k`` is ``num_layers``; the flat hidden state holds ``z = k * m * 2``
+numbers: the real and imaginary part of every mode).
 
 Each layer is an S5-style MIMO diagonal SSM in continuous time,
 ``x'(t) = Lambda x(t) + B u(t)``, ``y(t) = Re(C x(t)) + D * u(t)``, with
@@ -23,10 +19,14 @@ One parameter set, two modes that give the same outputs:
       parallel scan in ``eaml_ssm.scan`` (works under ``torch.func`` grad-of-grad and vmap);
     * step mode, ``x`` of shape (b, d): one step of the recurrence, for online use.
 
-The hidden state is ONE real tensor of shape (b, s) = (b, num_layers * state_dim * 2); its layout
+The hidden state is ONE real tensor of shape (b, z) = (b, num_layers * state_dim * 2); its layout
 is ``hidden.view(b, num_layers, state_dim, 2)`` with ``[..., 0]`` the real and ``[..., 1]`` the
 imaginary part. ``reset`` marks episode starts: where it is 1 the state is zeroed *before* that
 step, so a sequence may hold several episodes back to back.
+
+Why one module: the layer, the stack and the two modes share one parameterization and one
+hidden-state layout, and the tests hold scan mode and step mode to the same outputs; the
+scan itself, which has no SSM knowledge, is `eaml_ssm.scan`.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ CHECKPOINT_FORMAT = "eaml_ssm.SSM/1"
 class SSMConfig:
     """Everything needed to rebuild an :class:`SSM` (saved in every checkpoint)."""
 
-    state_dim: int = 16  # n: complex diagonal modes per layer (hidden state holds 2 reals each)
+    state_dim: int = 16  # m: complex diagonal modes per layer (hidden state holds 2 reals each)
     input_dim: int = 1  # d: input features per step
     output_dim: int = 1  # o: output features per step
     hidden_dim: int = 128  # h: channel width of the layer stack (the original's default)
@@ -84,7 +84,7 @@ class SSMConfig:
 
     @property
     def hidden_size(self) -> int:
-        """s: length of the flat hidden state per batch row."""
+        """z: length of the flat hidden state per batch row."""
         return self.num_layers * self.state_dim * 2
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,29 +102,29 @@ class SSMConfig:
 
 
 class DiagonalSSMLayer(nn.Module):
-    """One MIMO diagonal SSM: (b, [l,] h) inputs, state (b, n) complex as two real tensors."""
+    """One MIMO diagonal SSM: (b, [l,] h) inputs, state (b, m) complex as two real tensors."""
 
     def __init__(self, config: SSMConfig) -> None:
         super().__init__()
-        n, h = config.state_dim, config.hidden_dim
+        m, h = config.state_dim, config.hidden_dim
         self.discretization = config.discretization
-        # Lambda = -exp(log_a_real) + i a_imag  (S4D-Lin init: -a_real_init + i pi m)
-        self.log_a_real = nn.Parameter(torch.full((n,), math.log(config.a_real_init)))
-        self.a_imag = nn.Parameter(math.pi * torch.arange(n, dtype=torch.float32))
-        log_dt = torch.rand(n) * (math.log(config.dt_max) - math.log(config.dt_min))
-        self.log_dt = nn.Parameter(log_dt + math.log(config.dt_min))  # (n,)
+        # Lambda = -exp(log_a_real) + i a_imag  (S4D-Lin init: -a_real_init + i pi j for mode j)
+        self.log_a_real = nn.Parameter(torch.full((m,), math.log(config.a_real_init)))
+        self.a_imag = nn.Parameter(math.pi * torch.arange(m, dtype=torch.float32))
+        log_dt = torch.rand(m) * (math.log(config.dt_max) - math.log(config.dt_min))
+        self.log_dt = nn.Parameter(log_dt + math.log(config.dt_min))  # (m,)
         scale_b = 1.0 / math.sqrt(2.0 * h)
-        self.b_real = nn.Parameter(torch.randn(n, h) * scale_b)  # (n, h)
-        self.b_imag = nn.Parameter(torch.randn(n, h) * scale_b)
-        scale_c = 1.0 / math.sqrt(n)
-        self.c_real = nn.Parameter(torch.randn(h, n) * scale_c)  # (h, n)
-        self.c_imag = nn.Parameter(torch.randn(h, n) * scale_c)
+        self.b_real = nn.Parameter(torch.randn(m, h) * scale_b)  # (m, h)
+        self.b_imag = nn.Parameter(torch.randn(m, h) * scale_b)
+        scale_c = 1.0 / math.sqrt(m)
+        self.c_real = nn.Parameter(torch.randn(h, m) * scale_c)  # (h, m)
+        self.c_imag = nn.Parameter(torch.randn(h, m) * scale_c)
         self.d = nn.Parameter(torch.randn(h))  # (h,) direct feedthrough
 
     def discretize(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(Lambda_bar real, imag) each (n,), and (B_bar real, imag) each (n, h)."""
-        dt = torch.exp(self.log_dt)  # (n,)
-        lam_r, lam_i = -torch.exp(self.log_a_real), self.a_imag  # (n,)
+        """(Lambda_bar real, imag) each (m,), and (B_bar real, imag) each (m, h)."""
+        dt = torch.exp(self.log_dt)  # (m,)
+        lam_r, lam_i = -torch.exp(self.log_a_real), self.a_imag  # (m,)
         if self.discretization == "zoh":
             # Lambda_bar = exp(dt Lambda); B_bar = (Lambda_bar - 1) / Lambda * B
             theta = dt * lam_i
@@ -147,41 +147,41 @@ class DiagonalSSMLayer(nn.Module):
             g_r, g_i = dt * q_r / den, -dt * q_i / den  # dt / q
         bb_r, bb_i = complex_mul(
             g_r.unsqueeze(-1), g_i.unsqueeze(-1), self.b_real, self.b_imag
-        )  # (n, h)
+        )  # (m, h)
         return ab_r, ab_i, bb_r, bb_i
 
     def _output(self, u: Tensor, xr: Tensor, xi: Tensor) -> Tensor:
-        """y = Re(C x) + D u for (..., n) states and (..., h) inputs."""
+        """y = Re(C x) + D u for (..., m) states and (..., h) inputs."""
         return F.linear(xr, self.c_real) - F.linear(xi, self.c_imag) + self.d * u
 
     def step(self, u: Tensor, xr: Tensor, xi: Tensor, keep: Tensor | None) -> tuple[Tensor, ...]:
-        """One step: u (b, h); state (b, n) x 2; keep (b,) is 0 where the state resets."""
+        """One step: u (b, h); state (b, m) x 2; keep (b,) is 0 where the state resets."""
         ab_r, ab_i, bb_r, bb_i = self.discretize()
         if keep is not None:
             xr, xi = xr * keep.unsqueeze(-1), xi * keep.unsqueeze(-1)
         xr, xi = complex_mul(ab_r, ab_i, xr, xi)
-        xr = xr + F.linear(u, bb_r)  # (b, n)
+        xr = xr + F.linear(u, bb_r)  # (b, m)
         xi = xi + F.linear(u, bb_i)
         return self._output(u, xr, xi), xr, xi
 
     def sequence(
         self, u: Tensor, xr: Tensor, xi: Tensor, keep: Tensor | None
     ) -> tuple[Tensor, ...]:
-        """All steps: u (b, l, h); initial state (b, n) x 2; keep (b, l) or None."""
+        """All steps: u (b, l, h); initial state (b, m) x 2; keep (b, l) or None."""
         ab_r, ab_i, bb_r, bb_i = self.discretize()
         length = u.shape[-2]
-        a_r = ab_r.expand(length, -1)  # (l, n)
+        a_r = ab_r.expand(length, -1)  # (l, m)
         a_i = ab_i.expand(length, -1)
         if keep is not None:
-            a_r, a_i = a_r * keep.unsqueeze(-1), a_i * keep.unsqueeze(-1)  # (b, l, n)
-        bu_r, bu_i = F.linear(u, bb_r), F.linear(u, bb_i)  # (b, l, n)
+            a_r, a_i = a_r * keep.unsqueeze(-1), a_i * keep.unsqueeze(-1)  # (b, l, m)
+        bu_r, bu_i = F.linear(u, bb_r), F.linear(u, bb_i)  # (b, l, m)
         # Fold the initial state into the first input: b_0 += a_0 * x_init.
-        h_r, h_i = complex_mul(a_r[..., 0, :], a_i[..., 0, :], xr, xi)  # (b, n)
+        h_r, h_i = complex_mul(a_r[..., 0, :], a_i[..., 0, :], xr, xi)  # (b, m)
         first_r = bu_r[..., :1, :] + h_r.unsqueeze(-2)
         first_i = bu_i[..., :1, :] + h_i.unsqueeze(-2)
         bu_r = torch.cat((first_r, bu_r[..., 1:, :]), dim=-2)
         bu_i = torch.cat((first_i, bu_i[..., 1:, :]), dim=-2)
-        states_r, states_i = linear_recurrence(a_r, a_i, bu_r, bu_i)  # (b, l, n)
+        states_r, states_i = linear_recurrence(a_r, a_i, bu_r, bu_i)  # (b, l, m)
         y = self._output(u, states_r, states_i)  # (b, l, h)
         return y, states_r[..., -1, :], states_i[..., -1, :]
 
@@ -247,7 +247,7 @@ class SSM(nn.Module):
     Example::
 
         model = SSM(state_dim=16, input_dim=5, output_dim=4, hidden_dim=64)
-        h = model.init_hidden(batch_size=8)                  # (8, s)
+        h = model.init_hidden(batch_size=8)                  # (8, z)
         y, h = model(torch.randn(8, 100, 5), h)              # sequence mode: y (8, 100, 4)
         y_t, h = model(torch.randn(8, 5), h)                 # step mode:     y_t (8, 4)
     """
@@ -307,7 +307,7 @@ class SSM(nn.Module):
 
     @property
     def hidden_size(self) -> int:
-        """s: flat hidden-state size per batch row (num_layers * state_dim * 2)."""
+        """z: flat hidden-state size per batch row (num_layers * state_dim * 2)."""
         return self.config.hidden_size
 
     @property
@@ -316,7 +316,7 @@ class SSM(nn.Module):
         return self.output_proj.weight.device
 
     def init_hidden(self, batch_size: int = 1) -> Tensor:
-        """Zero hidden state (batch_size, s) on the parameters' device and dtype."""
+        """Zero hidden state (batch_size, z) on the parameters' device and dtype."""
         if not isinstance(batch_size, int) or batch_size < 0:
             raise ValueError(f"batch_size must be an int >= 0, got {batch_size!r}")
         ref = self.output_proj.weight
@@ -330,26 +330,26 @@ class SSM(nn.Module):
 
         Args:
             x: (b, d) for one step, or (b, l, d) for a sequence.
-            hidden_state: (b, s) state before the first step (``init_hidden`` gives zeros).
+            hidden_state: (b, z) state before the first step (``init_hidden`` gives zeros).
             reset: optional mask, (b,) in step mode or (b, l) in sequence mode, bool or float;
                 1 where an episode starts at that step (the state is zeroed before the step).
 
         Returns:
-            (y, next_hidden_state): y is (b, o) or (b, l, o); next_hidden_state is (b, s), the
+            (y, next_hidden_state): y is (b, o) or (b, l, o); next_hidden_state is (b, z), the
             state after the last step.
         """
         sequence = self._check_inputs(x, hidden_state, reset)
         keep = None if reset is None else 1.0 - reset.to(dtype=x.dtype)  # (b,) or (b, l)
         batch = x.shape[0]
-        states = hidden_state.reshape(batch, self.num_layers, self.state_dim, 2)  # (b, k, n, 2)
+        states = hidden_state.reshape(batch, self.num_layers, self.state_dim, 2)  # (b, k, m, 2)
         h = self.input_proj(x)  # (b, [l,] h)
         next_states = []
         for i, block in enumerate(self.blocks):
-            xr, xi = states[:, i, :, 0], states[:, i, :, 1]  # (b, n)
+            xr, xi = states[:, i, :, 0], states[:, i, :, 1]  # (b, m)
             h, xr, xi = block(h, xr, xi, keep, sequence)
-            next_states.append(torch.stack((xr, xi), dim=-1))  # (b, n, 2)
+            next_states.append(torch.stack((xr, xi), dim=-1))  # (b, m, 2)
         y = self.output_proj(self.out_norm(h))  # (b, [l,] o)
-        next_hidden = torch.stack(next_states, dim=1).reshape(batch, self.hidden_size)  # (b, s)
+        next_hidden = torch.stack(next_states, dim=1).reshape(batch, self.hidden_size)  # (b, z)
         return y, next_hidden
 
     def _check_inputs(self, x: Tensor, hidden_state: Tensor, reset: Tensor | None) -> bool:

@@ -8,7 +8,7 @@ from. Every parameter has three disjoint regions:
 * ``heldout`` - narrow bands *inside* ``[lo, hi]`` that training never samples (interpolation);
 * ``ood``     - intervals *outside* ``[lo, hi]`` (extrapolation).
 
-``sample_task(env_name, seed, split)`` draws every parameter of the family from the chosen
+``draw_task(env_name, seed, split)`` draws every parameter of the family from the chosen
 region; the same ``(env_name, seed, split)`` always gives the same task, and the three
 splits use independent random streams. ``make_task(env_name, params)`` builds a task with
 explicit values (for hand-picked test streams).
@@ -19,8 +19,13 @@ a 1-D ``Box`` observation space and a ``Discrete`` or ``Box`` action space is a 
 family without randomization (``params == {}`` for every split). Anything else raises a
 ``ValueError`` that lists what is supported.
 
-Glossary: ``ds`` state (observation) dim, ``da`` action-encoding dim (one-hot size for
-``Discrete``, action dim for ``Box``).
+Shapes: see the glossary in eaml_ssm/__init__.py (``ds`` is the observation size, ``da`` the
+one-hot size for ``Discrete`` actions or the action size for ``Box`` ones).
+
+Why one module: the family table is most of it (each family's parameter ranges, held-out
+bands and the setter that writes them into the gymnasium env), and the draws read that table
+and its split rules directly; the out-of-range split on dynamics quantities, a concept of
+its own, lives in `eaml_ssm.dynamics_ood`.
 """
 
 from __future__ import annotations
@@ -79,7 +84,7 @@ class ParamSpec:
         """Whether `value` lies in the region of `split` (closed intervals)."""
         return any(a <= value <= b for a, b in self.intervals(split))
 
-    def sample(self, rng: np.random.Generator, split: str) -> float:
+    def draw(self, rng: np.random.Generator, split: str) -> float:
         """Uniform over the union of the split's intervals (weighted by their lengths)."""
         ivs = self.intervals(split)
         widths = np.array([b - a for a, b in ivs])
@@ -229,7 +234,7 @@ FAMILIES: dict[str, FamilySpec] = {
 
 
 def supported() -> str:
-    """A human-readable list of what `sample_task` accepts."""
+    """A human-readable list of what `draw_task` accepts."""
     fams = ", ".join(FAMILIES)
     return (
         f"randomized families: {fams}; or any other registered gymnasium id whose "
@@ -365,7 +370,7 @@ def task_rng(env_id: str, seed: int, split: str) -> np.random.Generator:
     return np.random.default_rng([family_key, SPLITS.index(split), int(seed)])
 
 
-def sample_task(
+def draw_task(
     env_name: str,
     seed: int,
     split: str = "train",
@@ -382,7 +387,7 @@ def sample_task(
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     family = get_family(env_name)
     rng = task_rng(env_name, int(seed), split)
-    params = {p.name: p.sample(rng, split) for p in family.params}
+    params = {p.name: p.draw(rng, split) for p in family.params}
     params.update(_fixed(family, fixed))
     return Task(env_id=env_name, params=params, seed=int(seed), split=split)
 
@@ -402,18 +407,18 @@ def _fixed(family: TaskFamily, fixed: Mapping[str, float] | None) -> dict[str, f
     return out
 
 
-def sample_tasks(
+def draw_tasks(
     env_name: str,
-    n: int,
+    count: int,
     *,
     seed: int = 0,
     split: str = "train",
     fixed: Mapping[str, float] | None = None,
 ) -> list[Task]:
-    """`n` tasks with seeds `seed, seed+1, ...` (distinct physics for a randomized family)."""
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    return [sample_task(env_name, seed + i, split, fixed=fixed) for i in range(n)]
+    """`count` tasks with seeds `seed, seed+1, ...` (distinct physics for a randomized family)."""
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    return [draw_task(env_name, seed + i, split, fixed=fixed) for i in range(count)]
 
 
 def make_task(env_name: str, params: Mapping[str, float], split: str = "train") -> Task:
@@ -431,90 +436,3 @@ def default_task(env_name: str) -> Task:
     """The environment exactly as gymnasium ships it."""
     family = get_family(env_name)
     return Task(env_id=env_name, params={p.name: p.default for p in family.params})
-
-
-# --- out of range in the quantities that set the dynamics -----------------------------------
-#
-# A parameter outside its training range does not make a task out of range: the dynamics
-# depend on combinations of the parameters, and a combination can stay inside the range the
-# training tasks cover (Pendulum's g/l with g and l both 1.6-2x larger). The evaluation's
-# out-of-range split is therefore defined on these quantities.
-
-DYNAMICS_QUANTITIES: dict[str, dict[str, Callable[[Mapping[str, float]], float]]] = {
-    # thdot' = thdot + (3 g / (2 l) sin th + 3 / (m l^2) u) dt
-    "Pendulum-v1": {
-        "g/l": lambda p: p["g"] / p["l"],
-        "1/(m l^2)": lambda p: 1.0 / (p["m"] * p["l"] ** 2),
-    },
-    # temp = (F u + m_p l thdot^2 sin th) / M;
-    # thacc = (g sin th - cos th temp) / (l (4/3 - m_p cos^2 th / M)), M = m_c + m_p
-    "CartPole-v1": {
-        "F/M": lambda p: p["force_mag"] / (p["masscart"] + p["masspole"]),
-        "g/l": lambda p: 9.8 / p["length"],
-        "m_p/M": lambda p: p["masspole"] / (p["masscart"] + p["masspole"]),
-    },
-}
-
-
-def dynamics_quantities(task: Task) -> dict[str, float]:
-    """The quantities that set `task`'s dynamics (empty for a family without a table)."""
-    table = DYNAMICS_QUANTITIES.get(task.env_id, {})
-    return {name: float(f(task.params)) for name, f in table.items()}
-
-
-def quantity_ranges(env_name: str) -> dict[str, Interval]:
-    """Each dynamics quantity's range over the training box (every quantity is monotone in
-    each parameter, so the extremes sit at the box's corners)."""
-    family = get_family(env_name)
-    table = DYNAMICS_QUANTITIES.get(env_name)
-    if table is None:
-        raise ValueError(
-            f"no dynamics quantities for {env_name}; known: {sorted(DYNAMICS_QUANTITIES)}"
-        )
-    corners = np.array(np.meshgrid(*[p.train for p in family.params])).reshape(
-        len(family.params), -1
-    )  # (parameters, 2^parameters)
-    out: dict[str, Interval] = {}
-    for name, f in table.items():
-        values = [f(dict(zip(family.param_names, c, strict=True))) for c in corners.T]
-        out[name] = (float(min(values)), float(max(values)))
-    return out
-
-
-def outside_factor(value: float, interval: Interval) -> float:
-    """How far `value` lies outside `interval`: value / hi above it, lo / value below it,
-    1.0 inside (so 1.5 means 50 % beyond the nearest end of the range)."""
-    lo, hi = interval
-    if value > hi:
-        return value / hi
-    if value < lo:
-        return lo / value
-    return 1.0
-
-
-DYNAMICS_OOD_FACTORS: Interval = (1.2, 2.0)  # every quantity 20 % to 100 % beyond its range
-
-
-def sample_dynamics_ood(
-    env_name: str, seed: int, factors: Interval = DYNAMICS_OOD_FACTORS, max_tries: int = 200_000
-) -> Task:
-    """A task whose every dynamics quantity lies outside its training range by a factor in
-    `factors` (see `outside_factor`), drawn by rejection from log-uniform parameters in
-    [default / 4, 4 x default]. Deterministic in (env_name, seed); split "ood"."""
-    _check_split("ood")
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    lo_f, hi_f = factors
-    if not 1.0 <= lo_f < hi_f:
-        raise ValueError(f"factors must satisfy 1 <= low < high, got {factors}")
-    ranges = quantity_ranges(env_name)
-    family = get_family(env_name)
-    table = DYNAMICS_QUANTITIES[env_name]
-    rng = np.random.default_rng([zlib.crc32(env_name.encode()), 7, int(seed)])
-    logs = np.log([[p.default / 4.0, p.default * 4.0] for p in family.params])  # (P, 2)
-    for _ in range(max_tries):
-        values = np.exp(rng.uniform(logs[:, 0], logs[:, 1]))
-        params = {n: float(v) for n, v in zip(family.param_names, values, strict=True)}
-        if all(lo_f <= outside_factor(f(params), ranges[q]) <= hi_f for q, f in table.items()):
-            return Task(env_id=env_name, params=params, seed=int(seed), split="ood")
-    raise ValueError(f"no {env_name} task with every dynamics quantity {factors} outside found")

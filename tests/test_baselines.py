@@ -16,7 +16,7 @@ from eaml_ssm.baselines import (
 )
 from eaml_ssm.collect import build_store
 from eaml_ssm.features import Normalizer
-from eaml_ssm.tasks import sample_tasks
+from eaml_ssm.tasks import draw_tasks
 
 
 def test_ridge_recovers_a_linear_map():
@@ -82,7 +82,7 @@ def test_identity_in_raw_and_normalized_space():
 
 def test_linear_beats_identity_on_cartpole_by_far():
     # Seed study: on CartPole, linear LS on (state, action) is ~4 orders better than identity.
-    store, _ = build_store(sample_tasks("CartPole-v1", 4, seed=0), 400, seed=0)
+    store, _ = build_store(draw_tasks("CartPole-v1", 4, seed=0), 400, seed=0)
     norm = Normalizer.from_store(store)
     x = norm.normalize_inputs(torch.from_numpy(np.array(store.obs_view())))
     y = norm.normalize_targets(torch.from_numpy(np.array(store.target_view())))

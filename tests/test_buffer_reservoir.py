@@ -109,9 +109,9 @@ def test_contiguous_tasks_are_intact_windows(seed: int) -> None:
 def test_collected_reservoir_store_samples_or_reports_no_window() -> None:
     """The reported reproduction: a collected Pendulum reservoir store filled twice over."""
     from eaml_ssm.collect import build_store
-    from eaml_ssm.tasks import sample_tasks
+    from eaml_ssm.tasks import draw_tasks
 
-    tasks = sample_tasks("Pendulum-v1", 20, seed=0)
+    tasks = draw_tasks("Pendulum-v1", 20, seed=0)
     store, _ = build_store(tasks, 400, capacity=4000, retention="reservoir", store_seed=0)
     episode = store.episode_id_view()  # (n,)
     step = store.step_view()  # (n,)

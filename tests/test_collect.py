@@ -16,7 +16,7 @@ from eaml_ssm.collect import (
     rollout,
 )
 from eaml_ssm.features import encode_targets
-from eaml_ssm.tasks import get_family, sample_task, sample_tasks
+from eaml_ssm.tasks import draw_task, draw_tasks, get_family
 
 
 def _rows(store):
@@ -46,7 +46,7 @@ def _episode_lengths(store) -> dict[int, dict[int, int]]:
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_collect_writes_every_step_with_consistent_metadata(workers):
-    tasks = sample_tasks("CartPole-v1", 6, seed=0)
+    tasks = draw_tasks("CartPole-v1", 6, seed=0)
     store, stats = build_store(tasks, 300, num_workers=workers, seed=3, task_ids=range(10, 16))
     assert len(store) == stats.transitions == 6 * 300
     assert store.task_counts() == {t: 300 for t in range(10, 16)}
@@ -65,7 +65,7 @@ def test_collect_writes_every_step_with_consistent_metadata(workers):
 
 def test_rows_match_the_physics_of_their_task():
     # Oracle: put a task's env in the stored state, apply the stored action, compare the delta.
-    tasks = sample_tasks("CartPole-v1", 4, seed=1)
+    tasks = draw_tasks("CartPole-v1", 4, seed=1)
     store, _ = build_store(tasks, 100, num_workers=2, seed=0)
     obs, tgt, tid, _, _ = store.sample(64, with_meta=True)
     fam = get_family("CartPole-v1")
@@ -78,7 +78,7 @@ def test_rows_match_the_physics_of_their_task():
 
 
 def test_collect_is_reproducible_and_independent_of_worker_count():
-    tasks = sample_tasks("Pendulum-v1", 4, seed=0)
+    tasks = draw_tasks("Pendulum-v1", 4, seed=0)
     a, _ = build_store(tasks, 250, num_workers=1, seed=5)
     b, _ = build_store(tasks, 250, num_workers=2, seed=5)
     c, _ = build_store(tasks, 250, num_workers=1, seed=6)
@@ -88,7 +88,7 @@ def test_collect_is_reproducible_and_independent_of_worker_count():
 
 
 def test_sequence_windows_stay_inside_episodes():
-    tasks = sample_tasks("Pendulum-v1", 3, seed=0)
+    tasks = draw_tasks("Pendulum-v1", 3, seed=0)
     store, _ = build_store(tasks, 400, num_workers=2, seed=0)
     obs, tgt, _ = store.sample_sequences(32, 16)
     # within a window each next state is the previous state + the stored change
@@ -96,16 +96,16 @@ def test_sequence_windows_stay_inside_episodes():
 
 
 def test_box_action_rows_are_scaled_and_other_families_collect():
-    tasks = sample_tasks("MountainCarContinuous-v0", 2, seed=0)
+    tasks = draw_tasks("MountainCarContinuous-v0", 2, seed=0)
     store, _ = build_store(tasks, 200, policy="ou", seed=0)
     act = store.obs_view()[:, 2]
     assert act.min() >= -1 and act.max() <= 1 and act.std() > 0.1
-    store, stats = build_store(sample_tasks("Acrobot-v1", 2, seed=0), 100)
+    store, stats = build_store(draw_tasks("Acrobot-v1", 2, seed=0), 100)
     assert len(store) == 200 and stats.segments >= 2
 
 
 def test_process_backend_writes_the_same_rows():
-    tasks = sample_tasks("CartPole-v1", 2, seed=0)
+    tasks = draw_tasks("CartPole-v1", 2, seed=0)
     a, _ = build_store(tasks, 150, num_workers=2, seed=1)
     b, _ = build_store(tasks, 150, num_workers=2, seed=1, backend="process")
     for u, v in zip(_rows(a), _rows(b), strict=True):
@@ -132,12 +132,12 @@ def test_exploration_schedules():
 
 
 def test_collect_bad_inputs():
-    cp = sample_tasks("CartPole-v1", 2)
+    cp = draw_tasks("CartPole-v1", 2)
     store = rust_buffer.RingBuffer(100, 6, 4)
     with pytest.raises(ValueError, match="one environment id"):
-        collect([cp[0], sample_task("Pendulum-v1", 0)], store, 10)
+        collect([cp[0], draw_task("Pendulum-v1", 0)], store, 10)
     with pytest.raises(ValueError, match="obs_dim 4"):
-        collect(sample_tasks("Pendulum-v1", 1), store, 10)
+        collect(draw_tasks("Pendulum-v1", 1), store, 10)
     with pytest.raises(ValueError, match="distinct task ids"):
         collect(cp, store, 10, task_ids=[1, 1])
     with pytest.raises(ValueError, match="steps_per_task"):
@@ -150,7 +150,7 @@ def test_collect_bad_inputs():
 
 
 def test_rollout_stream():
-    task = sample_task("CartPole-v1", 0)
+    task = draw_task("CartPole-v1", 0)
     s = rollout(task, 200, seed=3)
     assert len(s) == 200 and s.actions.shape == (200,)
     assert s.starts[0] and s.starts.sum() > 3  # CartPole resets several times in 200 steps
@@ -163,7 +163,7 @@ def test_rollout_stream():
     # a callable policy: always push right
     right = rollout(task, 20, policy=lambda obs: 1)
     assert np.all(right.actions == 1)
-    p = rollout(sample_task("Pendulum-v1", 0), 50, policy="ou")
+    p = rollout(draw_task("Pendulum-v1", 0), 50, policy="ou")
     assert p.actions.shape == (50, 1) and p.starts.sum() == 1
     with pytest.raises(ValueError, match="n_steps"):
         rollout(task, 0)
@@ -186,7 +186,7 @@ def test_worker_errors_reach_the_caller(backend, tmp_path):
 
 @pytest.mark.parametrize(("workers", "backend"), [(1, "thread"), (2, "thread"), (2, "process")])
 def test_episodes_per_task_writes_exactly_that_many_complete_episodes(workers, backend):
-    tasks = sample_tasks("CartPole-v1", 5, seed=0)
+    tasks = draw_tasks("CartPole-v1", 5, seed=0)
     store, stats = build_store(
         tasks, episodes_per_task=7, num_workers=workers, backend=backend, seed=2, chunk_rows=8
     )
@@ -207,7 +207,7 @@ def test_episodes_per_task_writes_exactly_that_many_complete_episodes(workers, b
 
 
 def test_episodes_per_task_is_reproducible_across_workers_and_backends():
-    tasks = sample_tasks("Pendulum-v1", 3, seed=0)  # 200-step episodes, no termination
+    tasks = draw_tasks("Pendulum-v1", 3, seed=0)  # 200-step episodes, no termination
     a, sa = build_store(tasks, episodes_per_task=2, num_workers=1, seed=4, policy="ou")
     b, _ = build_store(tasks, episodes_per_task=2, num_workers=2, seed=4, policy="ou")
     c, _ = build_store(
@@ -224,7 +224,7 @@ def test_episodes_per_task_is_reproducible_across_workers_and_backends():
 
 
 def test_episodes_per_task_bad_values():
-    tasks = sample_tasks("CartPole-v1", 2)
+    tasks = draw_tasks("CartPole-v1", 2)
     store = rust_buffer.RingBuffer(100, 6, 4)
     for bad in (0, -3):
         with pytest.raises(ValueError, match="episodes_per_task must be >= 1"):
@@ -244,7 +244,7 @@ def test_episodes_per_task_bad_values():
     )
     try:
         with pytest.raises(ValueError, match="no max_episode_steps"):
-            build_store([sample_task("EamlNoLimitPendulum-v0", 0)], episodes_per_task=1)
+            build_store([draw_task("EamlNoLimitPendulum-v0", 0)], episodes_per_task=1)
     finally:
         del gym.envs.registry["EamlNoLimitPendulum-v0"]
     assert len(store) == 0
@@ -264,7 +264,7 @@ def test_shared_backend_workers_write_into_the_file(tmp_path, monkeypatch):
         consume(store, item, counter)
 
     monkeypatch.setattr(writers, "_consume", spy)
-    tasks = sample_tasks("Pendulum-v1", 4, seed=0)
+    tasks = draw_tasks("Pendulum-v1", 4, seed=0)
     path = tmp_path / "store.rbuf"
     store, stats = build_store(
         tasks, episodes_per_task=2, path=path, num_workers=2, backend="shared", seed=3
@@ -309,7 +309,7 @@ def test_shared_backend_reports_a_dead_worker_and_keeps_the_store_usable(tmp_pat
         def make_env(self, **kwargs):
             return _SigkillEnv(super().make_env(**kwargs))
 
-    good = sample_tasks("CartPole-v1", 1, seed=0)[0]
+    good = draw_tasks("CartPole-v1", 1, seed=0)[0]
     tasks = [good, DyingTask("CartPole-v1", params=dict(good.params))]
     store = rust_buffer.RingBuffer.create(tmp_path / "s.rbuf", 1000, 6, 4)
     with pytest.raises(RuntimeError, match=r"worker process \d+ died \(exit code -9\)"):
@@ -324,6 +324,6 @@ def test_shared_backend_reports_a_dead_worker_and_keeps_the_store_usable(tmp_pat
 
 
 def test_shared_backend_needs_a_file_backed_store():
-    tasks = sample_tasks("CartPole-v1", 2)
+    tasks = draw_tasks("CartPole-v1", 2)
     with pytest.raises(ValueError, match="file-backed store"):
         collect(tasks, rust_buffer.RingBuffer(100, 6, 4), 10, backend="shared")

@@ -22,7 +22,7 @@ from eaml_ssm.control.planners import CEM, ActionCoder, RandomShooting, make_pla
 from eaml_ssm.control.rewards import FamilyReward, get_reward
 from eaml_ssm.features import Normalizer, encode_inputs, encode_targets
 from eaml_ssm.ssm import SSM
-from eaml_ssm.tasks import get_family, make_task, sample_task
+from eaml_ssm.tasks import draw_task, get_family, make_task
 
 FAMILIES = ("Pendulum-v1", "CartPole-v1", "MountainCarContinuous-v0")
 
@@ -40,7 +40,7 @@ def _raw(action: Any) -> torch.Tensor:
 
 def _record(env_id: str, steps: int = 60, seed: int = 0) -> list[tuple[Any, ...]]:
     """(s, a, s', r, terminated) of random-action play on a task with non-default physics."""
-    task = sample_task(env_id, seed, "ood")
+    task = draw_task(env_id, seed, "ood")
     env = task.make_env()
     rng = np.random.default_rng(seed)
     obs, _ = env.reset(seed=seed)
@@ -92,7 +92,7 @@ def test_unsupported_families_fail_clearly() -> None:
     with pytest.raises(ValueError, match=r"no control reward for 'Acrobot-v1'.*Pendulum-v1"):
         get_reward("Acrobot-v1")
     with pytest.raises(ValueError, match="no oracle dynamics"):
-        OracleDynamics(sample_task("Acrobot-v1", 0))
+        OracleDynamics(draw_task("Acrobot-v1", 0))
 
 
 # --- the fast step model ---------------------------------------------------------------------
@@ -262,7 +262,7 @@ def _store(capacity: int) -> Any:
 
 
 def test_the_loop_writes_every_transition_with_its_ids() -> None:
-    task = sample_task("Pendulum-v1", 0, "heldout")
+    task = draw_task("Pendulum-v1", 0, "heldout")
     store = _store(1000)
     planner = RandomShooting(50, 5, seed=0)
     res = run_episode(
@@ -290,7 +290,7 @@ def test_the_loop_writes_every_transition_with_its_ids() -> None:
 
 
 def test_a_long_run_keeps_the_store_bounded() -> None:
-    task = sample_task("Pendulum-v1", 0, "heldout")
+    task = draw_task("Pendulum-v1", 0, "heldout")
     store = _store(50)
     run_episode(
         task,
@@ -306,7 +306,7 @@ def test_a_long_run_keeps_the_store_bounded() -> None:
 
 
 def test_loop_rejects_inconsistent_arguments() -> None:
-    task = sample_task("Pendulum-v1", 0, "heldout")
+    task = draw_task("Pendulum-v1", 0, "heldout")
     with pytest.raises(ValueError, match="both a planner and its dynamics"):
         run_episode(task, planner=RandomShooting(4, 2), dynamics=None, start_seed=0, max_steps=5)
     with pytest.raises(ValueError, match="needs ids"):
@@ -436,7 +436,7 @@ def test_adaptation_keeps_the_meta_learned_weights(tiny_run: Path) -> None:
     trained = load_trained(tiny_run, torch.device("cpu"))
     before = {k: v.clone() for k, v in trained.maml.model.state_dict().items()}
     opts = ControlOptions(num_candidates=8, horizon=2, max_steps=40, adapt_every=8)
-    task = sample_task("Pendulum-v1", 0, "ood")
+    task = draw_task("Pendulum-v1", 0, "ood")
     res = model_episode(
         trained, "hybrid (w=0.1)", task, opts, 0, LiveIds(9, 0), torch.device("cpu")
     )
@@ -488,7 +488,7 @@ def test_control_options_reject_bad_values(tiny_run: Path) -> None:
 
 
 def test_a_fallen_pole_counts_as_out_of_goal_for_the_rest_of_the_episode() -> None:
-    task = sample_task("CartPole-v1", 0, "heldout")
+    task = draw_task("CartPole-v1", 0, "heldout")
     res = run_episode(task, planner=None, dynamics=None, start_seed=0, max_steps=400)
     assert res.steps < 100  # random actions drop the pole early
     assert res.goal_fraction == pytest.approx((res.steps - 1) / 400)

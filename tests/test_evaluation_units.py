@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from eaml_ssm import evaluate, protocol, tasks
+from eaml_ssm import dynamics_ood, evaluate, protocol, tasks
 from eaml_ssm.features import Normalizer
 
 
@@ -28,43 +28,43 @@ def test_unit_seeds_are_disjoint_across_seeds_and_roles() -> None:
 
 
 def test_pendulum_quantity_ranges_by_hand() -> None:
-    r = tasks.quantity_ranges("Pendulum-v1")
+    r = dynamics_ood.quantity_ranges("Pendulum-v1")
     assert r["g/l"] == pytest.approx((7.5 / 1.5, 12.5 / 0.5))
     assert r["1/(m l^2)"] == pytest.approx((1 / (1.5 * 1.5**2), 1 / (0.5 * 0.5**2)))
-    cp = tasks.quantity_ranges("CartPole-v1")
+    cp = dynamics_ood.quantity_ranges("CartPole-v1")
     assert cp["F/M"] == pytest.approx((5.0 / (1.5 + 0.15), 15.0 / (0.5 + 0.05)))
     assert cp["m_p/M"] == pytest.approx((0.05 / (1.5 + 0.05), 0.15 / (0.5 + 0.15)))
     with pytest.raises(ValueError, match="no dynamics quantities"):
-        tasks.quantity_ranges("MountainCarContinuous-v0")
+        dynamics_ood.quantity_ranges("MountainCarContinuous-v0")
 
 
 def test_outside_factor() -> None:
-    assert tasks.outside_factor(30.0, (5.0, 25.0)) == pytest.approx(1.2)
-    assert tasks.outside_factor(2.5, (5.0, 25.0)) == pytest.approx(2.0)
-    assert tasks.outside_factor(10.0, (5.0, 25.0)) == 1.0
+    assert dynamics_ood.outside_factor(30.0, (5.0, 25.0)) == pytest.approx(1.2)
+    assert dynamics_ood.outside_factor(2.5, (5.0, 25.0)) == pytest.approx(2.0)
+    assert dynamics_ood.outside_factor(10.0, (5.0, 25.0)) == 1.0
 
 
 def test_the_old_parameter_ood_split_is_partly_in_range() -> None:
     """Why the split moved: v1's out-of-range Pendulum tasks keep g/l inside its range."""
-    r = tasks.quantity_ranges("Pendulum-v1")
-    old = [tasks.sample_task("Pendulum-v1", s, "ood") for s in range(10)]
+    r = dynamics_ood.quantity_ranges("Pendulum-v1")
+    old = [tasks.draw_task("Pendulum-v1", s, "ood") for s in range(10)]
     assert all(r["g/l"][0] <= t.params["g"] / t.params["l"] <= r["g/l"][1] for t in old)
 
 
 @pytest.mark.parametrize("family", ["Pendulum-v1", "CartPole-v1"])
 def test_dynamics_ood_tasks_are_outside_in_every_quantity(family: str) -> None:
-    ranges = tasks.quantity_ranges(family)
-    lo, hi = tasks.DYNAMICS_OOD_FACTORS
+    ranges = dynamics_ood.quantity_ranges(family)
+    lo, hi = dynamics_ood.DYNAMICS_OOD_FACTORS
     for seed in range(8):
-        task = tasks.sample_dynamics_ood(family, seed)
+        task = dynamics_ood.draw_dynamics_ood(family, seed)
         assert task.split == "ood" and task.seed == seed
-        for q, value in tasks.dynamics_quantities(task).items():
-            assert lo <= tasks.outside_factor(value, ranges[q]) <= hi, (seed, q, value)
-    again = tasks.sample_dynamics_ood(family, 3)
-    assert again.params == tasks.sample_dynamics_ood(family, 3).params
-    assert again.params != tasks.sample_dynamics_ood(family, 4).params
+        for q, value in dynamics_ood.dynamics_quantities(task).items():
+            assert lo <= dynamics_ood.outside_factor(value, ranges[q]) <= hi, (seed, q, value)
+    again = dynamics_ood.draw_dynamics_ood(family, 3)
+    assert again.params == dynamics_ood.draw_dynamics_ood(family, 3).params
+    assert again.params != dynamics_ood.draw_dynamics_ood(family, 4).params
     with pytest.raises(ValueError, match="factors"):
-        tasks.sample_dynamics_ood(family, 0, factors=(2.0, 1.5))
+        dynamics_ood.draw_dynamics_ood(family, 0, factors=(2.0, 1.5))
 
 
 def _unit(seed: int) -> evaluate.Unit:
@@ -92,12 +92,12 @@ def test_probes_wiring_independent_units_and_splits() -> None:
     for seed in (0, 1):
         unit = _unit(seed)
         cfg_seed = evaluate.unit_config(unit).seed
-        train = tasks.sample_tasks("Pendulum-v1", 4, seed=cfg_seed, split="train")
+        train = tasks.draw_tasks("Pendulum-v1", 4, seed=cfg_seed, split="train")
         data = Data(family, train, None, norm)
         probes[seed] = (train, evaluate.make_probes(unit, data))
     (train0, p0), (train1, p1) = probes[0], probes[1]
     assert {t.seed for t in train0}.isdisjoint({t.seed for t in train1})
-    ranges = tasks.quantity_ranges("Pendulum-v1")
+    ranges = dynamics_ood.quantity_ranges("Pendulum-v1")
     for train, p in ((train0, p0), (train1, p1)):
         assert set(p.streams) == set(protocol.TEST_SPLITS)
         for split in protocol.TEST_SPLITS:
@@ -109,8 +109,8 @@ def test_probes_wiring_independent_units_and_splits() -> None:
             spec = {s.name: s for s in t.family.params}
             assert all(spec[k].contains(v, "heldout") for k, v in t.params.items())
         for t in p.tasks["ood"]:
-            q = tasks.dynamics_quantities(t)
-            assert all(tasks.outside_factor(q[k], ranges[k]) > 1.0 for k in q)
+            q = dynamics_ood.dynamics_quantities(t)
+            assert all(dynamics_ood.outside_factor(q[k], ranges[k]) > 1.0 for k in q)
         assert len(p.train_pairs) == 2  # old_tasks x pairs_per_task
     assert {t.seed for t in p0.tasks["ood"]}.isdisjoint({t.seed for t in p1.tasks["ood"]})
 

@@ -9,7 +9,7 @@ import torch
 from eaml_ssm import ExperienceBuffer
 from eaml_ssm.collect import build_store
 from eaml_ssm.features import Normalizer
-from eaml_ssm.tasks import sample_tasks
+from eaml_ssm.tasks import draw_tasks
 
 
 def test_empty_buffer_returns_none():
@@ -72,7 +72,7 @@ def test_bad_inputs():
 
 
 def test_model_space_facade_over_a_raw_store():
-    store, _ = build_store(sample_tasks("CartPole-v1", 3), 200, seed=0, capacity=1000)
+    store, _ = build_store(draw_tasks("CartPole-v1", 3), 200, seed=0, capacity=1000)
     norm = Normalizer.from_store(store)
     buf = ExperienceBuffer.from_store(store, "cpu", normalizer=norm)
     assert len(buf) == 600

@@ -10,7 +10,7 @@ import rust_buffer
 from eaml_ssm.collect import build_store
 from eaml_ssm.features import Normalizer
 from eaml_ssm.feed import StoreLoader
-from eaml_ssm.tasks import sample_tasks
+from eaml_ssm.tasks import draw_tasks
 
 cuda = pytest.mark.gpu
 
@@ -40,7 +40,7 @@ class SpyStore:
 
 @pytest.fixture(scope="module")
 def store():
-    s, _ = build_store(sample_tasks("Pendulum-v1", 6, seed=0), 300, seed=0, store_seed=1)
+    s, _ = build_store(draw_tasks("Pendulum-v1", 6, seed=0), 300, seed=0, store_seed=1)
     return s
 
 

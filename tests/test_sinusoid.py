@@ -11,15 +11,15 @@ import pytest
 import torch
 
 from eaml_ssm import sinusoid
-from eaml_ssm.sinusoid import SinusoidConfig, run_benchmark, sample_tasks, summarize
+from eaml_ssm.sinusoid import SinusoidConfig, draw_sinusoids, run_benchmark, summarize
 
 # One torch thread: with 2 threads on the shared 2-core machine, contention makes OpenMP
 # spin-waits dominate (a 3 s test took 66 s); the Makefile also sets OMP_NUM_THREADS=1.
 torch.set_num_threads(1)
 
 
-def test_sample_tasks_shapes_and_ranges() -> None:
-    batch = sample_tasks(500, 10, 7, torch.Generator().manual_seed(0))
+def test_draw_sinusoids_shapes_and_ranges() -> None:
+    batch = draw_sinusoids(500, 10, 7, torch.Generator().manual_seed(0))
     assert batch.support_x.shape == (500, 10, 1) and batch.query_y.shape == (500, 7, 1)
     x = torch.cat((batch.support_x, batch.query_x), dim=1)
     y = torch.cat((batch.support_y, batch.query_y), dim=1)

@@ -10,10 +10,10 @@ from eaml_ssm.tasks import (
     SPLITS,
     ParamSpec,
     default_task,
+    draw_task,
+    draw_tasks,
     get_family,
     make_task,
-    sample_task,
-    sample_tasks,
 )
 
 CLASSIC = ["CartPole-v1", "Pendulum-v1", "Acrobot-v1", "MountainCarContinuous-v0"]
@@ -54,19 +54,19 @@ def _actions(env_id, n, seed=0):
 
 @pytest.mark.parametrize("env_id", CLASSIC)
 def test_same_seed_same_physics_and_splits_differ(env_id):
-    a = sample_task(env_id, 7)
-    b = sample_task(env_id, 7)
+    a = draw_task(env_id, 7)
+    b = draw_task(env_id, 7)
     assert a.params == b.params and a.params  # reproducible and randomized
-    assert sample_task(env_id, 8).params != a.params
-    assert sample_task(env_id, 7, "heldout").params != a.params
-    assert sample_task(env_id, 7, "ood").params != a.params
+    assert draw_task(env_id, 8).params != a.params
+    assert draw_task(env_id, 7, "heldout").params != a.params
+    assert draw_task(env_id, 7, "ood").params != a.params
 
 
 @pytest.mark.parametrize("env_id", CLASSIC)
 @pytest.mark.parametrize("split", SPLITS)
 def test_parameters_fall_in_their_split(env_id, split):
     fam = get_family(env_id)
-    for task in sample_tasks(env_id, 40, seed=100, split=split):
+    for task in draw_tasks(env_id, 40, seed=100, split=split):
         for spec in fam.params:
             v = task.params[spec.name]
             lo, hi = spec.train
@@ -82,10 +82,10 @@ def test_parameters_fall_in_their_split(env_id, split):
 
 @pytest.mark.parametrize("env_id", CLASSIC)
 def test_different_tasks_behave_differently(env_id):
-    t1, t2 = sample_task(env_id, 1), sample_task(env_id, 2)
+    t1, t2 = draw_task(env_id, 1), draw_task(env_id, 2)
     acts = _actions(env_id, 30)
     a, b = _trajectory(t1, acts), _trajectory(t2, acts)
-    again = _trajectory(sample_task(env_id, 1), acts)
+    again = _trajectory(draw_task(env_id, 1), acts)
     np.testing.assert_array_equal(a, again)  # same task, same start, same actions
     n = min(len(a), len(b))
     assert n > 5
@@ -145,9 +145,9 @@ def test_other_box_env_is_a_single_task_family():
     fam = get_family("MountainCar-v0")  # Box observations, Discrete actions, not randomized
     assert not fam.randomized and fam.params == ()
     for split in SPLITS:
-        task = sample_task("MountainCar-v0", 3, split)
+        task = draw_task("MountainCar-v0", 3, split)
         assert task.params == {}
-    env = sample_task("MountainCar-v0", 0).make_env()
+    env = draw_task("MountainCar-v0", 0).make_env()
     assert env.observation_space.shape == (2,)
 
 
@@ -162,16 +162,16 @@ def test_other_box_env_is_a_single_task_family():
 )
 def test_unsupported_ids_raise_and_list_what_is_supported(env_id, needle):
     with pytest.raises(ValueError, match=needle) as info:
-        sample_task(env_id, 0)
+        draw_task(env_id, 0)
     for fam in FAMILIES:
         assert fam in str(info.value)
 
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="split must be one of"):
-        sample_task("CartPole-v1", 0, "test")
+        draw_task("CartPole-v1", 0, "test")
     with pytest.raises(ValueError, match="non-negative int"):
-        sample_task("CartPole-v1", -1)
+        draw_task("CartPole-v1", -1)
     with pytest.raises(TypeError, match="must be a str"):
         get_family(3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="takes parameters"):
@@ -199,16 +199,16 @@ def test_mujoco_family_scales_masses_and_damping():
 def test_mujoco_family_splits():
     fam = get_family("HalfCheetah-v5")
     assert (fam.state_dim, fam.action_dim) == (17, 6)
-    t = sample_task("HalfCheetah-v5", 4, "ood")
+    t = draw_task("HalfCheetah-v5", 4, "ood")
     assert all(v < 0.5 or v > 1.5 for v in t.params.values())
-    assert sample_task("HalfCheetah-v5", 4, "ood") == t
+    assert draw_task("HalfCheetah-v5", 4, "ood") == t
 
 
 def test_fixed_parameters_pin_some_and_draw_the_rest_as_before():
-    free = sample_task("Pendulum-v1", 5, "ood")
-    pinned = sample_task("Pendulum-v1", 5, "ood", fixed={"g": 10.0})
+    free = draw_task("Pendulum-v1", 5, "ood")
+    pinned = draw_task("Pendulum-v1", 5, "ood", fixed={"g": 10.0})
     assert pinned.params["g"] == 10.0
     assert (pinned.params["m"], pinned.params["l"]) == (free.params["m"], free.params["l"])
     assert pinned.make_env().unwrapped.g == 10.0
     with pytest.raises(ValueError, match="has no parameters"):
-        sample_task("Pendulum-v1", 5, fixed={"gravity": 10.0})
+        draw_task("Pendulum-v1", 5, fixed={"gravity": 10.0})

@@ -3,7 +3,8 @@
 * ``config.py``: `AdaptationConfig`, every setting of one adaptation, validated once;
 * ``adapter.py``: `Adapter` (``update_step`` on a window, ``predict``, ``reset``, ``fork``)
   and `UpdateResult`;
-* ``online.py``: `OnlineAdapter`, one step at a time: predict, observe, adapt every M steps;
+* ``online.py``: `OnlineAdapter`, one step at a time: predict, observe, adapt every
+  ``adapt_every`` steps;
 * ``replay.py``: `ExperienceSource`, what the adapter replays from the store given to it;
 * ``step_sizes.py``: the meta-learned step sizes (`learned_inner_lrs`) and one per parameter;
 * ``adam.py``: functional Adam moments for the inner steps.

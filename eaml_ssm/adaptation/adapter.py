@@ -22,10 +22,11 @@ Semantics that the original project got wrong and this module gets right:
   start of the update) is rolled back, logged, and counted in ``Adapter.stats``.
 
 This module is the `Adapter` alone (its step sizes, Adam moments, replay source and config
-live beside it). It is longer than the house's ~400 lines because the adapter is one object
-with one invariant, the weights it holds: their snapshot and reset, the inner-step loop that
-changes them with its rollback guard, and the hybrid objective it differentiates share that
-state; cut apart, each piece would have to reach back into the others.
+live beside it). Why one module: it is longer than the house's ~400 lines because the
+adapter is one object with one invariant, the weights it holds: their snapshot and reset,
+the inner-step loop that changes them with its rollback guard, and the hybrid objective it
+differentiates share that state; cut apart, each piece would have to reach back into the
+others.
 
 Shapes: see the glossary in eaml_ssm/__init__.py.
 """
@@ -426,7 +427,7 @@ class Adapter:
         return total, current
 
     def _experience_loss(self, full: Mapping[str, Tensor], batch: tuple[Tensor, Tensor]) -> Tensor:
-        obs, tgt = batch  # rows (k, d), (k, o) or windows (b, l, d), (b, l, o)
+        obs, tgt = batch  # rows (n, d), (n, o) or windows (b, l, d), (b, l, o)
         if obs.dim() == 2 or not self.stateful:
             if obs.dim() == 3:  # windows for a stateless model: score the steps after burn-in
                 burn = self.config.burn_in
@@ -435,7 +436,7 @@ class Adapter:
             pred, _ = call(self.model, full, obs, h, stateful=self.stateful)
             return self.loss_fn(pred, tgt)
         burn = self.config.burn_in
-        h = self.init_hidden(obs.shape[0])  # (b, h): each window runs from its own context
+        h = self.init_hidden(obs.shape[0])  # (b, z): each window runs from its own context
         if burn > 0:
             with torch.no_grad():
                 _, h = call(self.model, full, obs[:, :burn], h, stateful=True)

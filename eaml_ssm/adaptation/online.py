@@ -52,7 +52,7 @@ class OnlineAdapter:
         )
         self.hidden: Tensor | None = None
         self.t = 0
-        self.losses: list[tuple[int, float, int]] = []  # (t, loss before update, steps)
+        self.losses: list[tuple[int, float, int]] = []  # (self.t, loss before update, steps)
         # an eaml_ssm.feed.LiveWriter: each observed transition goes into the store at once
         self.live = live
 

@@ -22,7 +22,7 @@ class ExperienceSource:
     Accepts a ``rust_buffer.RingBuffer``, an ``eaml_ssm.buffer.ExperienceBuffer`` (its ring
     store, made at its first ``add``, is replayed through the feed with the facade's
     normalizer), another object exposing a RingBuffer as ``store``/``ring``/``buffer``, a
-    facade with ``get_batch(k)`` only (uniform rows through it), or ``None``. Every batch is
+    facade with ``get_batch(n)`` only (uniform rows through it), or ``None``. Every batch is
     chosen and gathered by the store (see `eaml_ssm.feed.replay`) and returned as float
     tensors on ``device``, passed through ``transform(obs, target)`` (e.g. the pipeline's
     ``Normalizer``: the store holds raw rows, the model sees normalized ones):
@@ -82,16 +82,16 @@ class ExperienceSource:
     def rows(
         self,
         strategy: SamplingName,
-        k: int,
+        n: int,
         query: Tensor | None = None,
         *,
         recent: int = 4096,
         candidates: int = 4096,
     ) -> tuple[Tensor, Tensor] | None:
-        """``k`` rows by ``strategy`` -> obs ``(k, d)``, target ``(k, o)`` (None: nothing)."""
+        """``n`` rows by ``strategy`` -> obs ``(n, d)``, target ``(n, o)`` (None: nothing)."""
         if self.ring is None:
-            return self._facade_rows(strategy, k)
-        return self.feed.rows(strategy, k, query, recent=recent, candidates=candidates)
+            return self._facade_rows(strategy, n)
+        return self.feed.rows(strategy, n, query, recent=recent, candidates=candidates)
 
     def windows(
         self,
@@ -109,7 +109,7 @@ class ExperienceSource:
             return self._facade_rows(strategy, b)
         return self.feed.windows(strategy, b, seq_len, query, recent=recent, candidates=candidates)
 
-    def _facade_rows(self, strategy: str, k: int) -> tuple[Tensor, Tensor]:
+    def _facade_rows(self, strategy: str, n: int) -> tuple[Tensor, Tensor]:
         """Uniform rows through a facade's own ``get_batch`` (it has no store to sample)."""
         get_batch = getattr(self.buffer, "get_batch", None)
         if strategy != "uniform" or get_batch is None:
@@ -117,7 +117,7 @@ class ExperienceSource:
                 f"{strategy} replay needs a store with the RingBuffer samplers (a "
                 f"rust_buffer.RingBuffer or an ExperienceBuffer); got {type(self.buffer).__name__}"
             )
-        batch = get_batch(k)
+        batch = get_batch(n)
         if batch is None:
             raise ValueError("the experience buffer holds no rows")
         obs, tgt = (t.to(self.device, self.dtype) for t in batch[:2])

@@ -26,7 +26,7 @@ def exploration_actions(
     ou_theta: float = 0.15,
     ou_sigma: float = 0.4,
 ) -> np.ndarray:
-    """A whole exploration schedule: (T,) int64 for Discrete, (T, da) float32 for Box.
+    """A whole exploration schedule: (l,) int64 for Discrete, (l, da) float32 for Box.
 
     ``repeat``: uniform random actions, each held 1..max_repeat steps (temporally correlated,
     so the state wanders further than with i.i.d. actions). ``uniform``: i.i.d. uniform.
@@ -41,29 +41,29 @@ def exploration_actions(
             raise ValueError(f"policy 'ou' needs a Box action space, got {action_space}")
         return _ou_schedule(action_space, n_steps, rng, ou_theta, ou_sigma)
     holds = 1 if kind == "uniform" else max_repeat
-    lengths = rng.integers(1, holds + 1, size=n_steps)  # enough holds to cover T steps
+    lengths = rng.integers(1, holds + 1, size=n_steps)  # enough holds to cover the l steps
     values = _uniform_actions(action_space, n_steps, rng)
     return np.repeat(values, lengths, axis=0)[:n_steps]
 
 
-def _uniform_actions(space: spaces.Space, n: int, rng: np.random.Generator) -> np.ndarray:
+def _uniform_actions(space: spaces.Space, n_steps: int, rng: np.random.Generator) -> np.ndarray:
     if isinstance(space, spaces.Discrete):
-        return (int(space.start) + rng.integers(0, int(space.n), size=n)).astype(np.int64)
+        return (int(space.start) + rng.integers(0, int(space.n), size=n_steps)).astype(np.int64)
     if isinstance(space, spaces.Box):
         low, high = space.low.reshape(-1), space.high.reshape(-1)
-        return rng.uniform(low, high, size=(n, low.shape[0])).astype(np.float32)
+        return rng.uniform(low, high, size=(n_steps, low.shape[0])).astype(np.float32)
     raise ValueError(f"unsupported action space {space}; expected Discrete or Box")
 
 
 def _ou_schedule(
-    space: spaces.Box, n: int, rng: np.random.Generator, theta: float, sigma: float
+    space: spaces.Box, n_steps: int, rng: np.random.Generator, theta: float, sigma: float
 ) -> np.ndarray:
     low, high = space.low.reshape(-1), space.high.reshape(-1)
-    noise = rng.standard_normal((n, low.shape[0]))  # (T, da)
+    noise = rng.standard_normal((n_steps, low.shape[0]))  # (l, da)
     x = np.empty_like(noise)
     cur = np.zeros(low.shape[0])
-    for t in range(n):
+    for t in range(n_steps):
         cur = cur - theta * cur + sigma * noise[t]
         x[t] = cur
-    unit = 0.5 * (np.tanh(x) + 1.0)  # (T, da) in (0, 1)
+    unit = 0.5 * (np.tanh(x) + 1.0)  # (l, da) in (0, 1)
     return (low + unit * (high - low)).astype(np.float32)

@@ -21,19 +21,19 @@ from eaml_ssm.tasks import Task, TaskFamily
 
 @dataclass(frozen=True)
 class Stream:
-    """T consecutive env steps of one task (episodes reset and continued)."""
+    """``l`` consecutive env steps of one task (episodes reset and continued)."""
 
     task: Task
-    states: np.ndarray  # (T, ds) float32
-    actions: np.ndarray  # (T,) int64 for Discrete, (T, da) float32 for Box
-    next_states: np.ndarray  # (T, ds) float32: the true successor (final obs at an episode end)
-    starts: np.ndarray  # (T,) bool: True where a new episode begins at this step
+    states: np.ndarray  # (l, ds) float32
+    actions: np.ndarray  # (l,) int64 for Discrete, (l, da) float32 for Box
+    next_states: np.ndarray  # (l, ds) float32: the true successor (final obs at an episode end)
+    starts: np.ndarray  # (l,) bool: True where a new episode begins at this step
 
     def __len__(self) -> int:
         return int(self.states.shape[0])
 
     def transitions(self) -> tuple[np.ndarray, np.ndarray]:
-        """Raw model rows (inputs (T, di), targets (T, dt)), as stored."""
+        """Raw model rows (inputs (l, d), targets (l, o)), as stored."""
         fam = self.task.family
         return encode_inputs(fam, self.states, self.actions), encode_targets(
             fam, self.states, self.next_states
@@ -78,30 +78,30 @@ def _roll(
     env: gym.Env,
     task: Task,
     fam: TaskFamily,
-    n: int,
+    n_steps: int,
     schedule: np.ndarray | None,
     policy: Any,
     seed: int,
 ) -> Stream:
-    states = np.empty((n, fam.state_dim), dtype=np.float32)  # (T, ds)
-    nexts = np.empty_like(states)  # (T, ds)
-    starts = np.zeros(n, dtype=bool)
+    states = np.empty((n_steps, fam.state_dim), dtype=np.float32)  # (l, ds)
+    nexts = np.empty_like(states)  # (l, ds)
+    starts = np.zeros(n_steps, dtype=bool)
     actions: list[Any] = []
     obs, _ = env.reset(seed=seed)
     starts[0] = True
-    for t in range(n):
+    for t in range(n_steps):
         a = schedule[t] if schedule is not None else policy(np.asarray(obs))
         nxt, _, term, trunc, _ = env.step(a)
         states[t], nexts[t] = obs, nxt
         actions.append(a)
         if term or trunc:
             nxt, _ = env.reset()
-            if t + 1 < n:
+            if t + 1 < n_steps:
                 starts[t + 1] = True
         obs = nxt
     acts: np.ndarray
     if fam.discrete_actions:
-        acts = np.asarray(actions, dtype=np.int64).reshape(n)
+        acts = np.asarray(actions, dtype=np.int64).reshape(n_steps)
     else:
-        acts = np.asarray(actions, dtype=np.float32).reshape(n, fam.action_dim)
+        acts = np.asarray(actions, dtype=np.float32).reshape(n_steps, fam.action_dim)
     return Stream(task, states, acts, nexts, starts)

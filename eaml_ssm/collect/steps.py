@@ -7,7 +7,7 @@ one episode of one task, one ``store.add`` call each, so each segment is contigu
 store and sequence windows can use it. Ints in the same stream report progress.
 
 Rows follow the layout of `eaml_ssm.features`: ``obs`` = raw ``[state, action_encoding]``,
-``target`` = raw change of state. Episode ids: ``task_id * EPISODE_STRIDE + k`` for the k-th
+``target`` = raw change of state. Episode ids: ``task_id * EPISODE_STRIDE + j`` for the j-th
 episode of that task in this call (plus ``first_episode``), unique across tasks and
 independent of thread timing.
 
@@ -27,7 +27,7 @@ from eaml_ssm.collect.exploration import exploration_actions
 from eaml_ssm.features import encode_inputs, encode_targets
 from eaml_ssm.tasks import Task, TaskFamily, get_family
 
-EPISODE_STRIDE = 1_000_000  # episode ids of task t are t * EPISODE_STRIDE + k
+EPISODE_STRIDE = 1_000_000  # task id i, its j-th episode: episode id i * EPISODE_STRIDE + j
 _PROGRESS_EVERY = 64  # steps between progress reports of a worker
 
 
@@ -35,8 +35,8 @@ _PROGRESS_EVERY = 64  # steps between progress reports of a worker
 class Segment:
     """Consecutive steps of one episode of one task: one `store.add` call."""
 
-    obs: np.ndarray  # (m, di) raw inputs
-    target: np.ndarray  # (m, dt) raw changes of state
+    obs: np.ndarray  # (n, d) raw inputs
+    target: np.ndarray  # (n, o) raw changes of state
     task_id: int
     episode_id: int
     first_step: int
@@ -66,7 +66,7 @@ def make_vector_env(tasks: Sequence[Task]) -> SyncVectorEnv:
 def run_job(job: Job) -> Iterator[Segment | int]:
     """Step the job's envs (`job.horizon` steps at most); yield segments and progress (ints)."""
     fam = get_family(job.tasks[0].env_id)
-    acts = _schedules(job, fam)  # (T, n) or (T, n, da)
+    acts = _schedules(job, fam)  # (l, e) or (l, e, da)
     venv = make_vector_env(job.tasks)
     try:
         obs, _ = venv.reset(seed=list(job.env_seeds))
@@ -96,23 +96,23 @@ def _step_loop(
 
     Progress ints count env steps (rows) in steps mode and finished episodes in episodes mode.
     """
-    n = len(job.tasks)
-    pend = _Pending(fam, n, min(job.chunk_rows, job.horizon))
+    n_envs = len(job.tasks)
+    pend = _Pending(fam, n_envs, min(job.chunk_rows, job.horizon))
     base_eid = np.asarray(job.task_ids, dtype=np.int64) * EPISODE_STRIDE + job.first_episode
-    episode = np.zeros(n, dtype=np.int64)  # episodes finished so far, per env
-    ep_step = np.zeros(n, dtype=np.int64)  # step index of the current transition, per env
-    active = np.ones(n, dtype=bool)  # envs still contributing rows
+    episode = np.zeros(n_envs, dtype=np.int64)  # episodes finished so far, per env
+    ep_step = np.zeros(n_envs, dtype=np.int64)  # step index of the current transition, per env
+    active = np.ones(n_envs, dtype=bool)  # envs still contributing rows
     unreported = 0
     for t in range(job.horizon):
         nxt, _, term, trunc, info = venv.step(acts[t])
-        nxt = np.array(nxt, dtype=np.float64)  # (n, ds) new obs (the reset obs where done)
-        done = np.logical_or(term, trunc)  # (n,)
+        nxt = np.array(nxt, dtype=np.float64)  # (e, ds) new obs (the reset obs where done)
+        done = np.logical_or(term, trunc)  # (e,)
         pend.push(obs, acts[t], _true_next(nxt, done, info), active)
         for i in np.flatnonzero(active & (done | (pend.fill == pend.chunk))).tolist():
             yield pend.pop(
                 i, job.task_ids[i], int(base_eid[i] + episode[i]), int(ep_step[i]), bool(done[i])
             )
-        unreported += int(np.count_nonzero(done & active)) if job.episodes else n
+        unreported += int(np.count_nonzero(done & active)) if job.episodes else n_envs
         ep_step = np.where(done, 0, ep_step + 1)
         episode += done
         if job.episodes:
@@ -133,7 +133,7 @@ def _step_loop(
 
 
 def _true_next(nxt: np.ndarray, done: np.ndarray, info: dict[str, Any]) -> np.ndarray:
-    """(n, ds) the real successor states: the final obs where an episode ended."""
+    """(e, ds) the real successor states: the final obs where an episode ended."""
     true_next = nxt.copy()
     for j in np.flatnonzero(done):
         true_next[j] = info["final_obs"][j]
@@ -141,31 +141,31 @@ def _true_next(nxt: np.ndarray, done: np.ndarray, info: dict[str, Any]) -> np.nd
 
 
 class _Pending:
-    """Per-env staging of rows not yet written: (n, chunk, di) and (n, chunk, dt)."""
+    """Per-env staging of rows not yet written: (e, chunk, d) and (e, chunk, o)."""
 
-    def __init__(self, fam: TaskFamily, n: int, chunk: int) -> None:
+    def __init__(self, fam: TaskFamily, n_envs: int, chunk: int) -> None:
         self.fam = fam
-        self.x = np.empty((n, chunk, fam.input_dim), dtype=np.float32)  # (n, c, di)
-        self.y = np.empty((n, chunk, fam.target_dim), dtype=np.float32)  # (n, c, dt)
-        self.fill = np.zeros(n, dtype=np.int64)
+        self.x = np.empty((n_envs, chunk, fam.input_dim), dtype=np.float32)  # (e, chunk, d)
+        self.y = np.empty((n_envs, chunk, fam.target_dim), dtype=np.float32)  # (e, chunk, o)
+        self.fill = np.zeros(n_envs, dtype=np.int64)
         self.chunk = chunk
 
     def push(self, s: np.ndarray, a: np.ndarray, s2: np.ndarray, mask: np.ndarray) -> None:
-        """Stage the transitions (s, a) -> s2 of the envs where `mask` (n,) is True."""
-        rows = np.flatnonzero(mask)  # (k,)
+        """Stage the transitions (s, a) -> s2 of the envs where `mask` (e,) is True."""
+        rows = np.flatnonzero(mask)  # (n,): one row per staged env
         at = self.fill[rows]
-        self.x[rows, at] = encode_inputs(self.fam, s[rows], a[rows])  # (k, di)
-        self.y[rows, at] = encode_targets(self.fam, s[rows], s2[rows])  # (k, dt)
+        self.x[rows, at] = encode_inputs(self.fam, s[rows], a[rows])  # (n, d)
+        self.y[rows, at] = encode_targets(self.fam, s[rows], s2[rows])  # (n, o)
         self.fill[rows] += 1
 
     def pop(self, i: int, task_id: int, episode_id: int, last_step: int, done: bool) -> Segment:
-        m = int(self.fill[i])
+        n = int(self.fill[i])
         self.fill[i] = 0
         return Segment(
-            self.x[i, :m].copy(),
-            self.y[i, :m].copy(),
+            self.x[i, :n].copy(),
+            self.y[i, :n].copy(),
             task_id,
             episode_id,
-            last_step - m + 1,
+            last_step - n + 1,
             bool(done),
         )

@@ -53,13 +53,13 @@ class Counter:
 
 
 def _write(store: Any, seg: Segment) -> _Written:
-    m = seg.obs.shape[0]
+    n = seg.obs.shape[0]
     store.add(
         seg.obs,
         seg.target,
         task_id=seg.task_id,
         episode_id=seg.episode_id,
-        step=np.arange(seg.first_step, seg.first_step + m, dtype=np.int64),
+        step=np.arange(seg.first_step, seg.first_step + n, dtype=np.int64),
     )
     return _Written.of(seg)
 

@@ -6,19 +6,19 @@ call, and the normalization would be separate kernels; at N x H = 500 x 20 that 
 not the arithmetic, dominated a straightforward loop (49 ms per control step in the issue's
 calibration). `FastSSMStep` therefore precomputes, once per weight change:
 
-* each layer's discretization, with the state kept as one complex tensor (N, n) so that the
+* each layer's discretization, with the state kept as one complex tensor (b, m) so that the
   recurrence is one complex multiply-add;
 * the input normalization folded into the input projection, and the target denormalization
   folded into the output projection (the model predicts raw changes of state directly).
 
 `SSMDynamics` wraps it for the planners: `prepare` warms the hidden state on the latest real
 steps (from a zero state: meta-training windows start from zero, so a short warm-up of
-``warmup`` steps is what the model knows; see the issue's pitfalls), `start(n)` tiles it over
+``warmup`` steps is what the model knows; see the issue's pitfalls), `start` tiles it over
 the candidates, and `step` predicts next states, fed back in the form the environment
 produces (Pendulum's (cos, sin) renormalized to unit length, every bounded coordinate clipped
 to the observation space).
 
-Shape letters: n candidates, ds state dim, da action-encoding dim, h width, m modes.
+Shapes: see the glossary in eaml_ssm/__init__.py; here ``b`` counts the N candidates.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class _Layer:
             for k, p in ssm.named_parameters():
                 p.copy_(saved[k])
         self.a = torch.complex(ab_r, ab_i)  # (m,) Lambda_bar
-        # B rows interleaved (re, im) so that (N, 2m) -> view_as_complex (N, m)
+        # B rows interleaved (re, im) so that (b, 2m) -> view_as_complex (b, m)
         self.b = torch.stack((bb_r, bb_i), dim=1).reshape(-1, bb_r.shape[1]).contiguous()
         c_r, c_i = w[f"{prefix}.ssm.c_real"], w[f"{prefix}.ssm.c_imag"]  # (h, m)
         # Re(C x) = [x_r, x_i] . [c_r, -c_i], in the same interleaved order as the state
@@ -73,9 +73,9 @@ class _Layer:
 class FastSSMStep:
     """Step mode of an `SSM` at given weights, raw inputs in, raw changes of state out.
 
-    ``step(states (n, ds), encoded actions (n, da), hidden) -> (delta (n, ds), hidden)``
+    ``step(states (b, ds), encoded actions (b, da), hidden) -> (delta (b, ds), hidden)``
     equals ``denormalize_targets(model(normalize_inputs([s, a]), h))`` (tested), where
-    ``hidden`` is a list of complex (n, m) states, one per layer.
+    ``hidden`` is a list of complex (b, m) states, one per layer.
     """
 
     def __init__(
@@ -120,12 +120,12 @@ class FastSSMStep:
         self, states: Tensor, encoded: Tensor, hidden: list[Tensor]
     ) -> tuple[Tensor, list[Tensor]]:
         h = torch.addmm(self.b_in, states, self.w_state.t())
-        h = h.addmm_(encoded, self.w_action.t())  # (n, h)
+        h = h.addmm_(encoded, self.w_action.t())  # (b, h)
         width = h.shape[1]
         out_hidden = []
         for layer, x in zip(self.layers, hidden, strict=True):
             z = F.layer_norm(h, (width,), layer.norm[0], layer.norm[1], self.eps)
-            bu = torch.view_as_complex(F.linear(z, layer.b).view(z.shape[0], -1, 2))  # (n, m)
+            bu = torch.view_as_complex(F.linear(z, layer.b).view(z.shape[0], -1, 2))  # (b, m)
             x = torch.addcmul(bu, x, layer.a)  # x' = Lambda_bar x + B_bar u
             out_hidden.append(x)
             y = torch.addcmul(F.linear(torch.view_as_real(x).flatten(1), layer.c), layer.d, z)
@@ -168,9 +168,9 @@ class StateProjector:
 class SSMDynamics:
     """The learned model as the planners see it (same interface as `OracleDynamics`).
 
-    ``prepare(history, n)``: warm the hidden state on the last ``warmup`` real steps
-    (``history`` = raw (states (t, ds), encoded actions (t, da)) of the episode so far);
-    ``start(n)``: that state tiled over n candidates; ``step(s, enc, raw)``: next states.
+    ``prepare(history)``: warm the hidden state on the last ``warmup`` real steps
+    (``history`` = raw (states (l, ds), encoded actions (l, da)) of the episode so far);
+    ``start``: that state tiled over the candidates; ``step(s, enc, raw)``: next states.
     """
 
     def __init__(

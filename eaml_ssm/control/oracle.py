@@ -1,10 +1,11 @@
 """The task's true dynamics as a batched model: the upper reference of the control grid.
 
 Each update is copied line by line from the environment's ``step`` (gymnasium 1.x) and runs
-on ``(n, ds)`` observation tensors, so the oracle planner sees exactly what the environment
+on ``(b, ds)`` observation tensors, so the oracle planner sees exactly what the environment
 would do with the task's physics (Pendulum clips the velocity *before* it updates the angle;
 CartPole integrates with explicit Euler; MountainCar clips velocity, then position). Tested
-against the environments on recorded transitions.
+against the environments on recorded transitions. Shapes: see the glossary in
+eaml_ssm/__init__.py (``b`` counts the planner's candidates).
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ _ORACLES: dict[str, Callable[[Mapping[str, float]], StepFn]] = {
 
 
 class OracleDynamics:
-    """True dynamics of one task: ``step(states (n, ds), raw actions (n, da)) -> (n, ds)``.
+    """True dynamics of one task: ``step(states (b, ds), raw actions (b, da)) -> (b, ds)``.
 
     Same interface as the learned model's planner view (`eaml_ssm.control.model.SSMDynamics`),
     so a planner runs unchanged on either; `prepare` has nothing to warm up.

@@ -1,10 +1,11 @@
 """Batched model-predictive planners: random shooting and CEM (PETS-style).
 
-A planner searches over *controls* ``u`` in ``[-1, 1]^du`` for each of ``H`` steps (one
-coordinate per action dimension for ``Box`` actions, one score per action for ``Discrete``
-ones: the executed action is the argmax). `ActionCoder` maps controls to the model's action
-encoding and to the raw actions the environment and the rewards take. All ``N`` candidates
-advance in one dynamics call per horizon step (`rollout_returns`).
+A planner searches over *controls* ``u`` in ``[-1, 1]^da`` for each of ``H`` steps (``da``
+coordinates, as many as the action encoding: one per action dimension for ``Box`` actions,
+one score per action for ``Discrete`` ones, where the executed action is the argmax).
+`ActionCoder` maps controls to the model's action encoding and to the raw actions the
+environment and the rewards take. All ``N`` candidates advance in one dynamics call per
+horizon step (`rollout_returns`).
 
 * `RandomShooting`: ``N`` uniform control sequences, plus the previous plan shifted by one
   step (its last step repeated) as one candidate, so a good plan is never lost.
@@ -12,7 +13,8 @@ advance in one dynamics call per horizon step (`rollout_returns`).
   sequences, refit ``iterations`` times to the best ``elite_frac`` of ``N`` samples (with
   momentum ``alpha``), warm-started from the previous mean shifted by one step.
 
-Shape letters: n candidates, H horizon, du control dim, ds state dim.
+Shapes: see the glossary in eaml_ssm/__init__.py; here ``b`` counts the N candidates and ``l``
+the H horizon steps.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ class Dynamics(Protocol):
 
 
 class ActionCoder:
-    """Controls u (n, du) in [-1, 1] -> model encoding (n, da), raw actions (n, da_raw)."""
+    """Controls u (b, da) in [-1, 1] -> model encoding (b, da), raw actions (b, 1 or da)."""
 
     def __init__(self, family: TaskFamily, device: torch.device | str = "cpu") -> None:
         space = family.action_space
@@ -57,7 +59,7 @@ class ActionCoder:
             self.half = torch.tensor((high - low) / 2, device=self.device)
 
     def encode(self, u: Tensor) -> tuple[Tensor, Tensor]:
-        """(encoding (n, da), raw (n, 1 or da)): the encoding `eaml_ssm.features` gives."""
+        """(encoding (b, da), raw (b, 1 or da)): the encoding `eaml_ssm.features` gives."""
         if self.discrete:
             idx = u.argmax(dim=1)
             return self._eye[idx], (idx + self.start).to(u.dtype).unsqueeze(1)
@@ -65,7 +67,7 @@ class ActionCoder:
         return u, self.low + (u + 1.0) * self.half
 
     def to_env(self, u: Tensor) -> int | np.ndarray:
-        """One control (du,) -> the action `env.step` takes."""
+        """One control (da,) -> the action `env.step` takes."""
         _, raw = self.encode(u.reshape(1, -1))
         if self.discrete:
             return int(raw[0, 0].item())
@@ -80,7 +82,7 @@ def rollout_returns(
     state: Tensor,
     controls: Tensor,
 ) -> Tensor:
-    """Predicted return of each control sequence (n, H, du) from `state` (ds,): (n,).
+    """Predicted return of each control sequence (b, l, da) from `state` (ds,): (b,).
 
     The dynamics must have been `prepare`d for this control step; the hidden state is tiled
     over the n candidates here. Terminating families stop paying once a candidate terminates.
@@ -105,7 +107,7 @@ def rollout_returns(
 
 @dataclass
 class PlanResult:
-    controls: Tensor  # (H, du) the chosen sequence; its first step is executed
+    controls: Tensor  # (l, da) the chosen sequence; its first step is executed
     predicted_return: float
 
 
@@ -130,7 +132,7 @@ class Planner(ABC):
         self.horizon = horizon
         self.seed = seed
         self.generator: torch.Generator | None = None
-        self.previous: Tensor | None = None  # (H, du)
+        self.previous: Tensor | None = None  # (l, da)
 
     def reset(self, seed: int | None = None, device: torch.device | str = "cpu") -> None:
         """Forget the previous plan and restart the sampling stream (one call per episode)."""
@@ -151,8 +153,8 @@ class Planner(ABC):
         assert self.generator is not None
         return self.generator
 
-    def _uniform(self, n: int, du: int, device: torch.device) -> Tensor:
-        u = torch.rand(n, self.horizon, du, generator=self._gen(device), device=device)
+    def _uniform(self, n: int, da: int, device: torch.device) -> Tensor:
+        u = torch.rand(n, self.horizon, da, generator=self._gen(device), device=device)
         return u.mul_(2.0).sub_(1.0)
 
     @abstractmethod
@@ -170,7 +172,7 @@ class RandomShooting(Planner):
     def plan(
         self, dynamics: Dynamics, coder: ActionCoder, reward: FamilyReward, state: Tensor
     ) -> PlanResult:
-        u = self._uniform(self.num_candidates, coder.dim, state.device)  # (n, H, du)
+        u = self._uniform(self.num_candidates, coder.dim, state.device)  # (b, l, da)
         shifted = self._shifted()
         if shifted is not None:
             u[0] = shifted
@@ -213,15 +215,15 @@ class CEM(Planner):
     def plan(
         self, dynamics: Dynamics, coder: ActionCoder, reward: FamilyReward, state: Tensor
     ) -> PlanResult:
-        du, dev = coder.dim, state.device
+        da, dev = coder.dim, state.device
         shifted = self._shifted()
-        mean = shifted if shifted is not None else torch.zeros(self.horizon, du, device=dev)
-        std = torch.full((self.horizon, du), self.init_std, device=dev)
+        mean = shifted if shifted is not None else torch.zeros(self.horizon, da, device=dev)
+        std = torch.full((self.horizon, da), self.init_std, device=dev)
         best_u, best_r = mean.clone(), -float("inf")
         for _ in range(self.iterations):
-            shape = (self.per_iter, self.horizon, du)
+            shape = (self.per_iter, self.horizon, da)
             noise = torch.randn(shape, generator=self._gen(dev), device=dev)
-            u = (mean + std * noise).clamp_(-1.0, 1.0)  # (n, H, du)
+            u = (mean + std * noise).clamp_(-1.0, 1.0)  # (b, l, da)
             u[0] = mean  # the current mean is always scored
             returns = rollout_returns(dynamics, coder, reward, state, u)
             top = torch.topk(returns, self.num_elites).indices

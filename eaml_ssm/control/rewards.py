@@ -1,10 +1,11 @@
 """Rewards, termination and goal regions of each supported family, on batched torch states.
 
-Every function takes raw states (the environment's observations) ``(n, ds)``, raw actions
-``(n, da)`` (the values the environment receives; for ``Discrete`` families the action index
-as a float column) and raw next states ``(n, ds)``, and returns ``(n,)`` tensors. They are
-copied from the environments' ``step`` so that a planner scores predicted states exactly as
-the environment scores real ones (tested against recorded transitions).
+Every function takes raw states (the environment's observations) ``(b, ds)``, raw actions
+``(b, da)`` (the values the environment receives; for ``Discrete`` families ``(b, 1)``, the
+action index as a float column) and raw next states ``(b, ds)``, and returns ``(b,)`` tensors.
+They are copied from the environments' ``step`` so that a planner scores predicted states
+exactly as the environment scores real ones (tested against recorded transitions). Shapes:
+see the glossary in eaml_ssm/__init__.py (``b`` counts the planner's candidates).
 
 Families: Pendulum-v1 (swing-up), CartPole-v1 (balance, with termination),
 MountainCarContinuous-v0, HalfCheetah-v5 (forward reward; needs mujoco). Anything else raises
@@ -54,7 +55,7 @@ class FamilyReward:
 
 
 def pendulum_angle(states: Tensor) -> Tensor:
-    """theta in [-pi, pi) from an observation (cos theta, sin theta, thdot): (n,)."""
+    """theta in [-pi, pi) from an observation (cos theta, sin theta, thdot): (b,)."""
     return torch.atan2(states[:, 1], states[:, 0])
 
 

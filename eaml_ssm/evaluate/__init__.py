@@ -5,7 +5,8 @@ Every (family, seed) is an independent unit: its own training tasks and its own 
 into the store, meta-train the SSM (second-order MAML with learned step sizes; first-order,
 softplus-step and jointly trained models for the ablations), then run one whole stream per
 split of 5 test tasks A -> B -> ... (`heldout`: parameter bands inside the training range;
-`ood`: every dynamics-setting quantity outside its training range, `tasks.sample_dynamics_ood`),
+`ood`: every dynamics-setting quantity outside its training range,
+`dynamics_ood.draw_dynamics_ood`),
 adapting every M = 16 steps on the latest window and scoring the next one, switch windows
 included (`stream_scoring`). Every method starts from the same weights, step sizes and step
 count.

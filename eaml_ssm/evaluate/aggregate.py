@@ -10,12 +10,12 @@ from typing import Any
 
 import numpy as np
 
+from eaml_ssm.dynamics_ood import DYNAMICS_QUANTITIES, outside_factor, quantity_ranges
 from eaml_ssm.evaluate.claims import REFERENCES, claims, effects, hybrid_controls, targets
 from eaml_ssm.evaluate.methods import REFERENCE, Method
 from eaml_ssm.evaluate.unit import is_diverged
 from eaml_ssm.protocol import TEST_SPLITS
 from eaml_ssm.stats import summarize
-from eaml_ssm.tasks import DYNAMICS_QUANTITIES, outside_factor, quantity_ranges
 
 METRICS = ("new", "F_train_0", "F_train_fs", "F_A_0", "F_A_fs")
 STREAM_METRICS = ("new", "new_settled", "switch", "recovery")

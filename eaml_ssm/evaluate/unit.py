@@ -19,17 +19,12 @@ from eaml_ssm import protocol, references, runtime, stream_scoring
 from eaml_ssm.adaptation import Adapter
 from eaml_ssm.artifacts import RunDir, finite
 from eaml_ssm.config import RunConfig
+from eaml_ssm.dynamics_ood import DYNAMICS_QUANTITIES, draw_dynamics_ood, dynamics_quantities
 from eaml_ssm.evaluate.methods import W_PRE, Method
 from eaml_ssm.evaluate.models import Models, negative_share, small_store, store_adapter
 from eaml_ssm.evaluate.profiles import Profile
 from eaml_ssm.run_data import Data, collect
-from eaml_ssm.tasks import (
-    DYNAMICS_QUANTITIES,
-    Task,
-    dynamics_quantities,
-    sample_dynamics_ood,
-    sample_tasks,
-)
+from eaml_ssm.tasks import Task, draw_tasks
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +77,13 @@ class Probes:
 def test_tasks(unit: Unit, split: str) -> list[Task]:
     """The unit's own test tasks of `split` (seeds from its test range, see unit_seeds):
     "heldout" = parameter bands inside the training range; "ood" = every dynamics-setting
-    quantity outside its training range (tasks.sample_dynamics_ood) where the family has a
+    quantity outside its training range (dynamics_ood.draw_dynamics_ood) where the family has a
     table of them, else parameters outside their ranges."""
     p = unit.profile
     first = protocol.unit_seeds(unit.seed, p.num_tasks, p.test_tasks).test
     if split == "ood" and unit.family in DYNAMICS_QUANTITIES:
-        return [sample_dynamics_ood(unit.family, first + i) for i in range(p.test_tasks)]
-    return sample_tasks(unit.family, p.test_tasks, seed=first, split=split)
+        return [draw_dynamics_ood(unit.family, first + i) for i in range(p.test_tasks)]
+    return draw_tasks(unit.family, p.test_tasks, seed=first, split=split)
 
 
 def make_probes(unit: Unit, data: Data) -> Probes:

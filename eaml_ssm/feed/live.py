@@ -11,7 +11,7 @@ samplers see the live stream as ordinary episodes. The store keeps its retention
 or reservoir): a long stream replaces old rows and never grows memory.
 
 Rows are raw (store space). A writer made with ``normalizer`` takes model-space rows and
-denormalizes them first.
+denormalizes them first. Shapes: see the glossary in eaml_ssm/__init__.py.
 """
 
 from __future__ import annotations

@@ -2,12 +2,12 @@
 
 `StoreLoader(store, device, normalizer, seed=...)` offers these kinds of batch:
 
-* ``batch(b)``                     -> x (b, di), y (b, dt)                 flat rows
-* ``tasks(t, s, q, contiguous)``   -> sx (t, s, di), sy (t, s, dt), qx (t, q, di),
-                                      qy (t, q, dt), task_ids (t,)          MAML task sets
+* ``batch(b)``                     -> x (b, d), y (b, o)                   flat rows
+* ``tasks(t, s, q, contiguous)``   -> sx (t, s, d), sy (t, s, o), qx (t, q, d),
+                                      qy (t, q, o), task_ids (t,)           MAML task sets
 * ``task_windows(tasks_of, ...)``  -> the same, for the tasks ``tasks_of(k)`` of draw k, each
                                       with its own seed (a distributed rank's share)
-* ``sequences(b, l)``              -> x (b, l, di), y (b, l, dt), task_ids (b,)   SSM windows
+* ``sequences(b, l)``              -> x (b, l, d), y (b, l, o), task_ids (b,)     SSM windows
 
 Draw order. With ``seed`` every draw ``k`` of a kind is gathered with its own seed
 ``draw_seed(seed, k)``, passed to the store call (a per-call generator, independent of the
@@ -28,8 +28,11 @@ event there. ``next`` only makes the caller's stream wait for that event (a GPU-
 and submits the next slot, so gathering and copying batch k+1 overlap step k. With
 ``pinned=False`` on CUDA the arrays are copied to the device with a blocking ``.to``.
 
-Glossary: ``b`` batch, ``l`` window length, ``t`` tasks, ``s`` support rows, ``q`` query
-rows, ``di`` input dim (= store obs_dim), ``dt`` target dim.
+Shapes: see the glossary in eaml_ssm/__init__.py (``d`` is the store's ``obs_dim``, ``o`` its
+``target_dim``).
+
+Why one module: the four batch kinds share the draw-seed bookkeeping, the pinned slots and the
+worker that fills them; each kind is a short method on that machinery.
 """
 
 from __future__ import annotations
@@ -219,7 +222,7 @@ class StoreLoader:
     # -- public batch kinds ----------------------------------------------------------------
 
     def batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Uniform rows: x (b, di), y (b, dt)."""
+        """Uniform rows: x (b, d), y (b, o)."""
         _positive(batch_size=batch_size)
         if not self.pinned:
             obs, tgt = self._draw(("batch", batch_size), "sample", batch_size)
@@ -235,7 +238,7 @@ class StoreLoader:
     def tasks(
         self, n_tasks: int, n_support: int, n_query: int, *, contiguous: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-task support/query sets: (t, s, di), (t, s, dt), (t, q, di), (t, q, dt), (t,)."""
+        """Per-task support/query sets: (t, s, d), (t, s, o), (t, q, d), (t, q, o), (t,)."""
         _positive(n_tasks=n_tasks, n_support=n_support, n_query=n_query)
         key = ("tasks", n_tasks, n_support, n_query, contiguous)
         if not self.pinned:
@@ -308,7 +311,7 @@ class StoreLoader:
     def sequences(
         self, batch_size: int, seq_len: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Windows of one episode: x (b, l, di), y (b, l, dt), task_ids (b,)."""
+        """Windows of one episode: x (b, l, d), y (b, l, o), task_ids (b,)."""
         _positive(batch_size=batch_size, seq_len=seq_len)
         key = ("seq", batch_size, seq_len)
         if not self.pinned:
@@ -430,7 +433,7 @@ def task_window_into(
     store: Any, obs_out: np.ndarray, target_out: np.ndarray, task: int, seed: int
 ) -> None:
     """One window of task ``task`` drawn by the store with ``seed``, written into
-    ``obs_out`` (1, l, di) and ``target_out`` (1, l, dt). ValueError when the task has none."""
+    ``obs_out`` (1, l, d) and ``target_out`` (1, l, o). ValueError when the task has none."""
     length = obs_out.shape[1]
     seeded(
         store, "sample_windows_into", obs_out, target_out, length, task_weights={task: 1.0},

@@ -2,7 +2,7 @@
 
 `ReplayFeed(store, device, transform, seed)` draws what the adapter replays:
 
-* ``rows(strategy, k, query)``         -> obs (k, d), target (k, o)
+* ``rows(strategy, n, query)``         -> obs (n, d), target (n, o)
 * ``windows(strategy, b, l, query)``   -> obs (b, l, d), target (b, l, o)
 
 with the strategies ``uniform`` (every stored row / valid window alike), ``task_balanced``
@@ -24,8 +24,7 @@ When the store has no episode structure (rows added without episode/step ids, e.
 ``ExperienceBuffer.add``) no window is valid: window replay then falls back to row replay
 and says so once in the log.
 
-Glossary: ``k`` rows, ``b`` windows, ``l`` window length, ``d`` inputs, ``o`` targets,
-``c`` nearest-neighbour candidates.
+Shapes: see the glossary in eaml_ssm/__init__.py.
 """
 
 from __future__ import annotations
@@ -95,37 +94,37 @@ class ReplayFeed:
     def rows(
         self,
         strategy: str,
-        k: int,
+        n: int,
         query: Tensor | None = None,
         *,
         recent: int = 4096,
         candidates: int = 4096,
     ) -> tuple[Tensor, Tensor] | None:
-        """``k`` rows by ``strategy`` -> obs (k, d), target (k, o); None when none may be drawn."""
-        _check(strategy, k)
+        """``n`` rows by ``strategy`` -> obs (n, d), target (n, o); None when none may be drawn."""
+        _check(strategy, n)
         store, seed = self._need(), self._next_seed()
         weights = self._weights(store, strategy)
         if weights == {}:
             return None
         if strategy == "nearest":
             cand_x, cand_y, _ = self._candidates(store, candidates, seed)
-            idx = _nearest(cand_x, _query(query, cand_x), k)
+            idx = _nearest(cand_x, _query(query, cand_x), n)
             return cand_x[idx], cand_y[idx]
         window = max(1, min(recent, len(store)))
         if weights is None and strategy == "recent":
-            obs, tgt = seeded(store, "sample_recent", min(k, window), window, seed=seed)
+            obs, tgt = seeded(store, "sample_recent", min(n, window), window, seed=seed)
         elif weights is None:  # at most the rows held (the store refuses more)
-            obs, tgt = seeded(store, "sample", min(k, len(store)), seed=seed)
+            obs, tgt = seeded(store, "sample", min(n, len(store)), seed=seed)
         else:  # rows of chosen tasks: windows of one row, per task
             try:
-                obs, tgt = self._weighted(store, strategy, weights, k, 1, window, seed)
+                obs, tgt = self._weighted(store, strategy, weights, n, 1, window, seed)
                 obs, tgt = obs[:, 0], tgt[:, 0]
             except ValueError as err:
                 if not _no_window(err):
                     raise
                 if strategy == "recent":
                     return None  # no rows of the replayed tasks among the newest
-                obs, tgt = self._task_rows(store, weights, strategy, k, seed)
+                obs, tgt = self._task_rows(store, weights, strategy, n, seed)
         return self._pair(obs, tgt)
 
     def _weighted(
@@ -168,17 +167,17 @@ class ReplayFeed:
         return obs, tgt
 
     def _task_rows(
-        self, store: Any, weights: dict[int, float], strategy: str, k: int, seed: int
+        self, store: Any, weights: dict[int, float], strategy: str, count: int, seed: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """Rows of the weighted tasks from a store without episodes (the store's per-task
         row sampler; the parts are joined with one copy)."""
         rng = np.random.default_rng([seed, 3])
         if strategy == "task_balanced":
-            plan = _balanced_plan(weights, k, rng)
+            plan = _balanced_plan(weights, count, rng)
         else:
             tasks = sorted(weights)
             p = np.array([weights[t] for t in tasks]) / sum(weights.values())
-            plan = [(t, int(n)) for t, n in zip(tasks, rng.multinomial(k, p), strict=True) if n]
+            plan = [(t, int(n)) for t, n in zip(tasks, rng.multinomial(count, p), strict=True) if n]
         counts = _counts(store)
         parts = []
         for task, n in plan:
@@ -202,7 +201,7 @@ class ReplayFeed:
     ) -> tuple[Tensor, Tensor] | None:
         """``b`` windows of ``length`` steps of one episode -> (b, l, d), (b, l, o).
 
-        Falls back to ``rows`` (k = b * length rows, returned as (k, d), (k, o)) when the
+        Falls back to ``rows`` (n = b * l rows, returned as (n, d), (n, o)) when the
         store holds no valid window; None when nothing may be drawn.
         """
         _check(strategy, b)
@@ -312,13 +311,13 @@ class ReplayFeed:
 
 
 def _balanced_plan(
-    weights: Mapping[int, float], k: int, rng: np.random.Generator
+    weights: Mapping[int, float], count: int, rng: np.random.Generator
 ) -> list[tuple[int, int]]:
-    """(task, count) pairs: ``k`` over up to ``k`` random tasks, as even as possible."""
+    """(task, share) pairs: ``count`` draws over up to ``count`` random tasks, evenly."""
     tasks = np.array(sorted(weights))
-    chosen = rng.choice(tasks, size=min(k, len(tasks)), replace=False)
-    per_task = np.full(len(chosen), k // len(chosen))
-    per_task[: k % len(chosen)] += 1
+    chosen = rng.choice(tasks, size=min(count, len(tasks)), replace=False)
+    per_task = np.full(len(chosen), count // len(chosen))
+    per_task[: count % len(chosen)] += 1
     return [(int(t), int(n)) for t, n in zip(chosen, per_task, strict=True)]
 
 
@@ -351,14 +350,14 @@ def _query(query: Tensor | None, cand: Tensor) -> Tensor:
     return q
 
 
-def _nearest(cand: Tensor, query: Tensor, k: int) -> Tensor:
-    """Indices (k,) of the candidates closest to any query row (z-scored by the candidates)."""
+def _nearest(cand: Tensor, query: Tensor, count: int) -> Tensor:
+    """Indices (count,) of the candidates closest to any query row (z-scored by the candidates)."""
     mean = cand.mean(dim=0)
     std = cand.std(dim=0, correction=0).clamp_min(1e-6)
     dist = torch.cdist((cand - mean) / std, (query - mean) / std)  # (c, n)
     score = dist.min(dim=1).values  # (c,)
-    k_eff = min(k, score.shape[0])
-    idx = torch.topk(score, k_eff, largest=False).indices  # (k_eff,)
-    if k_eff < k:  # fewer candidates than asked for: repeat the nearest ones
-        idx = idx[torch.arange(k, device=idx.device) % k_eff]
+    kept = min(count, score.shape[0])
+    idx = torch.topk(score, kept, largest=False).indices  # (kept,)
+    if kept < count:  # fewer candidates than asked for: repeat the nearest ones
+        idx = idx[torch.arange(count, device=idx.device) % kept]
     return idx
