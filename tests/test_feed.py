@@ -331,9 +331,9 @@ def test_cuda_rng_restore_keeps_the_states_of_the_visible_devices(monkeypatch):
 
 @pytest.mark.gpu
 def test_bare_cuda_resolves_to_an_index_and_unpinned_cuda_batches_are_on_the_device():
-    from eaml_ssm.feed import resolve_device
+    from eaml_ssm.feed import indexed_device
 
-    assert resolve_device("cuda").index == torch.cuda.current_device()
+    assert indexed_device("cuda").index == torch.cuda.current_device()
     store = _episodes_store()
     loader = StoreLoader(store, "cuda", pinned=False, seed=0)
     x, y = loader.batch(8)

@@ -16,7 +16,7 @@ This package is the only code of `eaml_ssm` that calls the store's samplers (``s
 """
 
 from eaml_ssm.feed.live import LiveWriter
-from eaml_ssm.feed.loader import StoreLoader, draw_seed, resolve_device, seeded, windowed_tasks
+from eaml_ssm.feed.loader import StoreLoader, draw_seed, indexed_device, seeded, windowed_tasks
 from eaml_ssm.feed.replay import ReplayFeed
 
 __all__ = [
@@ -24,7 +24,7 @@ __all__ = [
     "ReplayFeed",
     "StoreLoader",
     "draw_seed",
-    "resolve_device",
+    "indexed_device",
     "seeded",
     "windowed_tasks",
 ]

@@ -80,7 +80,7 @@ def seeded(store: Any, method: str, *args: Any, seed: int | None = None, **kwarg
     return fn(*args, **kwargs)
 
 
-def resolve_device(device: torch.device | str) -> torch.device:
+def indexed_device(device: torch.device | str) -> torch.device:
     """A device with an index: a bare ``cuda`` is the current CUDA device (``cuda:i``)."""
     dev = torch.device(device)
     if dev.type == "cuda" and dev.index is None:
@@ -196,7 +196,7 @@ class StoreLoader:
         time_copies: bool = False,
     ) -> None:
         self.store = store
-        self.device = resolve_device(device)
+        self.device = indexed_device(device)
         if normalizer is not None and (
             normalizer.input_dim != store.obs_dim or normalizer.target_dim != store.target_dim
         ):
