@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from eaml_ssm import runtime
 from eaml_ssm.maml import MetaMAML, TaskBatch
 from eaml_ssm.markdown import md_table
 from eaml_ssm.progress import progress
@@ -198,8 +199,9 @@ def _to(batch: TaskBatch, device: torch.device) -> TaskBatch:
 def run_benchmark(
     cfg: SinusoidConfig, methods: Sequence[str] = METHODS, quiet: bool = False
 ) -> dict[str, Any]:
-    """Train and evaluate the requested methods; returns the results dictionary."""
-    torch.set_num_threads(cfg.threads)
+    """Train and evaluate the requested methods; returns the results dictionary (each method
+    re-seeds torch with ``cfg.seed`` before it builds its model: the same initial weights)."""
+    runtime.setup(cfg.seed, threads=cfg.threads, device=cfg.device)
     eval_set = eval_tasks(cfg)
     results: dict[str, Any] = {}
     for method in methods:
