@@ -18,6 +18,7 @@ from eaml_ssm.adapters import base_adapter, methods
 from eaml_ssm.artifacts import RunDir
 from eaml_ssm.config import RunConfig
 from eaml_ssm.markdown import md_table
+from eaml_ssm.method_names import hybrid_key, label
 from eaml_ssm.plots import plot_before_after, plot_curve, plot_curves
 from eaml_ssm.progress import progress
 from eaml_ssm.run_data import Data
@@ -130,7 +131,7 @@ def _plots(
         xlabel="meta-step",
         ylabel="query loss (normalized MSE)",
     )
-    hybrid = f"hybrid (w={cfg.experience_weight:g})"
+    hybrid = label(hybrid_key(cfg.experience_weight))
     for split, named in curves.items():
         plot_curves(
             plots / f"adaptation_{split}.png",
@@ -143,7 +144,7 @@ def _plots(
         plot_before_after(
             plots / f"before_after_{split}.png",
             task_names[split],
-            tasks["no adaptation"],
+            tasks[label("none")],
             tasks[hybrid],
             title=f"{split}: error before and after hybrid adaptation",
         )

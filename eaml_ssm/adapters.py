@@ -11,7 +11,7 @@ from eaml_ssm.adaptation import Adapter, learned_inner_lrs
 from eaml_ssm.config import RunConfig
 from eaml_ssm.features import Normalizer
 from eaml_ssm.maml import MetaMAML
-from eaml_ssm.method_names import REFERENCE, hybrid_key, label
+from eaml_ssm.method_names import core_method, label, pipeline_keys
 from eaml_ssm.run_data import Data
 from eaml_ssm.runtime import resolve_device
 from eaml_ssm.train import Trained
@@ -40,22 +40,12 @@ def base_adapter(cfg: RunConfig, trained: Trained, data: Data, **extra: Any) -> 
 
 
 def methods(cfg: RunConfig, base: Adapter) -> dict[str, tuple[Adapter, bool]]:
-    """name -> (adapter at the meta-learned weights, adapts?).
+    """label -> (adapter at the meta-learned weights, adapts?) for `pipeline_keys`.
 
     The hybrid method runs twice: with the default `replay_live` and with the other choice
     (replay of old tasks only, or also of the live stream written into the store)."""
-    w = cfg.experience_weight
-    live = base.config.replay_live
-    return {
-        label("none"): (protocol.variant(base), False),
-        label("grbal"): (protocol.variant(base, mode="reset", experience_weight=0.0), True),
-        label(REFERENCE): (protocol.variant(base, mode="continual", experience_weight=0.0), True),
-        label(hybrid_key(w)): (
-            protocol.variant(base, mode="continual", experience_weight=w),
-            True,
-        ),
-        label(hybrid_key(w, not live)): (
-            protocol.variant(base, mode="continual", experience_weight=w, replay_live=not live),
-            True,
-        ),
-    }
+    out = {}
+    for key in pipeline_keys(cfg.experience_weight, base.config.replay_live):
+        adapts, fields = core_method(key)
+        out[label(key)] = (protocol.variant(base, **fields), adapts)
+    return out

@@ -14,6 +14,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from eaml_ssm.method_names import label
+
 PIPELINE_SUMMARY = Path("docs/results/pipeline/summary.json")
 
 
@@ -55,7 +57,7 @@ def pipeline_block(summary: dict, source: Path = PIPELINE_SUMMARY) -> str:
 def reduction_line(summary: dict) -> str:
     """How much the adapting methods cut the new-task error against no adaptation."""
     rows = summary["methods"]
-    base = rows["no adaptation"]
+    base = rows[label("none")]
     adapting = [r for n, r in rows.items() if n.startswith(("GrBAL", "continual", "hybrid"))]
     parts = []
     for split in ("heldout", "ood"):

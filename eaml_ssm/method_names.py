@@ -1,13 +1,18 @@
-"""Method names: the short keys of the evaluation's rows and their display labels.
+"""The adaptation methods the pipeline, the control grid and the evaluation share: their keys,
+display labels and settings.
 
 One registry for both names of a method: the evaluation's tables use the keys (`grbal`,
-`cont_w0`, `hybn_0.3`, ...; docs/evaluation.md), the pipeline's summary the labels
-("GrBAL reset (w=0)", ...), both from here.
+`cont_w0`, `hybn_0.3`, ...; docs/evaluation.md), the pipeline's summary and the control grid
+the labels ("GrBAL reset (w=0)", ...). `core_method(key)` is what a core method does (does it
+adapt, and the AdaptationConfig fields it sets), `pipeline_keys` the methods the pipeline and
+the control grid compare; the evaluation's grid (`eaml_ssm.evaluate.methods`) builds its core
+rows from the same `core_method`.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 REFERENCE = "cont_w0"  # effect sizes are measured against continual w = 0
 
@@ -43,4 +48,35 @@ def hybrid_key(w: float, replay_live: bool | None = None) -> str:
     return f"{base}_{'live' if replay_live else 'oldonly'}"
 
 
-__all__ = ["LABELS", "REFERENCE", "hybrid_key", "label"]
+def core_method(key: str) -> tuple[bool, dict[str, Any]]:
+    """(adapts?, AdaptationConfig fields) of a core method: `none` (the meta-learned weights,
+    no adaptation), `grbal` (reset to them before each update, w = 0), `cont_w0` (continual,
+    w = 0) and the normalized hybrids `hybn_<w>` (continual, replay weight w; `_live` /
+    `_oldonly`: replay the live stream too, or old tasks only)."""
+    if key == "none":
+        return False, {}
+    if key == "grbal":
+        return True, {"mode": "reset", "experience_weight": 0.0}
+    if key == REFERENCE:
+        return True, {"mode": "continual", "experience_weight": 0.0}
+    match = _HYBRID_KEY.fullmatch(key)
+    if match is None:
+        raise ValueError(f"not a core method: {key!r} (none, grbal, {REFERENCE}, hybn_<w>)")
+    fields: dict[str, Any] = {
+        "mode": "continual",
+        "experience_weight": float(match[1]),
+        "normalize": True,
+    }
+    if match[2] is not None:
+        fields["replay_live"] = match[2] == "live"
+    return True, fields
+
+
+def pipeline_keys(w: float, replay_live: bool) -> list[str]:
+    """The methods the pipeline's adapt stage and the control grid compare: no adaptation,
+    GrBAL, continual w = 0, the hybrid of weight ``w``, and the same hybrid with the other
+    replay source than ``replay_live`` (the adapter's default)."""
+    return ["none", "grbal", REFERENCE, hybrid_key(w), hybrid_key(w, not replay_live)]
+
+
+__all__ = ["LABELS", "REFERENCE", "core_method", "hybrid_key", "label", "pipeline_keys"]

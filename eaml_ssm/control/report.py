@@ -20,6 +20,7 @@ import numpy as np
 
 from eaml_ssm.doc_blocks import update_doc
 from eaml_ssm.markdown import md_table
+from eaml_ssm.method_names import label
 from eaml_ssm.stats import summarize
 
 DEFAULT_RESULTS_DIR = Path("docs/results/control")
@@ -144,7 +145,7 @@ def check_targets(summary: dict[str, Any]) -> dict[str, Any]:
             row["episodes_ending_in_goal"] == row["episodes"],
         )
     ood = sp.get("ood") and _method(sp["ood"], ADAPTED)
-    none = sp.get("ood") and _method(sp["ood"], "no adaptation")
+    none = sp.get("ood") and _method(sp["ood"], label("none"))
     if ood:
         score = ood[1]["normalized_score"]
         out["ood_score"] = check(score, TARGET_OOD, score is not None and score >= TARGET_OOD)

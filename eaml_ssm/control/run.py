@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from eaml_ssm.adaptation import AdaptationConfig
 from eaml_ssm.adapters import adapter_for, methods
 from eaml_ssm.control.loop import Adaptation, EpisodeResult, LiveIds, run_episode
 from eaml_ssm.control.model import SSMDynamics
@@ -27,6 +28,7 @@ from eaml_ssm.control.planners import PLANNERS, Dynamics, Planner, make_planner
 from eaml_ssm.control.report import summarize_grid
 from eaml_ssm.control.rewards import get_reward
 from eaml_ssm.features import Normalizer
+from eaml_ssm.method_names import label, pipeline_keys
 from eaml_ssm.protocol import TEST_SPLITS
 from eaml_ssm.run_data import STORE_FILE
 from eaml_ssm.runtime import resolve_device
@@ -118,22 +120,10 @@ def _planner(opts: ControlOptions) -> Planner:
 
 
 def method_names(cfg: Any) -> list[str]:
-    return [*methods(cfg, _NullAdapter()), "oracle", "random"]  # type: ignore[arg-type]
-
-
-class _NullAdapter:
-    """Stands in for an adapter where only the method names are needed."""
-
-    def __init__(self) -> None:
-        from eaml_ssm.adaptation import AdaptationConfig
-
-        self.config = AdaptationConfig()
-
-    def fork(self, **_: Any) -> _NullAdapter:
-        return self
-
-    def reset(self) -> None:
-        pass
+    """The grid's methods: the pipeline's (with the adapter's default replay source), the
+    oracle and the random policy."""
+    keys = pipeline_keys(cfg.experience_weight, AdaptationConfig.replay_live)
+    return [*(label(k) for k in keys), "oracle", "random"]
 
 
 def model_episode(
@@ -156,7 +146,7 @@ def model_episode(
     # a private copy: adaptation must never touch the meta-learned weights, whatever the
     # Adapter does with the model it is given
     maml = copy.deepcopy(trained.maml)
-    base = adapter_for(cfg, maml, store, trained.normalizer, resolve_device(cfg.device))
+    base = adapter_for(cfg, maml, store, trained.normalizer, device)
     variants = methods(cfg, base)
     if method not in variants:
         raise ValueError(f"unknown model method {method!r}; expected one of {list(variants)}")

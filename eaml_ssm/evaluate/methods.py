@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from eaml_ssm.method_names import REFERENCE, hybrid_key
+from eaml_ssm.method_names import REFERENCE, core_method, hybrid_key
 
 W_PRE = 0.3  # the hybrid weight fixed before the run (calibration study)
 PREREGISTERED = hybrid_key(W_PRE)  # "hybn_0.3"
@@ -39,6 +39,12 @@ class Method:
 def _m(name: str, group: str = "", weight: float = math.nan, **kw: Any) -> Method:
     fields = {k: kw.pop(k) for k in ("model", "adapt", "store") if k in kw}
     return Method(name, overrides=tuple(sorted(kw.items())), group=group, weight=weight, **fields)
+
+
+def _core(key: str, **kw: Any) -> Method:
+    """A baseline row from the shared registry (`method_names.core_method`)."""
+    adapts, fields = core_method(key)
+    return _m(key, group="baseline", adapt=adapts, **fields, **kw)
 
 
 def _hybrid(w: float, normalize: bool, sampling: str, **kw: Any) -> Method:
@@ -167,11 +173,11 @@ def method_grid(level: str) -> list[Method]:
     clamped at >= 0: the `_pos` rows)."""
     if level not in LEVELS:
         raise ValueError(f"method level must be one of {', '.join(LEVELS)}, got {level!r}")
-    w0: dict[str, Any] = {"mode": "continual", "experience_weight": 0.0}
+    w0: dict[str, Any] = core_method(REFERENCE)[1]
     grid = [
-        _m("none", adapt=False, group="baseline"),
-        _m("grbal", group="baseline", weight=0.0, mode="reset", experience_weight=0.0),
-        _m(REFERENCE, group="baseline", weight=0.0, **w0),
+        _core("none"),
+        _core("grbal", weight=0.0),
+        _core(REFERENCE, weight=0.0),
         _hybrid(W_PRE, True, "uniform"),
         _hybrid(1.0, True, "uniform"),
         _hybrid(1.0, False, "uniform"),
