@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from eaml_ssm import __version__
+from eaml_ssm import __version__, runtime
 from eaml_ssm.config import RunConfig, add_config_arguments, config_from_args, validate
 
 log = logging.getLogger("eaml_ssm")
@@ -137,23 +137,9 @@ def normalize_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> lis
     return out
 
 
-def check_device(name: str) -> None:
-    """Refuse `cuda` / `cuda:N` up front when torch cannot use that device."""
-    if name == "cuda" or name.startswith("cuda:"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {name} was asked for, but torch sees no CUDA device")
-        index = name.partition(":")[2]
-        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
-            raise ValueError(
-                f"--device {name}: torch sees {torch.cuda.device_count()} CUDA device(s)"
-            )
-
-
 def preflight(cfg: RunConfig) -> None:
     """Checks that need the machine (files, devices), before anything is created."""
-    check_device(cfg.device)
+    runtime.check_device(cfg.device)
     out = Path(cfg.out)
     for parent in (out, *out.parents):
         if parent.exists() and not parent.is_dir():
@@ -178,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(bool(getattr(args, "quiet", False)))
     try:
         if command in ("sinusoid", "evaluate", "control"):
-            check_device(args.device)
+            runtime.check_device(args.device)
         if command == "sinusoid":
             from eaml_ssm import sinusoid
 

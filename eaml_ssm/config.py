@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
@@ -247,8 +248,8 @@ def validate(cfg: RunConfig) -> None:
             f"--stream_steps ({cfg.stream_steps}) must be at least 2 x --adapt_every "
             f"({cfg.adapt_every}): each scored window follows one the model adapted on"
         )
-    if cfg.device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"--device must be auto, cpu or cuda, got {cfg.device!r}")
+    if cfg.device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", cfg.device):
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
     if cfg.meta_batch_size > cfg.num_tasks:
         raise ValueError(
             f"--meta_batch_size ({cfg.meta_batch_size}) cannot exceed --num_tasks ({cfg.num_tasks})"

@@ -20,6 +20,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def check_device(name: str) -> None:
+    """Refuse ``cuda`` / ``cuda:N`` up front when torch cannot use that device (the one
+    machine check of a --device value; its syntax is checked where the value enters)."""
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name} was asked for, but torch sees no CUDA device")
+        index = name.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            raise ValueError(
+                f"--device {name}: torch sees {torch.cuda.device_count()} CUDA device(s)"
+            )
+
+
 def resolve_device(name: str | torch.device, local_rank: int | None = None) -> torch.device:
     """The torch device of a ``--device`` value: ``auto`` picks CUDA when torch sees it.
 
@@ -33,8 +46,7 @@ def resolve_device(name: str | torch.device, local_rank: int | None = None) -> t
         raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
+    check_device(name)
     if local_rank is None or name != "cuda":
         return torch.device(name)
     count = torch.cuda.device_count()
@@ -57,4 +69,4 @@ def setup(seed: int, threads: int = 1, device: str | torch.device = "cpu") -> to
     return resolve_device(device)
 
 
-__all__ = ["resolve_device", "seed_everything", "setup"]
+__all__ = ["check_device", "resolve_device", "seed_everything", "setup"]

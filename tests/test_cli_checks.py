@@ -233,3 +233,25 @@ def test_a_continued_run_is_checked_against_its_saved_values(collected: Path) ->
 
     base = saved_config(existing_run(config_from_args(args, check=False)))
     assert config_from_args(args, base=base).meta_batch_size == 2
+
+
+def test_device_syntax_is_checked_once_where_it_enters() -> None:
+    from eaml_ssm.config import RunConfig, validate
+
+    for ok in ("auto", "cpu", "cuda", "cuda:1"):
+        validate(RunConfig(device=ok))  # syntax only: the machine check is runtime's
+    for bad in ("gpu", "cuda:", "cuda:x", "CPU"):
+        with pytest.raises(ValueError, match="--device must be auto, cpu, cuda or cuda:N"):
+            validate(RunConfig(device=bad))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
+def test_runtime_refuses_cuda_without_cuda() -> None:
+    from eaml_ssm import runtime
+
+    for name in ("cuda", "cuda:0"):
+        with pytest.raises(ValueError, match="no CUDA"):
+            runtime.check_device(name)
+        with pytest.raises(ValueError, match="no CUDA"):
+            runtime.resolve_device(name)
+    runtime.check_device("cpu")
