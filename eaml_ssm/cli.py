@@ -20,6 +20,7 @@ from pathlib import Path
 
 from eaml_ssm import __version__, runtime
 from eaml_ssm.config import RunConfig, add_config_arguments, config_from_args, validate
+from eaml_ssm.flags import normalize_flags
 
 log = logging.getLogger("eaml_ssm")
 
@@ -108,33 +109,6 @@ def build_parser() -> argparse.ArgumentParser:
         )
         module.add_arguments(own)
     return parser
-
-
-def _option_strings(parser: argparse.ArgumentParser) -> set[str]:
-    """Every --flag of the parser and of its subcommands."""
-    found: set[str] = set()
-    for action in parser._actions:
-        found.update(action.option_strings)
-        if isinstance(action, argparse._SubParsersAction):
-            for sub in action.choices.values():
-                found |= _option_strings(sub)
-    return found
-
-
-def normalize_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
-    """Accept ``--num-epochs`` for ``--num_epochs``: one style shown, both understood."""
-    known = _option_strings(parser)
-    out: list[str] = []
-    for i, token in enumerate(argv):
-        if token == "--":  # everything after is positional
-            return [*out, *argv[i:]]
-        if token.startswith("--") and "-" in token[2:]:
-            flag, eq, value = token.partition("=")
-            alt = "--" + flag[2:].replace("-", "_")
-            if flag not in known and alt in known:
-                token = alt + eq + value
-        out.append(token)
-    return out
 
 
 def preflight(cfg: RunConfig) -> None:

@@ -58,13 +58,9 @@ def control_stage(path: Path, options: Any, results: Path | None = None) -> dict
     """Model-predictive control grid (eaml_ssm.control) on the trained run folder `path`;
     writes control.json, control.md and plots there (or at `results`)."""
     # the control grid (planners, env models) loads only when this stage runs
-    from eaml_ssm.control.report import write_outputs
-    from eaml_ssm.control.run import load_trained, run_grid
+    from eaml_ssm.control.run import run_control
 
-    trained = load_trained(path, runtime.resolve_device(options.device))
-    summary = run_grid(trained, options)
-    write_outputs(summary, results or Path(path) / "control.json")
-    return summary
+    return run_control(path, options, results)
 
 
 def run_stage(command: str, cfg: RunConfig, *, resume: bool = False) -> int:

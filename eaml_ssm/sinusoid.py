@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from eaml_ssm import runtime
+from eaml_ssm.flags import normalize_flags  # --meta-batch and --meta_batch alike
 from eaml_ssm.maml import MetaMAML, TaskBatch
 from eaml_ssm.markdown import md_table
 from eaml_ssm.progress import progress
@@ -358,8 +359,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     add_arguments(parser)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from eaml_ssm.cli import normalize_flags  # --meta-batch and --meta_batch alike
-
     return run(parser.parse_args(normalize_flags(parser, sys.argv[1:] if argv is None else argv)))
 
 

@@ -1,10 +1,10 @@
 """The package's layout rules (docs/architecture.md), checked on the source.
 
-- No import circle among eaml_ssm's modules (module-level imports; imports under
-  ``TYPE_CHECKING`` and inside functions are deferred and do not count), nor among its
-  top-level parts (``eaml_ssm.evaluate`` as one node, ``eaml_ssm.feed`` as one ...).
-- `pipeline` runs the stages: only entry points (the torchrun rank's) import it at module
-  level; no library module does.
+- No import circle among eaml_ssm's modules (imports at module level and inside functions
+  alike; only imports under ``TYPE_CHECKING`` do not count), nor among its top-level parts
+  (``eaml_ssm.evaluate`` as one node, ``eaml_ssm.feed`` as one ...).
+- `pipeline` runs the stages: only entry points (the command line, a torchrun rank, the
+  package's lazy `run_stage` export) import it; no library module does.
 - A module over 400 lines says why in its docstring ("Why one module: ...").
 """
 
@@ -30,19 +30,25 @@ def _is_type_checking(node: ast.stmt) -> bool:
 
 
 def imports(name: str) -> set[str]:
-    """The eaml_ssm modules `name` imports when it is imported."""
+    """The eaml_ssm modules `name` imports, at import time or later inside a function (only
+    imports under ``TYPE_CHECKING`` do not count: they never run)."""
     tree = ast.parse(MODULES[name].read_text())
+    skipped = {id(n) for n in ast.walk(tree) if _is_type_checking(n)}
     found: set[str] = set()
-    for stmt in tree.body:
-        if _is_type_checking(stmt) or isinstance(stmt, ast.FunctionDef | ast.ClassDef):
-            continue
-        for node in ast.walk(stmt):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                for alias in node.names:
-                    full = f"{node.module}.{alias.name}"
-                    found.add(full if full in MODULES else node.module)
-            elif isinstance(node, ast.Import):
-                found.update(alias.name for alias in node.names)
+
+    def visit(node: ast.AST) -> None:
+        if id(node) in skipped:
+            return
+        if isinstance(node, ast.ImportFrom) and node.module:
+            for alias in node.names:
+                full = f"{node.module}.{alias.name}"
+                found.add(full if full in MODULES else node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
     return {m for m in found if m in MODULES and m != name}
 
 
@@ -92,7 +98,7 @@ def test_no_import_circle_among_top_level_parts() -> None:
 
 
 def test_pipeline_is_not_a_library() -> None:
-    entry_points = {"eaml_ssm.cli", "eaml_ssm.distributed.run"}
+    entry_points = {"eaml_ssm", "eaml_ssm.cli", "eaml_ssm.distributed.run"}
     users = sorted(n for n in MODULES if "eaml_ssm.pipeline" in imports(n))
     assert set(users) <= entry_points, f"library modules importing the stage runner: {users}"
 

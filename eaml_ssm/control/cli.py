@@ -28,7 +28,7 @@ from typing import Any
 from eaml_ssm import runtime
 from eaml_ssm.control.planners import PLANNERS
 from eaml_ssm.control.report import DEFAULT_RESULTS_DIR, render_markdown, rerender
-from eaml_ssm.control.run import PROFILES, ControlOptions
+from eaml_ssm.control.run import PROFILES, ControlOptions, run_control
 from eaml_ssm.protocol import TEST_SPLITS
 from eaml_ssm.run_folders import existing_run
 
@@ -174,11 +174,10 @@ def main(args: argparse.Namespace) -> int:
     opts = options_from_args(args)
     opts.validate()
     runtime.setup(opts.seed, threads=1)  # the budget: one core per control step
-    from eaml_ssm.pipeline import control_stage
 
     folder = run_folder(args)
     results = Path(args.results) if args.results else folder / "control.json"
-    summary = control_stage(folder, opts, results)
+    summary = run_control(folder, opts, results)
     print(render_markdown(summary))
     print(f"\nresults: {results}")
     return 0

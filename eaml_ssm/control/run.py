@@ -25,7 +25,7 @@ from eaml_ssm.control.loop import Adaptation, EpisodeResult, LiveIds, run_episod
 from eaml_ssm.control.model import SSMDynamics
 from eaml_ssm.control.oracle import OracleDynamics, has_oracle
 from eaml_ssm.control.planners import PLANNERS, Dynamics, Planner, make_planner
-from eaml_ssm.control.report import summarize_grid
+from eaml_ssm.control.report import summarize_grid, write_outputs
 from eaml_ssm.control.rewards import get_reward
 from eaml_ssm.features import Normalizer
 from eaml_ssm.method_names import label, pipeline_keys
@@ -293,3 +293,14 @@ def run_grid(trained: TrainedRun, opts: ControlOptions) -> dict[str, Any]:
         methods=chosen,
         seconds=time.perf_counter() - t0,
     )
+
+
+def run_control(
+    path: str | Path, options: ControlOptions, results: Path | None = None
+) -> dict[str, Any]:
+    """The grid on the trained run folder `path`: control.json, control.md and plots there
+    (or at `results`); returns the summary (`eaml_ssm.pipeline.control_stage` runs this)."""
+    trained = load_trained(path, resolve_device(options.device))
+    summary = run_grid(trained, options)
+    write_outputs(summary, results or Path(path) / "control.json")
+    return summary
