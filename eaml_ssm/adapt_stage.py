@@ -1,9 +1,9 @@
 """The pipeline's adapt stage: online adaptation on held-out and out-of-range streams.
 
-Every method of `eaml_ssm.adapters.methods` runs prequentially (see eaml_ssm.protocol) on
+Every method of `eaml_ssm.run_adapter.methods` runs prequentially (see eaml_ssm.protocol) on
 streams of test tasks A -> B -> C, without resets between tasks, against identity and
 per-window linear least squares; retention is scored on old (training) tasks. Writes the
-plots; returns the summary that `format_table` renders.
+plots; returns the summary that `summary_table` renders.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from typing import Any
 import numpy as np
 
 from eaml_ssm import protocol
-from eaml_ssm.adapters import base_adapter, methods
 from eaml_ssm.artifacts import RunDir
 from eaml_ssm.config import RunConfig
 from eaml_ssm.markdown import md_table
 from eaml_ssm.method_names import hybrid_key, label
 from eaml_ssm.plots import plot_before_after, plot_curve, plot_curves
 from eaml_ssm.progress import progress
+from eaml_ssm.run_adapter import base_adapter, methods
 from eaml_ssm.run_data import Data
 from eaml_ssm.tasks import draw_tasks
 from eaml_ssm.train import Trained
@@ -40,7 +40,7 @@ def live_store(store: Any, where: Path) -> Any:
         path.unlink(missing_ok=True)
 
 
-def evaluate_stage(cfg: RunConfig, run: RunDir, data: Data, trained: Trained) -> dict[str, Any]:
+def adapt_streams(cfg: RunConfig, run: RunDir, data: Data, trained: Trained) -> dict[str, Any]:
     """Online adaptation on held-out and out-of-range streams, retention on old tasks."""
     norm, m = data.normalizer, cfg.adapt_every
     old_tasks = data.train_tasks[: min(4, len(data.train_tasks))]
@@ -150,7 +150,7 @@ def _plots(
         )
 
 
-def format_table(summary: dict[str, Any]) -> str:
+def summary_table(summary: dict[str, Any]) -> str:
     cols = [
         "heldout nMSE",
         "ood nMSE",

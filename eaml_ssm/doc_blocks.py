@@ -43,12 +43,12 @@ def update_doc(path: Path, name: str, blocks: dict[str, str], prefix: str = "eva
 
 def pipeline_block(summary: dict, source: Path = PIPELINE_SUMMARY) -> str:
     """The README's table of what `python -m eaml_ssm` printed, from its summary.json."""
-    from eaml_ssm.adapt_stage import format_table
+    from eaml_ssm.adapt_stage import summary_table
 
     return (
         f"From `{source}` (`python -m eaml_ssm`, {summary['env_name']}, seed {summary['seed']}, "
         f"{summary['wall_seconds']:.1f} s wall time in all):\n\n"
-        + format_table(summary)
+        + summary_table(summary)
         + "\n\n"
         + reduction_line(summary)
     )

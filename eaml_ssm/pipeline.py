@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from eaml_ssm import runtime
-from eaml_ssm.adapt_stage import evaluate_stage, format_table
+from eaml_ssm.adapt_stage import adapt_streams, summary_table
 from eaml_ssm.artifacts import RunDir
 from eaml_ssm.config import RunConfig, to_dict
 from eaml_ssm.run_data import Data, collect, load_data
@@ -58,7 +58,7 @@ def control_stage(path: Path, options: Any, results: Path | None = None) -> dict
     """Model-predictive control grid (eaml_ssm.control) on the trained run folder `path`;
     writes control.json, control.md and plots there (or at `results`)."""
     # the control grid (planners, env models) loads only when this stage runs
-    from eaml_ssm.control.run import run_control
+    from eaml_ssm.control.grid import run_control
 
     return run_control(path, options, results)
 
@@ -86,10 +86,10 @@ def run_stage(command: str, cfg: RunConfig, *, resume: bool = False) -> int:
     trained = train_stage(cfg, run, data, resume=existing, train=command != "adapt", device=device)
     if command == "train":
         return 0
-    summary = evaluate_stage(cfg, run, data, trained)
+    summary = adapt_streams(cfg, run, data, trained)
     summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
     run.write_json("summary.json", summary)
-    table = format_table(summary)
+    table = summary_table(summary)
     (run.path / "summary.md").write_text(table + "\n")
     print(table)
     print(f"\nrun folder: {run.path}  ({summary['wall_seconds']} s)")

@@ -23,12 +23,12 @@ import torch
 from torch import Tensor
 
 from eaml_ssm.adaptation import Adapter
-from eaml_ssm.adapters import adapter_for
 from eaml_ssm.artifacts import RunDir, load_checkpoint
 from eaml_ssm.config import RunConfig
 from eaml_ssm.features import Normalizer, apply_delta, encode_inputs
 from eaml_ssm.maml import MetaMAML
 from eaml_ssm.models import build_maml
+from eaml_ssm.run_adapter import adapter_for
 from eaml_ssm.run_data import saved_store, train_tasks
 from eaml_ssm.run_folders import checkpoint_config
 from eaml_ssm.runtime import resolve_device

@@ -376,7 +376,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_tiny_control_run_end_to_end(tiny_run: Path, tmp_path: Path) -> None:
     from eaml_ssm.cli import main
-    from eaml_ssm.control.run import load_trained
+    from eaml_ssm.control.grid import load_trained
 
     before = {
         k: v.clone()
@@ -431,7 +431,7 @@ def test_tiny_control_run_end_to_end(tiny_run: Path, tmp_path: Path) -> None:
 
 
 def test_adaptation_keeps_the_meta_learned_weights(tiny_run: Path) -> None:
-    from eaml_ssm.control.run import ControlOptions, load_trained, model_episode
+    from eaml_ssm.control.grid import ControlOptions, load_trained, model_episode
 
     trained = load_trained(tiny_run, torch.device("cpu"))
     before = {k: v.clone() for k, v in trained.maml.model.state_dict().items()}
@@ -445,8 +445,8 @@ def test_adaptation_keeps_the_meta_learned_weights(tiny_run: Path) -> None:
 
 
 def test_rerender_writes_the_marked_sections(tiny_run: Path, tmp_path: Path) -> None:
+    from eaml_ssm.control.grid import ControlOptions
     from eaml_ssm.control.report import BEGIN, END, rerender
-    from eaml_ssm.control.run import ControlOptions
     from eaml_ssm.pipeline import control_stage
 
     results_dir = Path("docs/results/control")
@@ -472,7 +472,7 @@ def test_rerender_writes_the_marked_sections(tiny_run: Path, tmp_path: Path) -> 
 
 
 def test_control_options_reject_bad_values(tiny_run: Path) -> None:
-    from eaml_ssm.control.run import ControlOptions, load_trained, run_grid
+    from eaml_ssm.control.grid import ControlOptions, load_trained, run_grid
 
     with pytest.raises(ValueError, match="--planner"):
         ControlOptions(planner="mppi").validate()

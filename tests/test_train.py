@@ -12,9 +12,9 @@ import torch
 
 from eaml_ssm import runtime
 from eaml_ssm.adaptation import AdaptationConfig, Adapter
-from eaml_ssm.adapters import adapter_for
 from eaml_ssm.config import RunConfig
 from eaml_ssm.models import build_maml, build_model
+from eaml_ssm.run_adapter import adapter_for
 from eaml_ssm.ssm import SSM
 from eaml_ssm.tasks import get_family
 from eaml_ssm.train import run_steps

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from eaml_ssm import runtime
+from eaml_ssm.control.grid import PROFILES, ControlOptions, run_control
 from eaml_ssm.control.planners import PLANNERS
 from eaml_ssm.control.report import DEFAULT_RESULTS_DIR, render_markdown, rerender
-from eaml_ssm.control.run import PROFILES, ControlOptions, run_control
 from eaml_ssm.protocol import TEST_SPLITS
 from eaml_ssm.run_folders import existing_run
 

@@ -16,13 +16,13 @@ from typing import Any
 import torch
 
 from eaml_ssm.adaptation import Adapter, ExperienceSource, learned_inner_lrs
-from eaml_ssm.adapters import base_adapter
 from eaml_ssm.artifacts import RunDir
 from eaml_ssm.collect import build_store
 from eaml_ssm.config import RunConfig
 from eaml_ssm.evaluate.joint import joint_adapter
 from eaml_ssm.evaluate.methods import SIGNED, STEP_VARIANTS
 from eaml_ssm.positive_steps import train_softplus
+from eaml_ssm.run_adapter import base_adapter
 from eaml_ssm.run_data import Data
 from eaml_ssm.runtime import resolve_device
 from eaml_ssm.train import meta_train

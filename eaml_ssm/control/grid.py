@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 from eaml_ssm.adaptation import AdaptationConfig
-from eaml_ssm.adapters import adapter_for, methods
 from eaml_ssm.control.loop import Adaptation, EpisodeResult, LiveIds, run_episode
 from eaml_ssm.control.model import SSMDynamics
 from eaml_ssm.control.oracle import OracleDynamics, has_oracle
@@ -30,6 +29,7 @@ from eaml_ssm.control.rewards import get_reward
 from eaml_ssm.features import Normalizer
 from eaml_ssm.method_names import label, pipeline_keys
 from eaml_ssm.protocol import TEST_SPLITS
+from eaml_ssm.run_adapter import adapter_for, methods
 from eaml_ssm.run_data import STORE_FILE
 from eaml_ssm.runtime import resolve_device
 from eaml_ssm.tasks import Task, draw_tasks, get_family
