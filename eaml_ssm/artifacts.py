@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from eaml_ssm.config import resume_free_fields
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
@@ -247,25 +249,6 @@ def load_checkpoint(path: Path, expected_config: dict[str, Any] | None = None) -
     return payload
 
 
-# Fields that may differ between the run that wrote a checkpoint and the run that loads it:
-# presentation, the length of meta-training (resume may extend it) and test-time settings.
-RESUME_FREE_FIELDS = {
-    "quiet",
-    "out",
-    "name",
-    "device",
-    "num_epochs",
-    "workers",
-    "adapt_lr",
-    "num_adapt_steps",
-    "experience_batch_size",
-    "experience_weight",
-    "adapt_every",
-    "stream_steps",
-    "num_test_tasks",
-}
-
-
 def config_diff(saved: dict[str, Any], now: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-    keys = sorted((set(saved) | set(now)) - RESUME_FREE_FIELDS)
+    keys = sorted((set(saved) | set(now)) - resume_free_fields())
     return [(k, saved.get(k), now.get(k)) for k in keys if saved.get(k) != now.get(k)]

@@ -27,6 +27,8 @@ from eaml_ssm.ssm import SSMConfig
 
 
 def _f(default: Any, help: str, **meta: Any) -> Any:
+    """A RunConfig field: its default, its --help text and metadata (``resume_free=True``: the
+    value may differ between the run that wrote a checkpoint and the run that resumes it)."""
     return field(default=default, metadata={"help": help, **meta})
 
 
@@ -35,10 +37,12 @@ class RunConfig:
     # --- what and where -------------------------------------------------------------------
     env_name: str = _f("CartPole-v1", "task family (a gymnasium id, see eaml_ssm.tasks)")
     seed: int = _f(0, "seed for tasks, data, initialisation and sampling")
-    device: str = _f("auto", "auto|cpu|cuda (auto picks cuda when available)")
-    out: str = _f("runs", "parent folder of run folders")
-    name: str = _f("", "run folder name (default: <env>-seed<seed>, then -2, -3, ...)")
-    quiet: bool = _f(False, "less logging, no progress bars")
+    device: str = _f("auto", "auto|cpu|cuda (auto picks cuda when available)", resume_free=True)
+    out: str = _f("runs", "parent folder of run folders", resume_free=True)
+    name: str = _f(
+        "", "run folder name (default: <env>-seed<seed>, then -2, -3, ...)", resume_free=True
+    )
+    quiet: bool = _f(False, "less logging, no progress bars", resume_free=True)
     # --- collection ----------------------------------------------------------------------
     num_tasks: int = _f(24, "meta-training tasks (physics sampled from the training range)")
     steps_per_task: int = _f(1000, "environment steps collected per training task")
@@ -49,13 +53,14 @@ class RunConfig:
         "collection workers; > 1 runs worker processes that write straight into a "
         "file-backed shared store (faster for costly envs; the store's row order then depends "
         "on scheduling, so runs are no longer bit-reproducible)",
+        resume_free=True,
     )
     # --- model ---------------------------------------------------------------------------
     state_dim: int = _f(16, "SSM state size per layer")
     hidden_dim: int = _f(64, "SSM model width")
     num_layers: int = _f(2, "stacked SSM layers")
     # --- meta-training -------------------------------------------------------------------
-    num_epochs: int = _f(400, "meta-iterations (meta-updates)")
+    num_epochs: int = _f(400, "meta-iterations (meta-updates)", resume_free=True)
     meta_batch_size: int = _f(8, "tasks per meta-update")
     support_len: int = _f(
         8, "support window (steps of one episode) the model adapts on in meta-training"
@@ -67,17 +72,25 @@ class RunConfig:
     learn_inner_lr: bool = _f(True, "learn a per-parameter inner step size (Meta-SGD)")
     first_order: bool = _f(False, "first-order MAML (default: second order)")
     # --- adaptation ----------------------------------------------------------------------
-    adapt_lr: float = _f(0.0, "test-time step size (0 = the meta-learned one)")
-    num_adapt_steps: int = _f(0, "test-time steps per adaptation (0 = as meta-trained)")
+    adapt_lr: float = _f(0.0, "test-time step size (0 = the meta-learned one)", resume_free=True)
+    num_adapt_steps: int = _f(
+        0, "test-time steps per adaptation (0 = as meta-trained)", resume_free=True
+    )
     experience_batch_size: int = _f(
-        AdaptationConfig.experience_batch_size, "experience rows replayed per adaptation step"
+        AdaptationConfig.experience_batch_size,
+        "experience rows replayed per adaptation step",
+        resume_free=True,
     )
     experience_weight: float = _f(
-        AdaptationConfig.experience_weight, "weight of the experience loss in the hybrid loss"
+        AdaptationConfig.experience_weight,
+        "weight of the experience loss in the hybrid loss",
+        resume_free=True,
     )
-    adapt_every: int = _f(16, "adapt online every M steps on the latest window")
-    stream_steps: int = _f(200, "steps per test task in the online stream")
-    num_test_tasks: int = _f(3, "test tasks per split (held-out and out-of-range)")
+    adapt_every: int = _f(16, "adapt online every M steps on the latest window", resume_free=True)
+    stream_steps: int = _f(200, "steps per test task in the online stream", resume_free=True)
+    num_test_tasks: int = _f(
+        3, "test tasks per split (held-out and out-of-range)", resume_free=True
+    )
 
     def model_config(self, input_dim: int, output_dim: int) -> SSMConfig:
         """The SSM of this run for a task family's feature widths."""
@@ -131,6 +144,12 @@ class MAMLConfig:
     first_order: bool
     num_inner_steps: int
     learn_inner_lr: bool
+
+
+def resume_free_fields() -> frozenset[str]:
+    """Fields that may differ between the run that wrote a checkpoint and the run that loads
+    it: presentation, the length of meta-training (resume may extend it), test-time settings."""
+    return frozenset(f.name for f in config_fields() if f.metadata.get("resume_free"))
 
 
 def config_fields() -> list[dataclasses.Field[Any]]:
