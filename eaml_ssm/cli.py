@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"eaml_ssm {__version__}")
     _add_run_flags(parser)
     sub = parser.add_subparsers(
-        dest="command", metavar="{run,collect,train,adapt,evaluate,sinusoid}"
+        dest="command", metavar="{run,collect,train,adapt,evaluate,control,sinusoid}"
     )
     for name, help_text in STAGES.items():
         # SUPPRESS: a flag given before the subcommand is not reset by the subcommand's default
