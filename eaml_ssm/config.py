@@ -204,6 +204,28 @@ def config_from_args(
     return cfg
 
 
+# RunConfig field -> the AdaptationConfig field it becomes (`RunConfig.adaptation_config`)
+_ADAPTATION_FIELDS = {
+    "adapt_lr": "learning_rate",
+    "experience_weight": "experience_weight",
+    "experience_batch_size": "experience_batch_size",
+}
+
+
+def _check_adaptation(cfg: RunConfig) -> None:
+    """The test-time values are checked by AdaptationConfig, their one check, and reported
+    with the flag's name (``--adapt_lr`` 0 means "the meta-learned step size")."""
+    values = {new: getattr(cfg, old) for old, new in _ADAPTATION_FIELDS.items()}
+    try:
+        AdaptationConfig(**values)
+    except ValueError as err:
+        message = str(err)
+        for old, new in _ADAPTATION_FIELDS.items():
+            if message.startswith(new):
+                raise ValueError(f"--{old}{message[len(new):]}") from None
+        raise
+
+
 def validate(cfg: RunConfig) -> None:
     """Check every field (types, finiteness, ranges, names): raises ValueError naming the flag.
 
@@ -242,7 +264,6 @@ def validate(cfg: RunConfig) -> None:
         "support_len",
         "query_len",
         "num_inner_steps",
-        "experience_batch_size",
         "adapt_every",
         "stream_steps",
         "num_test_tasks",
@@ -256,10 +277,7 @@ def validate(cfg: RunConfig) -> None:
     for name in ["inner_lr", "outer_lr"]:
         if not getattr(cfg, name) > 0:
             raise ValueError(f"--{name} must be > 0, got {getattr(cfg, name)}")
-    # the CLI's entry point; AdaptationConfig checks the same values for direct library users
-    for name in ["adapt_lr", "experience_weight"]:
-        if getattr(cfg, name) < 0:
-            raise ValueError(f"--{name} must be >= 0, got {getattr(cfg, name)}")
+    _check_adaptation(cfg)
     if cfg.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {cfg.seed}")
     if cfg.stream_steps < 2 * cfg.adapt_every:

@@ -255,3 +255,20 @@ def test_runtime_refuses_cuda_without_cuda() -> None:
         with pytest.raises(ValueError, match="no CUDA"):
             runtime.resolve_device(name)
     runtime.check_device("cpu")
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("experience_weight", -1.0, "--experience_weight must be finite and >= 0"),
+        ("adapt_lr", -0.1, "--adapt_lr must be finite and >= 0"),
+        ("experience_batch_size", 0, "--experience_batch_size must be >= 1"),
+    ],
+)
+def test_adaptation_flags_are_checked_by_adaptation_config_under_their_flag_name(
+    flag: str, value: float, message: str
+) -> None:
+    from eaml_ssm.config import RunConfig, validate
+
+    with pytest.raises(ValueError, match=message):
+        validate(RunConfig(**{flag: value}))
