@@ -161,21 +161,6 @@ def shutdown(ctx: DistributedContext) -> None:
         dist.destroy_process_group()
 
 
-def get_rank() -> int:
-    """This process's rank (0 when no process group is initialized)."""
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def get_world_size() -> int:
-    """Number of ranks (1 when no process group is initialized)."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def is_main() -> bool:
-    """True on rank 0, and in a single process."""
-    return get_rank() == 0
-
-
 @contextmanager
 def _collective(ctx: DistributedContext, what: str) -> Any:
     """Turn a backend error (peer gone, timeout) into a RankFailure that says what to do."""
@@ -293,11 +278,6 @@ def all_reduce_gradients(
         p.grad = flat[offset : offset + n].view_as(p).to(p.device)
         offset += n
     return flat[offset:] if extra is not None else None
-
-
-def average_gradients(params: Sequence[Tensor], ctx: DistributedContext) -> None:
-    """Replace every ``p.grad`` by its mean over ranks (equal-sized shards)."""
-    all_reduce_gradients(params, ctx, scale=1.0 / ctx.world_size)
 
 
 def assert_same_across_ranks(
