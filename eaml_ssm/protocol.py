@@ -284,34 +284,6 @@ def task_streams(
     return out
 
 
-SEED_STRIDE = 100_000  # task seeds of one evaluation unit: [seed * stride, (seed + 1) * stride)
-
-
-@dataclass(frozen=True)
-class UnitSeeds:
-    """Disjoint task-seed ranges of one evaluation unit (family, seed): its own training
-    tasks and its own test tasks, never shared with another seed's unit."""
-
-    train: int  # first training-task seed (also the unit's RunConfig seed)
-    test: int  # first test-task seed (every split)
-    rollout: int  # first rollout seed of the test streams and old-task probes
-
-
-def unit_seeds(seed: int, num_tasks: int, test_tasks: int) -> UnitSeeds:
-    """Unit `seed` draws training tasks from [S, S + num_tasks) and test tasks from
-    [S + stride/2, S + stride/2 + test_tasks), S = seed * SEED_STRIDE: no two seeds share a
-    task, so seeds are independent units for the intervals."""
-    half = SEED_STRIDE // 2
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
-    if not 0 < num_tasks <= half or not 0 < test_tasks <= half:
-        raise ValueError(
-            f"num_tasks ({num_tasks}) and test_tasks ({test_tasks}) must be in [1, {half}]"
-        )
-    base = seed * SEED_STRIDE
-    return UnitSeeds(train=base, test=base + half, rollout=base + 7919)
-
-
 def variant(adapter: Adapter, **overrides: Any) -> Adapter:
     """A fresh adapter at the meta-learned weights with some config fields changed."""
     fresh = adapter.fork(**overrides)
@@ -320,11 +292,9 @@ def variant(adapter: Adapter, **overrides: Any) -> Adapter:
 
 
 __all__ = [
-    "SEED_STRIDE",
     "TEST_SPLITS",
     "StreamData",
     "StreamRun",
-    "UnitSeeds",
     "WindowPair",
     "best_linear_windows",
     "best_ridge",
@@ -337,7 +307,6 @@ __all__ = [
     "stream_data",
     "task_of",
     "task_streams",
-    "unit_seeds",
     "variant",
     "window_pairs",
 ]
