@@ -7,7 +7,7 @@ softplus-step and jointly trained models for the ablations), then run one whole 
 split of 5 test tasks A -> B -> ... (`heldout`: parameter bands inside the training range;
 `ood`: every dynamics-setting quantity outside its training range,
 `dynamics_ood.draw_dynamics_ood`),
-adapting every M = 16 steps on the latest window and scoring the next one, switch windows
+adapting every l = 16 steps on the latest window and scoring the next one, switch windows
 included (`stream_scoring`). Every method starts from the same weights, step sizes and step
 count.
 

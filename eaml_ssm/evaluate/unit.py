@@ -2,7 +2,8 @@
 unit's own test tasks and probes, run every method on one whole stream per split, and
 score it against the references (`evaluate_unit`, what one worker process runs).
 
-Symbols (m = M, the window): see the glossary in eaml_ssm/__init__.py.
+Symbols (w windows of l steps): see the glossary in eaml_ssm/__init__.py. In code the window
+length l is `m` (the profile's `window`; not the glossary's m).
 """
 
 from __future__ import annotations
