@@ -298,7 +298,7 @@ def test_sampler_batches_do_not_depend_on_world_size() -> None:
         assert halves[0].load(META_BATCH, [step]) == 1.0
     # stratified: slot c draws from {c, c + T, ...}; every task comes up
     eight = D.ShardedTaskSampler(make_store(list(range(8))), 8, 5, 4, SEED)
-    drawn = np.stack([eight.global_tasks(k, 4) for k in range(40)])  # (40, T)
+    drawn = np.stack([eight.global_tasks(k, 4) for k in range(40)])  # (40, t)
     assert np.all(drawn % 4 == np.arange(4))
     assert sorted(set(drawn.ravel().tolist())) == list(range(8))
     # a window is consecutive steps of one episode: support (5) then query (4)
