@@ -4,7 +4,7 @@
 the one meta-training loop. `Hooks` is what one process does at each point where a rank
 does something else; `eaml_ssm.distributed.hooks.RankHooks` overrides them (collect a shard,
 merge statistics, draw the rank's tasks of a meta-batch, all-reduce the gradients). Nothing
-else of the stages is copied. See the glossary in eaml_ssm/__init__.py for T.
+else of the stages is copied. See the glossary in eaml_ssm/__init__.py for t, s, q, d.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # they import this module
 
 def meta_batch(cfg: RunConfig, loader: StoreLoader) -> TaskBatch:
     """The next meta-step's per-task contiguous support/query windows, normalized, as
-    sequences (T, 1, l, d): one sequence per task."""
+    sequences (t, 1, s, d) support and (t, 1, q, d) query: one sequence per task."""
     sx, sy, qx, qy, _ = loader.tasks(
         cfg.meta_batch_size, cfg.support_len, cfg.query_len, contiguous=True
     )

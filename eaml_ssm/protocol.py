@@ -1,7 +1,7 @@
 """The online (prequential) adaptation protocol shared by the pipeline and `evaluate`.
 
-A test task is a *stream*: T consecutive environment steps (episodes reset and continue). The
-stream is cut into windows of M steps. Before window k is scored, the model adapts on window
+A test task is a *stream*: consecutive environment steps (episodes reset and continue). The
+stream is cut into w windows of l steps. Before window k is scored, the model adapts on window
 k-1 (its latest data), then predicts window k, running from the start of window k-1 so the
 hidden state at window k is the one the adapted model carries forward (the MAML support/query
 contract). Each window is scored once, before its own data is used: prequential error.
@@ -14,7 +14,9 @@ Every error is an nMSE: the MSE in the store-normalized target space, i.e. the M
 the store's per-dimension target variance, averaged over dimensions (identity ~ 1 on the
 training distribution).
 
-Symbols (T, M = m, K, d, o): see the glossary in eaml_ssm/__init__.py.
+Symbols (w, l, d, o): see the glossary in eaml_ssm/__init__.py. In code the window length l is
+the argument `m` (ruff rejects `l` as a name; it is not the glossary's m), and k indexes windows
+(not the glossary's k).
 """
 
 from __future__ import annotations
@@ -44,11 +46,11 @@ class StreamData:
     """One task's stream as model tensors."""
 
     name: str
-    x: Tensor  # (T, d) normalized inputs
-    y: Tensor  # (T, o) normalized targets
-    reset: Tensor  # (T,) bool, True where an episode starts
-    raw_x: np.ndarray  # (T, d) raw inputs (for the linear baseline)
-    raw_y: np.ndarray  # (T, o) raw targets
+    x: Tensor  # (steps, d) normalized inputs
+    y: Tensor  # (steps, o) normalized targets
+    reset: Tensor  # (steps,) bool, True where an episode starts
+    raw_x: np.ndarray  # (steps, d) raw inputs (for the linear baseline)
+    raw_y: np.ndarray  # (steps, o) raw targets
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -95,13 +97,13 @@ def _adapt_on(adapter: Adapter, x: Tensor, y: Tensor, reset: Tensor) -> int:
 
 def task_of(starts: Sequence[int], k: int) -> int:
     """The task that window k belongs to; task t covers windows `starts[t]` to
-    `starts[t+1] - 1` (`starts` ends with the window count K)."""
+    `starts[t+1] - 1` (`starts` ends with the window count w)."""
     return bisect.bisect_right(starts, k) - 1
 
 
 def scored_windows(starts: Sequence[int]) -> list[tuple[int, int, bool]]:
     """(window k, its task, whether k is the first window after a task switch) for every
-    scored window k = 1..K-1 (see `task_of` for `starts`)."""
+    scored window k = 1..w-1 (see `task_of` for `starts`)."""
     return [(k, task_of(starts, k), k in starts[1:-1]) for k in range(1, starts[-1])]
 
 
@@ -109,7 +111,7 @@ def scored_windows(starts: Sequence[int]) -> list[tuple[int, int, bool]]:
 class StreamRun:
     """What one prequential pass over a stream measured."""
 
-    errors: list[float]  # nMSE of windows 1..K-1
+    errors: list[float]  # nMSE of windows 1..w-1
     tasks: list[int] = field(default_factory=list)  # task of each scored window
     switch: list[bool] = field(default_factory=list)  # first window after a task switch
     adapt_seconds: float = 0.0  # wall time inside `update_step`
@@ -128,10 +130,10 @@ def prequential_run(
     starts: Sequence[int] | None = None,
     on_task_done: Callable[[int], None] | None = None,
 ) -> StreamRun:
-    """Score windows 1..K-1 of `data`, adapting on window k-1 before scoring window k.
+    """Score windows 1..w-1 of `data`, adapting on window k-1 before scoring window k.
 
     `starts`: the first window of each task when `data` is several tasks' streams one after
-    another (ending with K; `stream_scoring.concat_streams`); default one task. The first
+    another (ending with w; `stream_scoring.concat_streams`); default one task. The first
     window after a switch is scored like any other. `on_task_done(t)` runs once the adapter
     has used the last window of task t (before the next task's first window is scored).
 
@@ -141,12 +143,12 @@ def prequential_run(
     adapter adapts on it, so replay may draw on the live stream (whether it does is
     `AdaptationConfig.replay_live`).
     """
-    k_windows = len(data) // m
-    if k_windows < 2:
+    num_windows = len(data) // m
+    if num_windows < 2:
         raise ValueError(f"stream of {len(data)} steps has fewer than 2 windows of {m}")
-    bounds = (0, k_windows) if starts is None else tuple(starts)
-    if bounds[0] != 0 or bounds[-1] != k_windows:
-        raise ValueError(f"task starts {bounds} must run from window 0 to {k_windows}")
+    bounds = (0, num_windows) if starts is None else tuple(starts)
+    if bounds[0] != 0 or bounds[-1] != num_windows:
+        raise ValueError(f"task starts {bounds} must run from window 0 to {num_windows}")
     run = StreamRun(errors=[])
     writers: dict[int, LiveWriter] = {}
 
@@ -173,12 +175,12 @@ def prequential_run(
         run.errors.append(nmse(pred, data.y[cur]))
         run.tasks.append(task)
         run.switch.append(first)
-    arrive(k_windows - 1)  # the last window arrived too
+    arrive(num_windows - 1)  # the last window arrived too
     return run
 
 
 def identity_windows(data: StreamData, m: int, norm: Normalizer) -> list[float]:
-    """Change of state = 0, scored on the same windows as `prequential`."""
+    """Change of state = 0, scored on the same windows as `prequential_run`."""
     zero = norm.normalize_targets(torch.zeros(1, data.y.shape[1]))  # (1, o)
     return [
         nmse(zero.expand_as(data.y[data.window(k, m)]), data.y[data.window(k, m)])
@@ -192,13 +194,13 @@ def linear_windows(data: StreamData, m: int, ridge: float) -> list[float]:
     The fit maps normalized inputs to normalized targets (so one ridge grid suits every
     family) with an unpenalized intercept; all windows are solved in one batch.
     """
-    k_windows = len(data) // m
-    if k_windows < 2:
+    num_windows = len(data) // m
+    if num_windows < 2:
         raise ValueError(f"stream of {len(data)} steps has fewer than 2 windows of {m}")
-    x = data.x[: k_windows * m].reshape(k_windows, m, -1)  # (K, M, d)
-    y = data.y[: k_windows * m].reshape(k_windows, m, -1)  # (K, M, o)
-    pred = window_ridge_predict(x[:-1], y[:-1], x[1:], ridge)  # (K-1, M, o)
-    return [nmse(pred[k], y[k + 1]) for k in range(k_windows - 1)]
+    x = data.x[: num_windows * m].reshape(num_windows, m, -1)  # (w, l, d)
+    y = data.y[: num_windows * m].reshape(num_windows, m, -1)  # (w, l, o)
+    pred = window_ridge_predict(x[:-1], y[:-1], x[1:], ridge)  # (w-1, l, o)
+    return [nmse(pred[k], y[k + 1]) for k in range(num_windows - 1)]
 
 
 def best_linear_windows(
@@ -220,9 +222,9 @@ def best_ridge(score: Any, ridges: Sequence[float], *args: Any) -> tuple[float, 
 class WindowPair:
     """A held-out (a, b) pair of consecutive windows of an old task."""
 
-    x: Tensor  # (2M, d)
-    y: Tensor  # (2M, o)
-    reset: Tensor  # (2M,)
+    x: Tensor  # (2l, d)
+    y: Tensor  # (2l, o)
+    reset: Tensor  # (2l,)
 
 
 def window_pairs(data: StreamData, m: int, n_pairs: int) -> list[WindowPair]:
@@ -249,11 +251,11 @@ def retention(adapter: Adapter, pairs: Sequence[WindowPair], m: int, *, shots: i
     if shots < 0:
         raise ValueError(f"shots must be >= 0, got {shots}")
     if shots == 0 and adapter.stateful:  # one batched forward over every pair
-        x = torch.stack([p.x for p in pairs])  # (P, 2M, d)
-        reset = torch.stack([p.reset for p in pairs]).clone()  # (P, 2M)
+        x = torch.stack([p.x for p in pairs])  # (pairs, 2l, d)
+        reset = torch.stack([p.reset for p in pairs]).clone()  # (pairs, 2l)
         reset[:, 0] = True
-        y, _ = adapter.predict(x, None, reset=reset)  # (P, 2M, o)
-        target = torch.stack([p.y[m:] for p in pairs])  # (P, M, o)
+        y, _ = adapter.predict(x, None, reset=reset)  # (pairs, 2l, o)
+        target = torch.stack([p.y[m:] for p in pairs])  # (pairs, l, o)
         return float(np.mean([nmse(y[i, -m:], target[i]) for i in range(len(pairs))]))
     errors = []
     for pair in pairs:
@@ -284,34 +286,6 @@ def task_streams(
     return out
 
 
-SEED_STRIDE = 100_000  # task seeds of one evaluation unit: [seed * stride, (seed + 1) * stride)
-
-
-@dataclass(frozen=True)
-class UnitSeeds:
-    """Disjoint task-seed ranges of one evaluation unit (family, seed): its own training
-    tasks and its own test tasks, never shared with another seed's unit."""
-
-    train: int  # first training-task seed (also the unit's RunConfig seed)
-    test: int  # first test-task seed (every split)
-    rollout: int  # first rollout seed of the test streams and old-task probes
-
-
-def unit_seeds(seed: int, num_tasks: int, test_tasks: int) -> UnitSeeds:
-    """Unit `seed` draws training tasks from [S, S + num_tasks) and test tasks from
-    [S + stride/2, S + stride/2 + test_tasks), S = seed * SEED_STRIDE: no two seeds share a
-    task, so seeds are independent units for the intervals."""
-    half = SEED_STRIDE // 2
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
-    if not 0 < num_tasks <= half or not 0 < test_tasks <= half:
-        raise ValueError(
-            f"num_tasks ({num_tasks}) and test_tasks ({test_tasks}) must be in [1, {half}]"
-        )
-    base = seed * SEED_STRIDE
-    return UnitSeeds(train=base, test=base + half, rollout=base + 7919)
-
-
 def variant(adapter: Adapter, **overrides: Any) -> Adapter:
     """A fresh adapter at the meta-learned weights with some config fields changed."""
     fresh = adapter.fork(**overrides)
@@ -320,11 +294,9 @@ def variant(adapter: Adapter, **overrides: Any) -> Adapter:
 
 
 __all__ = [
-    "SEED_STRIDE",
     "TEST_SPLITS",
     "StreamData",
     "StreamRun",
-    "UnitSeeds",
     "WindowPair",
     "best_linear_windows",
     "best_ridge",
@@ -337,7 +309,6 @@ __all__ = [
     "stream_data",
     "task_of",
     "task_streams",
-    "unit_seeds",
     "variant",
     "window_pairs",
 ]

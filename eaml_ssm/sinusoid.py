@@ -3,17 +3,17 @@
 Protocol (the paper and its reference code, cbfinn/maml):
     task:   y = A sin(x - phi),  A ~ U[0.1, 5],  phi ~ U[0, pi],  x ~ U[-5, 5]
     model:  MLP 1-40-40-1, ReLU, PyTorch default init, MSE loss
-    train:  each meta-iteration draws 25 fresh tasks with K=10 support + K=10 query points;
+    train:  each meta-iteration draws 25 fresh tasks with 10 support + 10 query points;
             one inner SGD step at alpha=0.01 (second order); Adam(1e-3) on the mean query loss
     meta-sgd: the same with a learned per-parameter inner step size (initialised to alpha)
     pretrain: the same 25 x 20 points pooled, one Adam(1e-3) regression step per iteration,
             then fine-tuned at test time exactly like MAML (alpha=0.01, and alpha=0.02)
-    eval:   one fixed set of 600 tasks (seed 20170309), K=10 support and 100 uniform query
+    eval:   one fixed set of 600 tasks (seed 20170309), 10 support and 100 uniform query
             points each; query MSE after 0..10 full-batch SGD steps; mean and 95% CI
             (1.96 sd / sqrt(600)) over tasks
 
-Shapes: see the glossary in eaml_ssm/__init__.py (``n`` the points of a task, support and
-query together; one feature).
+Shapes: see the glossary in eaml_ssm/__init__.py (``t`` tasks; ``b`` the points of a task,
+support and query together, as in eaml_ssm.maml; one feature).
 
 Run ``python -m eaml_ssm sinusoid`` (or ``python -m eaml_ssm.sinusoid``); see ``add_arguments``.
 """
@@ -81,8 +81,8 @@ def draw_sinusoids(
     """Stacked sinusoid tasks: support (t, n_support, 1) and query (t, n_query, 1)."""
     amplitude = torch.rand(n_tasks, 1, 1, generator=generator) * 4.9 + 0.1  # (t, 1, 1)
     phase = torch.rand(n_tasks, 1, 1, generator=generator) * math.pi  # (t, 1, 1)
-    x = torch.rand(n_tasks, n_support + n_query, 1, generator=generator) * 10.0 - 5.0  # (t, n, 1)
-    y = amplitude * torch.sin(x - phase)  # (t, n, 1)
+    x = torch.rand(n_tasks, n_support + n_query, 1, generator=generator) * 10.0 - 5.0  # (t, b, 1)
+    y = amplitude * torch.sin(x - phase)  # (t, b, 1)
     return TaskBatch(x[:, :n_support], y[:, :n_support], x[:, n_support:], y[:, n_support:])
 
 
@@ -162,7 +162,8 @@ def train_pretrain(cfg: SinusoidConfig, quiet: bool = False) -> tuple[nn.Module,
 
 # ----- evaluation ------------------------------------------------------------------------------
 def summarize(values: Tensor) -> dict[str, Any]:
-    """Mean, 95% CI half-width (1.96 sd / sqrt(n)) and median over tasks; counts non-finite."""
+    """Mean, 95% CI half-width (1.96 sd / sqrt(number of tasks)) and median over tasks; counts
+    non-finite."""
     finite = values[torch.isfinite(values)].double()
     n_bad = int(values.numel() - finite.numel())
     if n_bad:  # the mean over all tasks is not finite; report it as such

@@ -11,7 +11,9 @@ Per switch, *recovery* is the number of windows after the switch until the error
 10 % of the task's settled value (the mean error of the task's last third of windows):
 0 means the switch window itself is already within 10 %.
 
-Symbols (M = m, K, t): see the glossary in eaml_ssm/__init__.py.
+Symbols (w windows of l steps, t tasks): see the glossary in eaml_ssm/__init__.py. In code
+the window length l is `m` (`WholeStream.m`, arguments; not the glossary's m), and k indexes
+windows (not the glossary's k).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ class WholeStream:
     """Test tasks concatenated; task t covers windows `starts[t]` to `starts[t+1] - 1`."""
 
     data: StreamData
-    starts: tuple[int, ...]  # first window of each task, plus K at the end
+    starts: tuple[int, ...]  # first window of each task, plus w at the end
     names: tuple[str, ...]
     m: int
 
@@ -48,7 +50,7 @@ class WholeStream:
         return task_of(self.starts, k)
 
     def scored(self) -> list[tuple[int, int, bool]]:
-        """(window, task, is the first window after a switch) for windows 1..K-1."""
+        """(window, task, is the first window after a switch) for windows 1..w-1."""
         return scored_windows(self.starts)
 
 
@@ -89,7 +91,7 @@ def whole_stream_run(
     task_id_base: int = 10_000,
     on_task_done: Callable[[int], None] | None = None,
 ) -> StreamRun:
-    """Score windows 1..K-1 of `whole`, adapting on window k-1 before scoring window k
+    """Score windows 1..w-1 of `whole`, adapting on window k-1 before scoring window k
     (`protocol.prequential_run` over the tasks' windows).
 
     `on_task_done(t)` runs once the adapter has used the last window of task t (before the

@@ -4,8 +4,8 @@ Multi-rank tests spawn real processes that join a process group through the same
 variables torchrun sets (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK). The oracle
 for the 2-rank run is plain ``MetaMAML.meta_update`` on the whole meta-batch in one process.
 
-Shape glossary: T tasks per meta-batch, S support length, Q query length, d=3 input features,
-o=2 target features.
+Shapes: see the glossary in eaml_ssm/__init__.py (t tasks per meta-batch, s support steps,
+q query steps; here d = 3 input features, o = 2 target features).
 """
 
 from __future__ import annotations
@@ -291,14 +291,14 @@ def test_sampler_batches_do_not_depend_on_world_size() -> None:
             ref = full.arrays(step, tasks)
             for got, want in zip(mine, ref, strict=True):
                 np.testing.assert_array_equal(got, want)
-    # W divides T: every rank serves exactly T / W tasks of every batch
+    # the world size divides t: every rank serves exactly t / world size tasks of every batch
     halves = shard_samplers(2, 5, 4)
     for step in range(10):
         assert [len(h.local_tasks(step, META_BATCH)) for h in halves] == [2, 2]
         assert halves[0].load(META_BATCH, [step]) == 1.0
-    # stratified: slot c draws from {c, c + T, ...}; every task comes up
+    # stratified: slot i draws from {i, i + t, ...}; every task comes up
     eight = D.ShardedTaskSampler(make_store(list(range(8))), 8, 5, 4, SEED)
-    drawn = np.stack([eight.global_tasks(k, 4) for k in range(40)])  # (40, T)
+    drawn = np.stack([eight.global_tasks(k, 4) for k in range(40)])  # (40, t)
     assert np.all(drawn % 4 == np.arange(4))
     assert sorted(set(drawn.ravel().tolist())) == list(range(8))
     # a window is consecutive steps of one episode: support (5) then query (4)

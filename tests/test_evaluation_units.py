@@ -11,20 +11,21 @@ import pytest
 import torch
 
 from eaml_ssm import dynamics_ood, evaluate, protocol, tasks
+from eaml_ssm.evaluate.seeds import SEED_STRIDE, unit_seeds
 from eaml_ssm.features import Normalizer
 
 
 def test_unit_seeds_are_disjoint_across_seeds_and_roles() -> None:
     ranges = []
     for seed in range(5):
-        s = protocol.unit_seeds(seed, num_tasks=100, test_tasks=5)
+        s = unit_seeds(seed, num_tasks=100, test_tasks=5)
         ranges += [(s.train, s.train + 100), (s.test, s.test + 5)]
     ranges.sort()
     assert all(a[1] <= b[0] for a, b in itertools.pairwise(ranges))
     with pytest.raises(ValueError, match="num_tasks"):
-        protocol.unit_seeds(0, num_tasks=protocol.SEED_STRIDE, test_tasks=5)
+        unit_seeds(0, num_tasks=SEED_STRIDE, test_tasks=5)
     with pytest.raises(ValueError, match="seed must be >= 0"):
-        protocol.unit_seeds(-1, 10, 5)
+        unit_seeds(-1, 10, 5)
 
 
 def test_pendulum_quantity_ranges_by_hand() -> None:

@@ -2,21 +2,23 @@
 
     torchrun --nproc_per_node=N -m eaml_ssm train --distributed [flags]
 
-Rank r of W:
+Rank r of a job of several ranks (its world size):
 
 1. joins the process group from torchrun's environment (``RANK``, ``WORLD_SIZE``,
    ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``): gloo on CPU, NCCL on CUDA, with a timeout
    on the rendezvous and on every collective, so a rank that dies or hangs makes the others stop
    with :class:`RankFailure` instead of waiting forever;
-2. collects its own share of the training tasks (task ids ``r, r + W, r + 2W, ...``) into its
-   own store; the normalization statistics are merged across ranks (exact parallel moments);
+2. collects its own share of the training tasks (task ids ``r``, ``r`` plus the world size,
+   ``r`` plus twice it, ...) into its own store; the normalization statistics are merged
+   across ranks (exact parallel moments);
 3. every meta-step: the global meta-batch (which tasks, which windows) is drawn from the shared
-   seed and the step number alone, so it does not depend on W (stratified so that each rank
-   holds exactly T / W of its tasks when W divides T; see :class:`ShardedTaskSampler`). Rank r
-   computes the meta-gradient of the tasks of that batch it holds, weighted by its share
-   ``T_r / T``; an all-reduce sums the weighted gradients, which is exactly the gradient of the
-   mean query loss over the whole meta-batch. Every rank then takes the same optimizer step, so
-   the weights stay identical (checked bit for bit at the end of training);
+   seed and the step number alone, so it does not depend on the world size (stratified so
+   that each rank holds exactly t / world size of its t tasks when the world size divides t;
+   see :class:`ShardedTaskSampler`). Rank r computes the meta-gradient of the t_r tasks of
+   that batch it holds, weighted by its share ``t_r / t``; an all-reduce sums the weighted
+   gradients, which is exactly the gradient of the mean query loss over the whole meta-batch.
+   Every rank then takes the same optimizer step, so the weights stay identical (checked bit
+   for bit at the end of training);
 4. rank 0 alone writes the run folder (config, metrics, checkpoints), logs and shows progress
    bars. ``--resume`` loads the checkpoint on rank 0 and broadcasts it; because batches depend
    only on (seed, step), a run resumes with any number of ranks and gives the same weights.
@@ -24,7 +26,8 @@ Rank r of W:
 Modules: ``comm`` (process group, collectives, timeouts, RankFailure), ``sampler`` (each
 rank's tasks, the meta-batch of step k), ``moments`` (the merged normalizer), ``hooks``
 (`RankHooks` on the one collect stage and training loop, `distributed_meta_step`), ``run``
-(the torchrun entry point). See the glossary in eaml_ssm/__init__.py for T, T_r, W.
+(the torchrun entry point). See the glossary in eaml_ssm/__init__.py for t (the meta-batch's
+tasks; t_r: this rank's tasks of it).
 """
 
 from eaml_ssm.distributed.comm import (
@@ -36,13 +39,9 @@ from eaml_ssm.distributed.comm import (
     all_reduce_gradients,
     all_reduce_sum,
     assert_same_across_ranks,
-    average_gradients,
     broadcast_object,
     broadcast_parameters,
-    get_rank,
-    get_world_size,
     init_from_env,
-    is_main,
     shutdown,
     timeout_from_env,
 )
@@ -66,16 +65,12 @@ __all__ = [
     "all_reduce_gradients",
     "all_reduce_sum",
     "assert_same_across_ranks",
-    "average_gradients",
     "broadcast_object",
     "broadcast_parameters",
     "collect_shard",
     "distributed_meta_step",
-    "get_rank",
-    "get_world_size",
     "global_normalizer",
     "init_from_env",
-    "is_main",
     "make_sampler",
     "owner_of",
     "run",

@@ -3,8 +3,9 @@
 A rank joins the group from torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
 ``MASTER_ADDR``, ``MASTER_PORT``): gloo on CPU, NCCL on CUDA, with a timeout on the
 rendezvous and on every collective, so a rank that dies or hangs makes the others stop with
-:class:`RankFailure` instead of waiting forever. See the glossary in eaml_ssm/__init__.py
-for P and W.
+:class:`RankFailure` instead of waiting forever. Shapes: see the glossary in
+eaml_ssm/__init__.py (``p``: the meta-parameters, or for a broadcast or a check the weights
+and buffers of one dtype, flattened).
 """
 
 from __future__ import annotations
@@ -161,21 +162,6 @@ def shutdown(ctx: DistributedContext) -> None:
         dist.destroy_process_group()
 
 
-def get_rank() -> int:
-    """This process's rank (0 when no process group is initialized)."""
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def get_world_size() -> int:
-    """Number of ranks (1 when no process group is initialized)."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def is_main() -> bool:
-    """True on rank 0, and in a single process."""
-    return get_rank() == 0
-
-
 @contextmanager
 def _collective(ctx: DistributedContext, what: str) -> Any:
     """Turn a backend error (peer gone, timeout) into a RankFailure that says what to do."""
@@ -225,7 +211,7 @@ def broadcast_object(obj: T, ctx: DistributedContext, src: int = 0, what: str = 
 
 
 def _flat(tensors: Sequence[Tensor]) -> Tensor:
-    return torch.cat([t.detach().reshape(-1) for t in tensors])  # (P,)
+    return torch.cat([t.detach().reshape(-1) for t in tensors])  # (p,)
 
 
 def _unflat_into(flat: Tensor, tensors: Sequence[Tensor]) -> None:
@@ -260,7 +246,7 @@ def broadcast_parameters(
     if not ctx.active:
         return
     for group in _by_dtype(_tensors_of(obj)):
-        flat = _flat(group).to(ctx.device)  # (P,)
+        flat = _flat(group).to(ctx.device)  # (p,)
         with _collective(ctx, "broadcast of the initial weights"):
             _wait(ctx, dist.broadcast(flat, src=src, async_op=True))
         _unflat_into(flat, group)
@@ -285,7 +271,7 @@ def all_reduce_gradients(
     parts = [g.detach().reshape(-1) * scale for g in grads]
     if extra is not None:
         parts.append(extra.detach().reshape(-1).to(grads[0]))  # grads' dtype and device
-    flat = torch.cat(parts).to(ctx.device)  # (P [+ extra],)
+    flat = torch.cat(parts).to(ctx.device)  # (p [+ extra],)
     all_reduce_sum(flat, ctx, "all-reduce of the meta-gradients")
     offset = 0
     for p in params:
@@ -295,11 +281,6 @@ def all_reduce_gradients(
     return flat[offset:] if extra is not None else None
 
 
-def average_gradients(params: Sequence[Tensor], ctx: DistributedContext) -> None:
-    """Replace every ``p.grad`` by its mean over ranks (equal-sized shards)."""
-    all_reduce_gradients(params, ctx, scale=1.0 / ctx.world_size)
-
-
 def assert_same_across_ranks(
     tensors: Sequence[Tensor], ctx: DistributedContext, what: str = "weights"
 ) -> None:
@@ -307,7 +288,7 @@ def assert_same_across_ranks(
     if not ctx.active:
         return
     for group in _by_dtype(tensors):
-        mine = _flat(group).to(ctx.device)  # (P,)
+        mine = _flat(group).to(ctx.device)  # (p,)
         hi, lo = mine.clone(), mine.clone()
         with _collective(ctx, f"consistency check of the {what}"):
             _wait(ctx, dist.all_reduce(hi, op=dist.ReduceOp.MAX, async_op=True))

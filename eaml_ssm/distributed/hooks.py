@@ -4,7 +4,8 @@
 collects its share of the tasks, merges the normalization statistics and the counts, reads
 the checkpoint on rank 0 and broadcasts it, draws its tasks of each meta-batch from the
 sharded sampler, and sums the weighted meta-gradients in one all-reduce
-(`distributed_meta_step`). See the glossary in eaml_ssm/__init__.py for T, T_r and W.
+(`distributed_meta_step`). See the glossary in eaml_ssm/__init__.py for t (the meta-batch's
+tasks) and t_r (this rank's tasks of it).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def distributed_meta_step(
     params = maml.meta_parameters()
     loss_sum = torch.zeros(1)  # (1,) sum of this rank's task losses
     if local_tasks is not None:
-        loss = maml.meta_loss(local_tasks)  # mean over the T_r local tasks
+        loss = maml.meta_loss(local_tasks)  # mean over the t_r local tasks
         (loss * (n_local / n_total)).backward()
         loss_sum = loss.detach().reshape(1) * n_local
     total = all_reduce_gradients(params, ctx, extra=loss_sum)

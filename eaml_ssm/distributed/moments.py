@@ -30,7 +30,8 @@ def _moments(store: Any) -> Tensor:
 
 
 def _merge_moments(rows: Tensor, di: int, dt: int) -> tuple[np.ndarray, ...]:
-    """Chan et al.'s merge of per-rank (n, mean, M2) rows, in rank order: (W, k) -> stats."""
+    """Chan et al.'s merge of per-rank (n, mean, M2) rows, in rank order:
+    (ranks, moments) -> stats."""
     n_tot = 0.0
     mean = np.zeros(di + dt)
     m2 = np.zeros(di + dt)
@@ -59,13 +60,13 @@ def global_normalizer(store: Any, ctx: DistributedContext) -> Normalizer:
     statistics up to float64 rounding.
     """
     di, dt = store.obs_dim, store.target_dim
-    mine = _moments(store).to(ctx.device)  # (k,)
+    mine = _moments(store).to(ctx.device)  # (moments,) = 1 + 2 di + 2 dt
     if ctx.active:
         rows = [torch.empty_like(mine) for _ in range(ctx.world_size)]
         with _collective(ctx, "all-gather of the normalization statistics"):
             _wait(ctx, dist.all_gather(rows, mine, async_op=True))
-        table = torch.stack(rows).cpu()  # (W, k)
+        table = torch.stack(rows).cpu()  # (ranks, moments)
     else:
-        table = mine.cpu().unsqueeze(0)  # (1, k)
+        table = mine.cpu().unsqueeze(0)  # (1, moments)
     in_mean, in_std, t_mean, t_std = _merge_moments(table, di, dt)
     return Normalizer.from_moments(in_mean, in_std, t_mean, t_std, state_dim=dt)

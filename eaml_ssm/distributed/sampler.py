@@ -1,8 +1,10 @@
-"""Each rank's share of the training tasks, and meta-batches that do not depend on W.
+"""Each rank's share of the training tasks, and meta-batches that do not depend on the
+number of ranks (the world size).
 
 Task ids are dealt round robin (`shard_tasks`); `ShardedTaskSampler` draws step k's global
 meta-batch from (seed, k) alone and serves the tasks of it that this rank holds. See the
-glossary in eaml_ssm/__init__.py for T, T_r, S, Q, L, d, o and W.
+glossary in eaml_ssm/__init__.py for t (the meta-batch's tasks; t_r: this rank's tasks of
+it), s, q, l, d and o.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ _TASK_TAG = 0x7A5C  # seed-sequence tags: which tasks / which windows a meta-ste
 
 
 def shard_tasks(num_tasks: int, rank: int, world_size: int) -> list[int]:
-    """Task ids held by ``rank``: ``rank, rank + W, rank + 2W, ...`` (round robin)."""
+    """Task ids held by ``rank``: ``rank, rank + world_size, rank + 2 * world_size, ...``
+    (round robin)."""
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
     if num_tasks < 0:
@@ -43,25 +46,26 @@ def owner_of(task_id: int, world_size: int) -> int:
 class ShardedTaskSampler:
     """Meta-batches whose content depends on (seed, step) only, served from a rank's shard.
 
-    A task is *eligible* when it has at least one window of ``L = S + Q`` consecutive steps of
+    A task is *eligible* when it has at least one window of ``l = s + q`` consecutive steps of
     one episode (the store's rule, asked through `eaml_ssm.feed.windowed_tasks`; tasks without
     one are never drawn). With several ranks, each rank knows its own tasks only: call
     :meth:`share_eligibility` (a collective) or :meth:`set_eligible` before sampling.
 
-    Step k's global meta-batch of T tasks is stratified by task id modulo T: slot c holds a task
-    drawn uniformly from the eligible tasks of ``{c, c + T, c + 2T, ...}`` (a slot whose class
+    Step k's global meta-batch of t tasks is stratified by task id modulo t: slot i holds a task
+    drawn uniformly from the eligible tasks of ``{i, i + t, i + 2t, ...}`` (a slot whose class
     has none draws from the eligible tasks not yet chosen), with a generator seeded by
-    ``(seed, k)``. So the T tasks are distinct, and each task of a class of n eligible tasks is
-    drawn with probability 1 / n (uniform when every class has as many). Each task's window is
-    drawn by the store's own sampler among that task's windows, with the per-call seed
-    ``draw_seed(seed, k, task_id)`` (see `eaml_ssm.feed.StoreLoader.task_windows`), so it
-    depends on (seed, k, task) only, not on which rank holds the task. The first S steps are
-    the support, the next Q the query.
+    ``(seed, k)``. So the t tasks are distinct, and each task of a class is drawn with
+    probability one over the class's eligible tasks (uniform when every class has as many).
+    Each task's window is drawn by the store's own sampler among that task's windows, with the
+    per-call seed ``draw_seed(seed, k, task_id)`` (see `eaml_ssm.feed.StoreLoader.task_windows`),
+    so it depends on (seed, k, task) only, not on which rank holds the task. The first s steps
+    are the support, the next q the query.
 
-    This rank serves the tasks of the batch it holds (``owner_of(task_id, W) == rank``). Since
-    task ids are dealt round robin, slot c belongs to rank ``c mod W``: when W divides T (and
-    no class is empty) every rank gets exactly T / W tasks of every batch, for any W, while the
-    batch itself does not depend on W.
+    This rank serves the t_r tasks of the batch it holds (``owner_of(task_id, world_size) ==
+    rank``). Since task ids are dealt round robin, slot i belongs to rank ``i mod world_size``:
+    when the world size divides t (and no class is empty) every rank gets exactly
+    t / world_size tasks of every batch, for any world size, while the batch itself does not
+    depend on the world size.
     """
 
     def __init__(
@@ -111,7 +115,7 @@ class ShardedTaskSampler:
         self.set_eligible(counts.cpu().numpy() > 0)
 
     def global_tasks(self, step: int, meta_batch_size: int) -> np.ndarray:
-        """The task ids of step ``step``'s whole meta-batch, (T,) int64, slot order."""
+        """The task ids of step ``step``'s whole meta-batch, (t,) int64, slot order."""
         if self.eligible is None:
             raise ValueError("call share_eligibility(ctx) (or set_eligible) before sampling")
         n_ok = int(self.eligible.sum())
@@ -123,14 +127,14 @@ class ShardedTaskSampler:
                 f"{meta_batch_size}; collect more steps per task or shorten the windows"
             )
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, step, _TASK_TAG]))
-        u = rng.random(meta_batch_size)  # (T,) one uniform per slot
+        u = rng.random(meta_batch_size)  # (t,) one uniform per slot
         free = self.eligible.copy()  # (num_tasks,)
-        out = np.full(meta_batch_size, -1, dtype=np.int64)  # (T,)
-        for c in range(meta_batch_size):  # slots with a non-empty class first
-            members = np.flatnonzero(free[c::meta_batch_size]) * meta_batch_size + c
+        out = np.full(meta_batch_size, -1, dtype=np.int64)  # (t,)
+        for i in range(meta_batch_size):  # slots with a non-empty class first
+            members = np.flatnonzero(free[i::meta_batch_size]) * meta_batch_size + i
             if members.size:
-                out[c] = members[int(u[c] * members.size)]
-                free[out[c]] = False
+                out[i] = members[int(u[i] * members.size)]
+                free[out[i]] = False
         for empty in np.flatnonzero(out < 0):  # empty classes: any eligible task not chosen
             pool = np.flatnonzero(free)
             out[empty] = pool[int(u[empty] * pool.size)]
@@ -152,7 +156,8 @@ class ShardedTaskSampler:
         self, loader: StoreLoader, step: int, meta_batch_size: int
     ) -> tuple[TaskBatch | None, list[int]]:
         """The loader's next draw, that of meta-step ``step`` (the loader's draw index):
-        (this rank's TaskBatch (T_r, 1, l, d) or None, its task ids)."""
+        (this rank's TaskBatch, (t_r, 1, s, d) support and (t_r, 1, q, d) query, or None; its
+        task ids)."""
         tasks = self.local_tasks(step, meta_batch_size)  # on the host: no device read-back
         sx, sy, qx, qy, _ = loader.task_windows(
             lambda k: self.local_tasks(k, meta_batch_size),
@@ -165,7 +170,8 @@ class ShardedTaskSampler:
         return TaskBatch(sx.unsqueeze(1), sy.unsqueeze(1), qx.unsqueeze(1), qy.unsqueeze(1)), tasks
 
     def arrays(self, step: int, tasks: Sequence[int]) -> tuple[np.ndarray, ...]:
-        """Raw (support_obs (T_r, S, d), support_target (T_r, S, o), query_obs, query_target)."""
+        """Raw (support_obs (t_r, s, d), support_target (t_r, s, o), query_obs,
+        query_target)."""
         x, y, *_ = self.batch_tensors(step, tasks, None, torch.device("cpu"))
         return x[0].numpy(), x[1].numpy(), y[0].numpy(), y[1].numpy()
 
@@ -193,12 +199,14 @@ class ShardedTaskSampler:
     def batch(
         self, step: int, tasks: Sequence[int], normalizer: Normalizer, device: torch.device
     ) -> TaskBatch:
-        """The normalized TaskBatch of ``tasks`` at step ``step``: (T_r, 1, l, d) per tensor."""
+        """The normalized TaskBatch of ``tasks`` at step ``step``: (t_r, 1, s or q, d) per
+        tensor."""
         (sx, sy), (qx, qy), _ = self.batch_tensors(step, tasks, normalizer, device)
         return TaskBatch(sx.unsqueeze(1), sy.unsqueeze(1), qx.unsqueeze(1), qy.unsqueeze(1))
 
     def load(self, meta_batch_size: int, steps: Iterable[int]) -> float:
-        """Mean over ``steps`` of (busiest rank's task count) / (T / W); 1.0 = perfect balance."""
+        """Mean over ``steps`` of (busiest rank's task count) / (t / world size); 1.0 =
+        perfect balance."""
         worst = []
         for k in steps:
             owners = [

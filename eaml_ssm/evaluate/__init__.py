@@ -1,13 +1,13 @@
 """Evaluate, honestly, what hybrid test-time adaptation buys (`python -m eaml_ssm evaluate`).
 
 Every (family, seed) is an independent unit: its own training tasks and its own test tasks
-(disjoint task-seed ranges, `protocol.unit_seeds`). Per unit: collect training-range tasks
+(disjoint task-seed ranges, `evaluate.seeds.unit_seeds`). Per unit: collect training-range tasks
 into the store, meta-train the SSM (second-order MAML with learned step sizes; first-order,
 softplus-step and jointly trained models for the ablations), then run one whole stream per
 split of 5 test tasks A -> B -> ... (`heldout`: parameter bands inside the training range;
 `ood`: every dynamics-setting quantity outside its training range,
 `dynamics_ood.draw_dynamics_ood`),
-adapting every M = 16 steps on the latest window and scoring the next one, switch windows
+adapting every l = 16 steps on the latest window and scoring the next one, switch windows
 included (`stream_scoring`). Every method starts from the same weights, step sizes and step
 count.
 
@@ -33,6 +33,7 @@ blocks of README.md and docs/evaluation.md from it.
 # The package, one concept per module (docs/evaluation.md has the protocol):
 #   methods   the method grid: keys, display labels, levels, matched controls
 #   profiles  run sizes (quick, full) and their command-line overrides
+#   seeds     each unit's disjoint task-seed ranges
 #   joint     the jointly trained (non-meta) baseline
 #   models    one unit's trained weights, cached per variant; stores of a method's own
 #   unit      one (family, seed) unit: probes, every method on the whole streams

@@ -2,7 +2,8 @@
 unit's own test tasks and probes, run every method on one whole stream per split, and
 score it against the references (`evaluate_unit`, what one worker process runs).
 
-Symbols (m = M, the window): see the glossary in eaml_ssm/__init__.py.
+Symbols (w windows of l steps): see the glossary in eaml_ssm/__init__.py. In code the window
+length l is `m` (the profile's `window`; not the glossary's m).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from eaml_ssm.dynamics_ood import DYNAMICS_QUANTITIES, draw_dynamics_ood, dynami
 from eaml_ssm.evaluate.methods import W_PRE, Method
 from eaml_ssm.evaluate.models import Models, negative_share, small_store, store_adapter
 from eaml_ssm.evaluate.profiles import Profile
+from eaml_ssm.evaluate.seeds import unit_seeds
 from eaml_ssm.run_data import Data, collect
 from eaml_ssm.tasks import Task, draw_tasks
 
@@ -45,7 +47,7 @@ class Unit:
 def unit_config(unit: Unit) -> RunConfig:
     """The run configuration of a unit's collection and meta-training (its own seeds)."""
     p = unit.profile
-    seeds = protocol.unit_seeds(unit.seed, p.num_tasks, p.test_tasks)
+    seeds = unit_seeds(unit.seed, p.num_tasks, p.test_tasks)
     return RunConfig(
         env_name=unit.family,
         seed=seeds.train,  # training tasks seeds.train ... + num_tasks (see unit_seeds)
@@ -80,7 +82,7 @@ def test_tasks(unit: Unit, split: str) -> list[Task]:
     quantity outside its training range (dynamics_ood.draw_dynamics_ood) where the family has a
     table of them, else parameters outside their ranges."""
     p = unit.profile
-    first = protocol.unit_seeds(unit.seed, p.num_tasks, p.test_tasks).test
+    first = unit_seeds(unit.seed, p.num_tasks, p.test_tasks).test
     if split == "ood" and unit.family in DYNAMICS_QUANTITIES:
         return [draw_dynamics_ood(unit.family, first + i) for i in range(p.test_tasks)]
     return draw_tasks(unit.family, p.test_tasks, seed=first, split=split)
@@ -88,7 +90,7 @@ def test_tasks(unit: Unit, split: str) -> list[Task]:
 
 def make_probes(unit: Unit, data: Data) -> Probes:
     p, norm, m = unit.profile, data.normalizer, unit.profile.window
-    rollout = protocol.unit_seeds(unit.seed, p.num_tasks, p.test_tasks).rollout
+    rollout = unit_seeds(unit.seed, p.num_tasks, p.test_tasks).rollout
     old = data.train_tasks[: p.old_tasks]
     old_streams = protocol.task_streams(old, 2 * m * p.pairs_per_task, norm, rollout)
     train_pairs = [q for s in old_streams for q in protocol.window_pairs(s, m, p.pairs_per_task)]
