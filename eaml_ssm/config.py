@@ -222,7 +222,7 @@ def _check_adaptation(cfg: RunConfig) -> None:
         message = str(err)
         for old, new in _ADAPTATION_FIELDS.items():
             if message.startswith(new):
-                raise ValueError(f"--{old}{message[len(new):]}") from None
+                raise ValueError(f"--{old}{message[len(new) :]}") from None
         raise
 
 

@@ -1,6 +1,6 @@
 """The points where a torchrun rank differs from one process, as overridable hooks.
 
-`eaml_ssm.run_data.collect` and `eaml_ssm.train.meta_train` are the one collect stage and
+`eaml_ssm.run_data.collect_data` and `eaml_ssm.train.meta_train` are the one collect stage and
 the one meta-training loop. `Hooks` is what one process does at each point where a rank
 does something else; `eaml_ssm.distributed.hooks.RankHooks` overrides them (collect a shard,
 merge statistics, draw the rank's tasks of a meta-batch, all-reduce the gradients). Nothing

@@ -27,7 +27,7 @@ from eaml_ssm import runtime
 from eaml_ssm.adapt_stage import adapt_streams, summary_table
 from eaml_ssm.artifacts import RunDir
 from eaml_ssm.config import RunConfig, to_dict
-from eaml_ssm.run_data import Data, collect, load_data
+from eaml_ssm.run_data import Data, collect_data, load_data
 from eaml_ssm.run_folders import named_run, open_run
 from eaml_ssm.tasks import get_family
 from eaml_ssm.train import Trained, meta_train
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 def collect_stage(cfg: RunConfig, run: RunDir) -> Data:
     """Collect the run's training tasks into a new store, kept in the run folder."""
-    return collect(cfg, run)
+    return collect_data(cfg, run)
 
 
 def train_stage(

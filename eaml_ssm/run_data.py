@@ -43,8 +43,8 @@ def collection_length(cfg: RunConfig) -> tuple[int, int | None]:
     return (0 if episodes else cfg.steps_per_task), episodes
 
 
-def collect(cfg: RunConfig, run: RunDir | None, hooks: Hooks = ONE_PROCESS) -> Data:
-    """Collect the training tasks this process holds (task ids ``rank, rank + W, ...``; all
+def collect_data(cfg: RunConfig, run: RunDir | None, hooks: Hooks = ONE_PROCESS) -> Data:
+    """Collect the training tasks this process holds (task ids ``rank, rank + world size, ...``; all
     of them in one process) into a new store; the folder `run` (None on ranks other than
     0) gets the metrics row, tasks.json and, in one process, the store."""
     hooks.check(cfg)
@@ -111,5 +111,5 @@ def load_data(cfg: RunConfig, run: RunDir) -> Data:
     """The store of an earlier `collect` in this run folder, or a fresh collection."""
     store = saved_store(cfg, run)
     if store is None:
-        return collect(cfg, run)
+        return collect_data(cfg, run)
     return Data(get_family(cfg.env_name), train_tasks(cfg), store, Normalizer.from_store(store))

@@ -98,7 +98,7 @@ def test_no_import_circle_among_top_level_parts() -> None:
 
 
 def test_pipeline_is_not_a_library() -> None:
-    entry_points = {"eaml_ssm", "eaml_ssm.cli", "eaml_ssm.distributed.run"}
+    entry_points = {"eaml_ssm", "eaml_ssm.cli", "eaml_ssm.distributed.entry"}
     users = sorted(n for n in MODULES if "eaml_ssm.pipeline" in imports(n))
     assert set(users) <= entry_points, f"library modules importing the stage runner: {users}"
 

@@ -47,11 +47,11 @@ from eaml_ssm.distributed.comm import (
 )
 from eaml_ssm.distributed.comm import _collective as _collective  # (private: for the tests)
 from eaml_ssm.distributed.comm import _wait as _wait
+from eaml_ssm.distributed.entry import collect_shard, run, train
 from eaml_ssm.distributed.hooks import RankHooks, distributed_meta_step
 from eaml_ssm.distributed.moments import _merge_moments as _merge_moments
 from eaml_ssm.distributed.moments import _moments as _moments
 from eaml_ssm.distributed.moments import global_normalizer
-from eaml_ssm.distributed.run import collect_shard, run, train
 from eaml_ssm.distributed.sampler import ShardedTaskSampler, make_sampler, owner_of, shard_tasks
 
 __all__ = [

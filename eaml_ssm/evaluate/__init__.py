@@ -57,12 +57,12 @@ from eaml_ssm.evaluate.methods import (
     matched_control_name,
     method_grid,
 )
-from eaml_ssm.evaluate.models import negative_share, step_size_variant
 from eaml_ssm.evaluate.plots import pareto_series
 from eaml_ssm.evaluate.profiles import PROFILES, Profile, resolve_profile
 from eaml_ssm.evaluate.report import report
 from eaml_ssm.evaluate.results import DOC_FILES, publish, rerender
 from eaml_ssm.evaluate.tables import method_table
+from eaml_ssm.evaluate.trained import negative_share, step_size_variant
 from eaml_ssm.evaluate.unit import (
     DIVERGED,
     Probes,

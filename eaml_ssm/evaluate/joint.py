@@ -19,7 +19,7 @@ from eaml_ssm.ssm import SSM
 from eaml_ssm.train import run_steps
 
 if TYPE_CHECKING:
-    from eaml_ssm.evaluate.models import Models
+    from eaml_ssm.evaluate.trained import Models
 
 _JOINT_TAG = 0x10E7  # seed-sequence tag of the joint baseline's batches
 

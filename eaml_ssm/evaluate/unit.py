@@ -22,10 +22,10 @@ from eaml_ssm.artifacts import RunDir, finite
 from eaml_ssm.config import RunConfig
 from eaml_ssm.dynamics_ood import DYNAMICS_QUANTITIES, draw_dynamics_ood, dynamics_quantities
 from eaml_ssm.evaluate.methods import W_PRE, Method
-from eaml_ssm.evaluate.models import Models, negative_share, small_store, store_adapter
 from eaml_ssm.evaluate.profiles import Profile
 from eaml_ssm.evaluate.seeds import unit_seeds
-from eaml_ssm.run_data import Data, collect
+from eaml_ssm.evaluate.trained import Models, negative_share, small_store, store_adapter
+from eaml_ssm.run_data import Data, collect_data
 from eaml_ssm.tasks import Task, draw_tasks
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,7 @@ def evaluate_unit(unit: Unit) -> dict[str, Any]:
     t0 = time.perf_counter()
     cfg = unit_config(unit)
     work = Path(unit.work)
-    data = collect(cfg, RunDir(work / "data"))
+    data = collect_data(cfg, RunDir(work / "data"))
     models = Models(cfg, data, work, unit.profile.joint_steps)
     probes = make_probes(unit, data)
     m = unit.profile.window

@@ -1,7 +1,7 @@
 """The torchrun entry point: ``train --distributed`` (and ``run --distributed``) on a rank.
 
 Every rank runs the pipeline's own collect stage and meta-training loop
-(`eaml_ssm.run_data.collect`, `eaml_ssm.train.meta_train`) with its `RankHooks`; rank 0
+(`eaml_ssm.run_data.collect_data`, `eaml_ssm.train.meta_train`) with its `RankHooks`; rank 0
 alone writes the run folder.
 """
 
@@ -15,7 +15,7 @@ from eaml_ssm.artifacts import RunDir
 from eaml_ssm.config import RunConfig, to_dict
 from eaml_ssm.distributed.comm import DistributedContext, agree, init_from_env, shutdown
 from eaml_ssm.distributed.hooks import RankHooks
-from eaml_ssm.run_data import Data, collect
+from eaml_ssm.run_data import Data, collect_data
 from eaml_ssm.run_folders import open_run
 from eaml_ssm.train import Trained, meta_train
 
@@ -57,7 +57,7 @@ def run(
 
 def collect_shard(cfg: RunConfig, ctx: DistributedContext, run_dir: RunDir | None) -> Data:
     """This rank's share of the training tasks, collected by the pipeline's collect stage."""
-    return collect(cfg, run_dir, RankHooks(ctx))
+    return collect_data(cfg, run_dir, RankHooks(ctx))
 
 
 def train(
@@ -68,7 +68,7 @@ def train(
         run_dir.write_json("config.json", to_dict(cfg))
         log.info("run folder: %s (%d ranks, %s)", run_dir.path, ctx.world_size, ctx.backend)
     hooks = RankHooks(ctx)
-    data = collect(cfg, run_dir, hooks)
+    data = collect_data(cfg, run_dir, hooks)
     trained = meta_train(cfg, data, run_dir, ctx.device, resume=resume, hooks=hooks)
     if run_dir is not None:
         _write_summary(cfg, ctx, run_dir, trained)
