@@ -9,7 +9,13 @@ import math
 from typing import Any
 
 from eaml_ssm.evaluate.claims import REFERENCES
-from eaml_ssm.evaluate.methods import PREREGISTERED, REFERENCE, ZERO_SHOT, matched_control_name
+from eaml_ssm.evaluate.methods import (
+    PREREGISTERED,
+    REFERENCE,
+    W_PRE,
+    ZERO_SHOT,
+    matched_control_name,
+)
 from eaml_ssm.markdown import md_table
 from eaml_ssm.protocol import TEST_SPLITS
 from eaml_ssm.stats import Summary, paired, percent
@@ -29,7 +35,7 @@ ROW_LABELS = {
     "ridge_prior": "ridge toward global fit",
     ZERO_SHOT: "J_none (joint, zero-shot)",
 }
-HEADLINE = ("none", "grbal", REFERENCE, matched_control_name(0.3), PREREGISTERED, "hybn_1",
+HEADLINE = ("none", "grbal", REFERENCE, matched_control_name(W_PRE), PREREGISTERED, "hybn_1",
             "hyb_1", "hyb_3", "l2_1", "FO_cont_w0", "J_cont_w0", "cont_w0_pos",
             "cont_w0_posm")  # fmt: skip
 STEP_TAGS = ("", "_pos", "_abs", "_posm", "_absm", "_softplus")
