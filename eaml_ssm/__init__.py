@@ -11,7 +11,9 @@ Glossary (the one for the whole package: one letter, one meaning; shape comments
     n   rows: a flat count of transitions (``b * l`` once flattened)
     t   tasks (of a meta-batch, a store or a stream)
     s   support steps of a MAML task set       q   query steps (``l = s + q``)
-    w   windows of an evaluation stream (each ``l`` steps long)
+    w   windows of an evaluation stream (each ``l`` steps long); only in method names and
+        their prose ("hybrid (w=0.3)", "continual w = 0") is w the replay weight
+        ``experience_weight``: those names are the results files' keys and stay as they are
     d   model input features (``d = ds + da``)
     o   model output (target) features (the state change, ``o = ds``)
     ds  environment state features              da  action-encoding features
