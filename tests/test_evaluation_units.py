@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from tiny_run import tiny_profile
 
 from eaml_ssm import dynamics_ood, evaluate, protocol, tasks
 from eaml_ssm.evaluate.seeds import SEED_STRIDE, unit_seeds
@@ -69,18 +70,7 @@ def test_dynamics_ood_tasks_are_outside_in_every_quantity(family: str) -> None:
 
 
 def _unit(seed: int) -> evaluate.Unit:
-    p = evaluate.Profile(
-        seeds=2,
-        families=("Pendulum-v1",),
-        levels=(("Pendulum-v1", "sanity"),),
-        num_tasks=4,
-        stream_steps=32,
-        test_tasks=5,
-        window=8,
-        old_tasks=2,
-        pairs_per_task=1,
-        pairs_task_a=2,
-    )
+    p = tiny_profile(seeds=2, num_tasks=4, test_tasks=5)
     return evaluate.Unit("Pendulum-v1", seed, p, (), "/nonexistent")
 
 

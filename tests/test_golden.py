@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tiny_run import TINY_RUN
+from tiny_run import TINY_RUN, tiny_profile
 
 from eaml_ssm import evaluate
 
@@ -89,21 +89,7 @@ def test_tiny_pipeline_summary_matches_the_golden_record(tmp_path: Path) -> None
 
 
 def test_evaluation_unit_matches_the_golden_record(tmp_path: Path) -> None:
-    profile = evaluate.Profile(
-        seeds=1,
-        families=("Pendulum-v1",),
-        levels=(("Pendulum-v1", "sanity"),),
-        num_tasks=8,
-        steps_per_task=150,
-        meta_steps=6,
-        joint_steps=6,
-        stream_steps=32,
-        test_tasks=2,
-        window=8,
-        old_tasks=2,
-        pairs_per_task=1,
-        pairs_task_a=2,
-    )
+    profile = tiny_profile()
     grid = tuple(evaluate.method_grid("sanity"))
     unit = evaluate.Unit("Pendulum-v1", 0, profile, grid, str(tmp_path / "work"))
     check_golden("evaluation_unit", evaluate.evaluate_unit(unit))
